@@ -1,0 +1,317 @@
+//! Allowlist entries: what a user may write after `--allow`, in `SANDBOX_ALLOW` or in
+//! `firewall.allow`, parsed into a closed type so that the firewall never sees a string.
+//!
+//! Grammar (ports are optional; no port means every port and protocol):
+//!   host             host:443          host:53/udp        *.host      *.host:443
+//!   10.0.0.1         10.0.0.0/8        10.0.0.0/8:443     10.0.0.1:53/udp
+//!   2001:db8::1      2001:db8::/32     [2001:db8::1]:443  [2001:db8::]/32:443
+
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A port restriction: `host:443` is TCP 443, `host:53/udp` is UDP 53.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Port {
+    pub proto: Proto,
+    pub number: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// A DNS name, lower case, without trailing dot.
+    Host(String),
+    /// `*.name`: the name and every name under it (the DNS-aware mode matches subdomains;
+    /// resolution at start can only cover the apex).
+    Wildcard(String),
+    /// An address or network; a bare address is a /32 or /128.
+    Net(IpNet),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Entry {
+    pub target: Target,
+    pub port: Option<Port>,
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = matches!(&self.target, Target::Net(IpNet::V6(_)));
+        let host = match &self.target {
+            Target::Host(h) => h.clone(),
+            Target::Wildcard(h) => format!("*.{h}"),
+            Target::Net(n) if n.prefix_len() == n.max_prefix_len() => n.addr().to_string(),
+            Target::Net(n) => n.to_string(),
+        };
+        match self.port {
+            None => f.write_str(&host),
+            Some(p) => {
+                if v6 {
+                    write!(f, "[{host}]:{}", p.number)?;
+                } else {
+                    write!(f, "{host}:{}", p.number)?;
+                }
+                if p.proto == Proto::Udp {
+                    f.write_str("/udp")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FromStr for Entry {
+    type Err = String;
+
+    /// Parses one entry; the error says what is wrong and shows the accepted forms.
+    fn from_str(raw: &str) -> Result<Self, String> {
+        parse(raw.trim()).map_err(|why| {
+            format!(
+                "invalid allowlist entry '{raw}': {why} (forms: host, host:443, host:53/udp, \
+                 *.host, 10.0.0.0/8, 2001:db8::/32, [2001:db8::1]:443)"
+            )
+        })
+    }
+}
+
+fn parse(s: &str) -> Result<Entry, String> {
+    if s.is_empty() {
+        return Err("empty entry".into());
+    }
+    // A protocol suffix only makes sense after a port: `host:53/udp`. A `/digits` suffix is
+    // a prefix length instead, handled by the address forms below.
+    let (body, proto) = match s.rsplit_once('/') {
+        Some((b, "udp")) => (b, Some(Proto::Udp)),
+        Some((b, "tcp")) => (b, Some(Proto::Tcp)),
+        Some((_, p)) if p.chars().any(|c| c.is_ascii_alphabetic()) => {
+            return Err(format!("unknown protocol '{p}' (use tcp or udp)"))
+        }
+        _ => (s, None),
+    };
+
+    let (host, port) = split_port(body)?;
+    let port = match (port, proto) {
+        (Some(n), p) => Some(Port {
+            proto: p.unwrap_or(Proto::Tcp),
+            number: n,
+        }),
+        (None, Some(_)) => return Err("a protocol needs a port, as in host:53/udp".into()),
+        (None, None) => None,
+    };
+    Ok(Entry {
+        target: parse_target(&host)?,
+        port,
+    })
+}
+
+/// Splits `target[:port]`, understanding bracketed and bare IPv6. The target comes back
+/// without brackets: `[v6]/n:443` -> (`v6/n`, 443).
+fn split_port(s: &str) -> Result<(String, Option<u16>), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing ']' after an IPv6 address".to_string())?;
+        let (prefix, port) = match after.strip_prefix('/') {
+            Some(p) => match p.split_once(':') {
+                Some((n, port)) => (Some(n), Some(port)),
+                None => (Some(p), None),
+            },
+            None if after.is_empty() => (None, None),
+            None => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return Err(format!("unexpected '{after}' after ']'")),
+            },
+        };
+        let target = match prefix {
+            Some(n) => format!("{addr}/{n}"),
+            None => addr.to_string(),
+        };
+        return Ok((target, port.map(parse_port).transpose()?));
+    }
+    // Two or more colons without brackets: a bare IPv6 address or network, never a port.
+    if s.matches(':').count() >= 2 {
+        return Ok((s.to_string(), None));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => Ok((h.to_string(), Some(parse_port(p)?))),
+        None => Ok((s.to_string(), None)),
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("port '{p}' is not a number from 1 to 65535")),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn parse_target(t: &str) -> Result<Target, String> {
+    if let Ok(addr) = t.parse::<IpAddr>() {
+        return Ok(Target::Net(IpNet::from(addr)));
+    }
+    if t.contains('/') {
+        let net: IpNet = t
+            .parse()
+            .map_err(|_| format!("'{t}' is not an address/prefix"))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "'{t}' has host bits set; did you mean {}?",
+                net.trunc()
+            ));
+        }
+        return Ok(Target::Net(net));
+    }
+    if let Some(apex) = t.strip_prefix("*.") {
+        return Ok(Target::Wildcard(parse_hostname(apex)?));
+    }
+    if t.contains('*') {
+        return Err("a wildcard is only allowed as the first label, as in *.example.com".into());
+    }
+    Ok(Target::Host(parse_hostname(t)?))
+}
+
+/// Validates a DNS name (RFC 1123 labels; `_` tolerated as in service names).
+pub fn parse_hostname(name: &str) -> Result<String, String> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err("a host name must have 1 to 253 characters".into());
+    }
+    for label in name.split('.') {
+        let ok_chars = label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if label.is_empty() || label.len() > 63 || !ok_chars {
+            return Err(format!("'{name}' is not a valid host name"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "'{name}' is not a valid host name (a label starts or ends with '-')"
+            ));
+        }
+    }
+    if name
+        .split('.')
+        .all(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!(
+            "'{name}' is neither an IPv4 address nor a host name"
+        ));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(s: &str) -> Entry {
+        s.parse().unwrap_or_else(|err| panic!("{s}: {err}"))
+    }
+
+    fn tcp(n: u16) -> Option<Port> {
+        Some(Port {
+            proto: Proto::Tcp,
+            number: n,
+        })
+    }
+
+    #[test]
+    fn hosts_and_ports() {
+        assert_eq!(e("Example.COM.").target, Target::Host("example.com".into()));
+        assert_eq!(e("example.com").port, None);
+        assert_eq!(e("example.com:443").port, tcp(443));
+        assert_eq!(
+            e("dns.test:53/udp").port,
+            Some(Port {
+                proto: Proto::Udp,
+                number: 53
+            })
+        );
+        assert_eq!(e("h.test:80/tcp").port, tcp(80));
+        assert_eq!(
+            e("*.github.com").target,
+            Target::Wildcard("github.com".into())
+        );
+        assert_eq!(e("*.github.com:443").port, tcp(443));
+    }
+
+    #[test]
+    fn addresses_and_networks() {
+        let net = |s: &str| Target::Net(s.parse().unwrap());
+        assert_eq!(e("10.0.0.1").target, net("10.0.0.1/32"));
+        assert_eq!(e("10.0.0.0/8").target, net("10.0.0.0/8"));
+        assert_eq!(e("10.0.0.0/8:443").port, tcp(443));
+        assert_eq!(e("10.0.0.1:53/udp").target, net("10.0.0.1/32"));
+        assert_eq!(e("2001:db8::1").target, net("2001:db8::1/128"));
+        assert_eq!(e("2001:db8::/32").target, net("2001:db8::/32"));
+        assert_eq!(e("[2001:db8::1]:443").target, net("2001:db8::1/128"));
+        assert_eq!(e("[2001:db8::1]:443").port, tcp(443));
+        assert_eq!(e("[2001:db8::]/32").target, net("2001:db8::/32"));
+        assert_eq!(e("[2001:db8::]/32:443").port, tcp(443));
+        assert_eq!(e("[2607:6bc0::]/48").target, net("2607:6bc0::/48"));
+        assert_eq!(e("[::1]").target, net("::1/128"));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "example.com",
+            "example.com:443",
+            "dns.test:53/udp",
+            "*.github.com",
+            "10.0.0.1",
+            "10.0.0.0/8:443",
+            "2001:db8::1",
+            "[2001:db8::1]:443",
+            "2001:db8::/32",
+        ] {
+            assert_eq!(e(s).to_string(), s);
+            assert_eq!(e(&e(s).to_string()), e(s));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_entries_with_the_entry_named() {
+        for bad in [
+            "",
+            "host:0",
+            "host:65536",
+            "host:http",
+            "host/udp",
+            "host:53/icmp",
+            "10.0.0.5/8",
+            "10.0.0.0/33",
+            "a..b",
+            "-a.com",
+            "foo*.com",
+            "a.*.com",
+            "[2001:db8::1",
+            "[2001:db8::1]x",
+            "bad name.com",
+            "999.1.1.1",
+        ] {
+            let err = bad.parse::<Entry>().expect_err(bad);
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+        assert!("10.0.0.5/8"
+            .parse::<Entry>()
+            .unwrap_err()
+            .contains("did you mean 10.0.0.0/8"));
+    }
+}

@@ -1,0 +1,231 @@
+//! Command-line interface. Flags are the highest configuration level; the merge with the
+//! file and the environment happens in `config`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  <child>  the command's own exit code; 128+N when it was killed by signal N
+  0        apply/check: done, nothing wrong
+  1        check: found a problem (each one printed with its fix)
+  64       usage error on the command line
+  70       the sandbox could not be built (firewall, privilege drop): the command did not run
+  78       configuration or credential input error
+  126      the command exists but cannot be executed
+  127      the command was not found on the child's PATH
+
+Configuration: /etc/sandbox-init/config.toml < SANDBOX_* environment < flags.
+`sandbox-init check` shows every effective value and where it came from.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandbox-init",
+    version,
+    about = "PID 1 for a Claude Code container: default-deny egress, credentials written \
+             safely, every privilege dropped, then the command runs as an unprivileged user.",
+    long_about = "PID 1 for a Claude Code container.\n\n\
+        Without a subcommand, sandbox-init builds the sandbox (firewall, credentials, \
+        lockdown), then runs COMMAND (default: `claude --dangerously-skip-permissions`) as \
+        the target user with no capabilities and no_new_privs, and stays PID 1 to forward \
+        signals, reap zombies and exit with the command's code.\n\n\
+        If the sandbox cannot be built, the command never runs.",
+    after_help = EXIT_CODES,
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+
+    /// Command and arguments to run instead of the configured default
+    /// (use `--` before a command named `apply` or `check`)
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// One-shot: apply the firewall, write credentials and lock down, then exit 0 (for a
+    /// devcontainer postStartCommand). Runs no command.
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Diagnose without changing anything: effective configuration and where each value
+    /// came from, capabilities, netfilter support, the firewall plan. Exit 0 when the
+    /// sandbox could be built as configured, 1 when a problem was found, 78 for bad config.
+    #[command(after_help = EXIT_CODES)]
+    Check {
+        #[command(flatten)]
+        options: Options,
+    },
+}
+
+/// Options shared by every mode. Each one overrides the matching `SANDBOX_*` variable and
+/// the config file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct Options {
+    /// Config file [env: SANDBOX_CONFIG] [default: /etc/sandbox-init/config.toml; a
+    /// missing default file means built-in defaults]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Target user: a name from /etc/passwd, or UID[:GID] [env: SANDBOX_USER]
+    /// [default: `claude`, else the user with uid 1000]. Never root.
+    #[arg(long, value_name = "NAME|UID[:GID]")]
+    pub user: Option<String>,
+
+    /// Run as this numeric uid instead of the target user's (the host's uid, so files in a
+    /// bind-mounted project keep their owner); the home is re-owned [env: SANDBOX_UID]
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Run with this numeric primary gid [env: SANDBOX_GID]
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// Working directory of the command [env: SANDBOX_WORKDIR] [default: the current
+    /// directory, i.e. the image's WORKDIR]
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// Allowlist preset; repeat for several; replaces the configured list
+    /// [env: SANDBOX_PRESETS, comma list] [default: anthropic]
+    #[arg(long = "preset", value_name = "NAME")]
+    pub presets: Vec<String>,
+
+    /// Extra allowlist entry, added to the file's and the environment's: host, host:443,
+    /// host:53/udp, *.host, 10.0.0.0/8, 2001:db8::/32, [2001:db8::1]:443; repeatable
+    /// [env: SANDBOX_ALLOW, comma or space list]
+    #[arg(long = "allow", value_name = "ENTRY")]
+    pub allow: Vec<String>,
+
+    /// Run WITHOUT the egress firewall (loud warning) [env: SANDBOX_FIREWALL=off]
+    #[arg(long)]
+    pub no_firewall: bool,
+
+    /// Make an allowlisted name that does not resolve fatal (exit 70) [env: SANDBOX_STRICT=1]
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Allow the default gateway / IPv6 default router addresses (not their subnets)
+    /// [env: SANDBOX_ALLOW_GATEWAY=1]
+    #[arg(long)]
+    pub allow_gateway: bool,
+
+    /// Overwrite credentials already on the volume [env: SANDBOX_FORCE_CREDENTIALS=1]
+    #[arg(long)]
+    pub force_credentials: bool,
+
+    /// DNS mode: `resolver` (the child may query the resolvers of /etc/resolv.conf) or
+    /// `filter` (only allowlisted names are answered) [env: SANDBOX_DNS]
+    #[arg(long, value_name = "MODE", value_parser = ["filter", "resolver"])]
+    pub dns: Option<String>,
+
+    /// Append blocked connections and denied names as JSON lines to PATH
+    /// [env: SANDBOX_AUDIT_LOG]
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+
+    /// More log output (-v debug, -vv trace) [env: SANDBOX_LOG or RUST_LOG]
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+impl Cli {
+    /// The options given on the command line, wherever they stood (before or after the
+    /// subcommand name).
+    pub fn into_parts(self) -> (Options, Option<ModeKind>, Vec<String>) {
+        match self.mode {
+            None => (self.options, None, self.command),
+            Some(Mode::Apply { options }) => {
+                (merge(self.options, options), Some(ModeKind::Apply), vec![])
+            }
+            Some(Mode::Check { options }) => {
+                (merge(self.options, options), Some(ModeKind::Check), vec![])
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeKind {
+    Apply,
+    Check,
+}
+
+/// Options before the subcommand name combine with those after it; the later one wins.
+fn merge(before: Options, after: Options) -> Options {
+    Options {
+        config: after.config.or(before.config),
+        user: after.user.or(before.user),
+        uid: after.uid.or(before.uid),
+        gid: after.gid.or(before.gid),
+        workdir: after.workdir.or(before.workdir),
+        presets: [before.presets, after.presets].concat(),
+        allow: [before.allow, after.allow].concat(),
+        no_firewall: before.no_firewall || after.no_firewall,
+        strict: before.strict || after.strict,
+        allow_gateway: before.allow_gateway || after.allow_gateway,
+        force_credentials: before.force_credentials || after.force_credentials,
+        dns: after.dns.or(before.dns),
+        audit_log: after.audit_log.or(before.audit_log),
+        verbose: before.verbose + after.verbose,
+        quiet: before.quiet + after.quiet,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> (Options, Option<ModeKind>, Vec<String>) {
+        let mut argv = vec!["sandbox-init"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("parse").into_parts()
+    }
+
+    #[test]
+    fn trailing_command_keeps_its_own_flags() {
+        let (o, mode, cmd) = parse(&["--allow", "x.test", "bash", "-c", "echo --allow y"]);
+        assert_eq!(mode, None);
+        assert_eq!(o.allow, vec!["x.test"]);
+        assert_eq!(cmd, vec!["bash", "-c", "echo --allow y"]);
+    }
+
+    #[test]
+    fn double_dash_runs_a_command_named_like_a_subcommand() {
+        let (_, mode, cmd) = parse(&["--", "check", "-x"]);
+        assert_eq!(mode, None);
+        assert_eq!(cmd, vec!["check", "-x"]);
+    }
+
+    #[test]
+    fn subcommands_take_options_on_either_side() {
+        let (o, mode, _) = parse(&["--strict", "check", "--allow", "a.test", "--preset", "npm"]);
+        assert_eq!(mode, Some(ModeKind::Check));
+        assert!(o.strict);
+        assert_eq!(o.allow, vec!["a.test"]);
+        assert_eq!(o.presets, vec!["npm"]);
+        let (_, mode, _) = parse(&["apply"]);
+        assert_eq!(mode, Some(ModeKind::Apply));
+    }
+
+    #[test]
+    fn bad_usage_is_an_error() {
+        assert!(Cli::try_parse_from(["sandbox-init", "--dns", "bogus"]).is_err());
+        assert!(Cli::try_parse_from(["sandbox-init", "--uid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["sandbox-init", "-v", "-q"]).is_err());
+    }
+}
