@@ -24,7 +24,12 @@ pub fn drop_all(k: &dyn Kernel, id: &Identity) -> Result<(), String> {
         step("clear the capability bounding set", k.drop_bounding(cap))?;
     }
     step("clear ambient capabilities", k.clear_ambient())?;
-    step("clear inheritable capabilities", k.set_caps(0))?;
+    // Inheritable goes now; permitted and effective stay until the uid change empties them
+    // (CAP_SETUID is still needed for that very change).
+    let have = k
+        .cap_state()
+        .map_err(|e| format!("cannot read capabilities: {e}"))?;
+    step("clear inheritable capabilities", k.set_caps(have.permitted))?;
     step("set no_new_privs", k.set_no_new_privs())?;
     step("set uid", k.set_resuid(id.uid))?;
 
@@ -114,19 +119,29 @@ pub(crate) mod fake {
             }
             Ok(())
         }
+        /// As the kernel does: a privileged call needs its capability in the effective set.
+        fn need(&self, cap: u32) -> io::Result<()> {
+            if self.state.borrow().effective & (1u64 << cap) == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        }
     }
 
     impl Kernel for FakeKernel {
         fn set_groups(&self, g: &[u32]) -> io::Result<()> {
-            self.call(&format!("setgroups {g:?}"))
+            self.call(&format!("setgroups {g:?}"))?;
+            self.need(6)
         }
         fn set_resgid(&self, gid: u32) -> io::Result<()> {
             self.call(&format!("setresgid {gid}"))?;
+            self.need(6)?;
             *self.gid.borrow_mut() = gid;
             Ok(())
         }
         fn set_resuid(&self, uid: u32) -> io::Result<()> {
             self.call(&format!("setresuid {uid}"))?;
+            self.need(7)?;
             *self.uid.borrow_mut() = uid;
             let mut st = self.state.borrow_mut();
             st.permitted = 0;
@@ -138,6 +153,7 @@ pub(crate) mod fake {
         }
         fn drop_bounding(&self, cap: u32) -> io::Result<()> {
             self.call(&format!("capbset_drop {cap}"))?;
+            self.need(8)?;
             if !self.leave_bounding {
                 self.state.borrow_mut().bounding &= !(1u64 << cap);
             }
@@ -212,11 +228,9 @@ mod tests {
             "bounding needs SETPCAP"
         );
         assert!(pos("no_new_privs") < pos("setresuid"));
-        assert!(pos("capset 0x0") < pos("setresuid"));
-        assert!(
-            pos("read_caps") > pos("setresuid"),
-            "verified after the drop"
-        );
+        assert!(pos("capset") < pos("setresuid"));
+        let last_read = calls.iter().rposition(|c| c == "read_caps").unwrap();
+        assert!(last_read > pos("setresuid"), "verified after the drop");
         assert_eq!(
             calls
                 .iter()

@@ -82,6 +82,17 @@ fn run() -> Result<i32> {
         }
     };
     let (options, mode, command) = cli.into_parts();
+    // The trailing command accepts `-x` arguments, so a mistyped option before it would
+    // otherwise be taken for the command itself.
+    if let Some(first) = command.first().filter(|c| c.starts_with('-')) {
+        if !std::env::args().any(|a| a == "--") {
+            eprintln!(
+                "sandbox-init: unknown option '{first}' (see --help; put a command that starts \
+                 with '-' after --)"
+            );
+            return Ok(exit::USAGE);
+        }
+    }
     let settings = config::load(&options, &command, &env)?;
     init_logging(&settings.log.value);
 

@@ -1,1 +1,453 @@
-fn main() {}
+//! sandbox-probe: runs as the sandboxed command in the integration tiers and reports, as
+//! one JSON object on stdout, what it is and what it can reach. Tests assert on that report,
+//! so the sandbox is checked from the inside.
+//!
+//! Usage:
+//!   sandbox-probe report [--tcp ADDR:PORT]... [--udp ADDR:PORT]... [--dns SERVER NAME]...
+//!                        [--dns-tcp SERVER NAME]... [--read PATH]... [--write PATH]...
+//!                        [--exec PATH]... [--timeout-ms N]
+//!   sandbox-probe exit N            exit with code N
+//!   sandbox-probe die SIGNAL        kill itself with SIGNAL (a number)
+//!   sandbox-probe signals N         print "ready", then one line per signal received;
+//!                                   exit 0 after N signals
+//!   sandbox-probe orphans N         leave N orphaned grandchildren, wait, count zombies
+//!   sandbox-probe group N           start N children in its own process group, exit at once
+//!   sandbox-probe sleep SECONDS     sleep with default signal dispositions
+//!   sandbox-probe tty               report the process group and the terminal's foreground group
+
+use serde_json::{json, Map, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("report") => report(&args[1..]),
+        Some("exit") => args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2),
+        Some("die") => die(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(9)),
+        Some("signals") => signals(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1)),
+        Some("orphans") => orphans(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10)),
+        Some("group") => group(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3)),
+        Some("sleep") => {
+            let s = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(60);
+            std::thread::sleep(Duration::from_secs(s));
+            0
+        }
+        Some("tty") => tty(),
+        _ => {
+            eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ENOENT) => "ENOENT".into(),
+        Some(libc::ELOOP) => "ELOOP".into(),
+        Some(n) => format!("errno {n}"),
+        None if e.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT".into(),
+        None if e.kind() == std::io::ErrorKind::WouldBlock => "ETIMEDOUT".into(),
+        None => e.to_string(),
+    }
+}
+
+fn status_fields() -> Value {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut m = Map::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            if k.starts_with("Cap") || k == "NoNewPrivs" || k == "Seccomp" || k == "Groups" {
+                m.insert(k.into(), Value::String(v.trim().into()));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+fn open_fds() -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return vec![];
+    };
+    // The listing itself holds one descriptor; report it as such so a test can ignore it.
+    let mut fds = vec![];
+    for ent in dir.flatten() {
+        let name = ent.file_name().to_string_lossy().to_string();
+        let target = std::fs::read_link(ent.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        fds.push(json!({"fd": name.parse::<i64>().unwrap_or(-1), "target": target}));
+    }
+    fds
+}
+
+fn tcp(addr: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let sa: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => return json!({"target": addr, "result": "bad-address", "error": e.to_string()}),
+    };
+    let (result, error, body) = match TcpStream::connect_timeout(&sa, timeout) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(timeout));
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut buf = vec![0; 256];
+            let n = s.read(&mut buf).unwrap_or(0);
+            buf.truncate(n);
+            ("connected", None, String::from_utf8_lossy(&buf).to_string())
+        }
+        Err(e) => ("error", Some(errno_name(&e)), String::new()),
+    };
+    json!({"target": addr, "result": result, "error": error, "body": body,
+           "ms": start.elapsed().as_millis() as u64})
+}
+
+/// A minimal DNS query for `name` with record type `qtype`.
+fn dns_query(name: &str, id: u16, qtype: u16) -> Vec<u8> {
+    let mut q = vec![];
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+/// Reads rcode and the A/AAAA addresses of a response (enough for the tests).
+fn dns_parse(resp: &[u8]) -> Value {
+    if resp.len() < 12 {
+        return json!({"result": "short-reply"});
+    }
+    let rcode = resp[3] & 0x0f;
+    let qd = u16::from_be_bytes([resp[4], resp[5]]) as usize;
+    let an = u16::from_be_bytes([resp[6], resp[7]]) as usize;
+    let mut i = 12;
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *resp.get(i)? as usize;
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            if len == 0 {
+                return Some(i + 1);
+            }
+            i += len + 1;
+        }
+    };
+    let mut addrs = vec![];
+    for _ in 0..qd {
+        match skip_name(i) {
+            Some(j) => i = j + 4,
+            None => return json!({"result": "bad-reply", "rcode": rcode}),
+        }
+    }
+    for _ in 0..an {
+        let Some(j) = skip_name(i) else { break };
+        let Some(hdr) = resp.get(j..j + 10) else {
+            break;
+        };
+        let rtype = u16::from_be_bytes([hdr[0], hdr[1]]);
+        let rdlen = u16::from_be_bytes([hdr[8], hdr[9]]) as usize;
+        let Some(rdata) = resp.get(j + 10..j + 10 + rdlen) else {
+            break;
+        };
+        match (rtype, rdlen) {
+            (1, 4) => addrs.push(format!(
+                "{}.{}.{}.{}",
+                rdata[0], rdata[1], rdata[2], rdata[3]
+            )),
+            (28, 16) => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(rdata);
+                addrs.push(std::net::Ipv6Addr::from(b).to_string());
+            }
+            _ => {}
+        }
+        i = j + 10 + rdlen;
+    }
+    let rname = match rcode {
+        0 => "NOERROR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        5 => "REFUSED",
+        _ => "OTHER",
+    };
+    json!({"result": "reply", "rcode": rname, "addrs": addrs})
+}
+
+fn dns_udp(server: &str, name: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let run = || -> std::io::Result<Vec<u8>> {
+        let sa: SocketAddr = server
+            .parse()
+            .map_err(|_| std::io::Error::other("bad server address"))?;
+        let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(bind)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.connect(sa)?;
+        s.send(&dns_query(name, 0x5a5a, 1))?;
+        let mut buf = vec![0; 1500];
+        let n = s.recv(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    };
+    let mut v = match run() {
+        Ok(resp) => dns_parse(&resp),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["server"] = json!(server);
+    v["name"] = json!(name);
+    v["proto"] = json!("udp");
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
+fn dns_tcp(server: &str, name: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let run = || -> std::io::Result<Vec<u8>> {
+        let sa: SocketAddr = server
+            .parse()
+            .map_err(|_| std::io::Error::other("bad server address"))?;
+        let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let q = dns_query(name, 0x5a5b, 1);
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf)?;
+        Ok(buf)
+    };
+    let mut v = match run() {
+        Ok(resp) => dns_parse(&resp),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["server"] = json!(server);
+    v["name"] = json!(name);
+    v["proto"] = json!("tcp");
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
+fn udp(addr: &str, timeout: Duration) -> Value {
+    // A DNS-shaped datagram: our fixtures answer it, so "reply" proves the path both ways.
+    let mut v = dns_udp(addr, "probe.test", timeout);
+    v["target"] = json!(addr);
+    v
+}
+
+fn read_file(path: &str) -> Value {
+    match std::fs::read(path) {
+        Ok(b) => json!({"path": path, "result": "ok", "content": String::from_utf8_lossy(&b)}),
+        Err(e) => json!({"path": path, "result": "error", "error": errno_name(&e)}),
+    }
+}
+
+fn write_file(path: &str) -> Value {
+    let r = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(b""));
+    match r {
+        Ok(()) => json!({"path": path, "result": "ok"}),
+        Err(e) => json!({"path": path, "result": "error", "error": errno_name(&e)}),
+    }
+}
+
+/// Runs a program and reports its exit status and output (e.g. a set-uid copy of the probe
+/// reporting its euid, or `sudo -n true`).
+fn exec(cmdline: &str) -> Value {
+    let mut parts = cmdline.split_whitespace();
+    let Some(prog) = parts.next() else {
+        return json!({"cmd": cmdline, "result": "error", "error": "empty"});
+    };
+    match std::process::Command::new(prog).args(parts).output() {
+        Ok(o) => json!({"cmd": cmdline, "result": "ran", "code": o.status.code(),
+                         "stdout": String::from_utf8_lossy(&o.stdout),
+                         "stderr": String::from_utf8_lossy(&o.stderr)}),
+        Err(e) => json!({"cmd": cmdline, "result": "error", "error": errno_name(&e)}),
+    }
+}
+
+fn report(args: &[String]) -> i32 {
+    let mut timeout = Duration::from_millis(2000);
+    let mut tcp_t = vec![];
+    let mut udp_t = vec![];
+    let mut dns_t = vec![];
+    let mut reads = vec![];
+    let mut writes = vec![];
+    let mut execs = vec![];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut next = || it.next().cloned().unwrap_or_default();
+        match a.as_str() {
+            "--tcp" => tcp_t.push(next()),
+            "--udp" => udp_t.push(next()),
+            "--dns" => dns_t.push(("udp", next(), next())),
+            "--dns-tcp" => dns_t.push(("tcp", next(), next())),
+            "--read" => reads.push(next()),
+            "--write" => writes.push(next()),
+            "--exec" => execs.push(next()),
+            "--timeout-ms" => {
+                timeout = Duration::from_millis(next().parse().unwrap_or(2000));
+            }
+            other => {
+                eprintln!("sandbox-probe: unknown option {other}");
+                return 2;
+            }
+        }
+    }
+    let mut groups: Vec<u32> = vec![0; 256];
+    // SAFETY: the buffer has room for 256 gids.
+    let n = unsafe { libc::getgroups(256, groups.as_mut_ptr()) };
+    groups.truncate(n.max(0) as usize);
+    let env: Map<String, Value> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().to_string(),
+                Value::String(v.to_string_lossy().to_string()),
+            )
+        })
+        .collect();
+    // SAFETY: plain getters.
+    let (uid, euid, gid, egid, pid, ppid, pgid, sid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+            libc::getpid(),
+            libc::getppid(),
+            libc::getpgrp(),
+            libc::getsid(0),
+        )
+    };
+    let pid1_environ = match std::fs::read("/proc/1/environ") {
+        Ok(b) => {
+            json!({"result": "ok", "content": String::from_utf8_lossy(&b).replace('\0', "\n")})
+        }
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    let out = json!({
+        "uid": uid, "euid": euid, "gid": gid, "egid": egid, "groups": groups,
+        "pid": pid, "ppid": ppid, "pgid": pgid, "sid": sid,
+        "status": status_fields(),
+        "env": env,
+        "cwd": std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+        "fds": open_fds(),
+        "pid1_environ": pid1_environ,
+        "tcp": tcp_t.iter().map(|a| tcp(a, timeout)).collect::<Vec<_>>(),
+        "udp": udp_t.iter().map(|a| udp(a, timeout)).collect::<Vec<_>>(),
+        "dns": dns_t.iter().map(|(p, s, n)| if *p == "udp" { dns_udp(s, n, timeout) } else { dns_tcp(s, n, timeout) }).collect::<Vec<_>>(),
+        "read": reads.iter().map(|p| read_file(p)).collect::<Vec<_>>(),
+        "write": writes.iter().map(|p| write_file(p)).collect::<Vec<_>>(),
+        "exec": execs.iter().map(|c| exec(c)).collect::<Vec<_>>(),
+    });
+    println!("{out}");
+    0
+}
+
+fn die(sig: i32) -> i32 {
+    // SAFETY: resetting to the default disposition, then signalling ourselves.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    1
+}
+
+fn signals(n: usize) -> i32 {
+    // SAFETY: blocking every catchable signal and waiting for them synchronously.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        for _ in 0..n {
+            let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
+            println!("got {sig}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    0
+}
+
+fn zombies() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+fn orphans(n: usize) -> i32 {
+    for _ in 0..n {
+        // SAFETY: fork in a single-threaded program; the children only sleep and _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                // child: start a grandchild, then exit so it is orphaned
+                if unsafe { libc::fork() } == 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    unsafe { libc::_exit(0) };
+                }
+                unsafe { libc::_exit(0) };
+            }
+            pid if pid > 0 => {
+                let mut st = 0;
+                // SAFETY: reaping our own direct child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+            }
+            _ => return 3,
+        }
+    }
+    // Orphans exit after 100 ms and are reparented to PID 1: give it time to reap them.
+    std::thread::sleep(Duration::from_millis(1000));
+    println!("{}", json!({"orphans": n, "zombies": zombies()}));
+    0
+}
+
+fn group(n: usize) -> i32 {
+    for _ in 0..n {
+        // SAFETY: as in orphans; the children stay in our process group and sleep.
+        if unsafe { libc::fork() } == 0 {
+            std::thread::sleep(Duration::from_secs(60));
+            unsafe { libc::_exit(0) };
+        }
+    }
+    println!("{}", json!({"started": n}));
+    0
+}
+
+fn tty() -> i32 {
+    // SAFETY: plain getters on our own process and stdin.
+    let (pgid, fg) = unsafe { (libc::getpgrp(), libc::tcgetpgrp(0)) };
+    println!(
+        "{}",
+        json!({"pgid": pgid, "foreground": fg, "pid": unsafe { libc::getpid() }})
+    );
+    0
+}

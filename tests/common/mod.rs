@@ -1,0 +1,361 @@
+//! Shared fixtures for the privileged tiers: a throwaway root filesystem holding the static
+//! sandbox-init and probe, and a runner that starts sandbox-init as PID 1 of fresh pid and
+//! mount namespaces, chrooted there, with Docker's default capabilities plus NET_ADMIN.
+//!
+//! These tests need root (CI runs as root). Without it they fail with a message; they never
+//! pass silently.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
+pub const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
+
+/// Where the binaries sit inside the rootfs.
+pub const INIT_IN_ROOT: &str = "/usr/local/sbin/sandbox-init";
+pub const PROBE_IN_ROOT: &str = "/usr/local/bin/sandbox-probe";
+
+/// Docker's default capability set plus NET_ADMIN (CapEff 00000000a80435fb).
+pub const DOCKER_CAPS: &str = "-all,+chown,+dac_override,+fowner,+fsetid,+kill,+setgid,\
++setuid,+setpcap,+net_bind_service,+net_raw,+sys_chroot,+mknod,+audit_write,+setfcap,+net_admin";
+
+pub fn require_root() {
+    // SAFETY: plain getter.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this privileged integration test needs root (it creates namespaces and chroots); \
+         run it as root, as CI does: sudo make test"
+    );
+    for tool in ["unshare", "setpriv", "chroot"] {
+        assert!(
+            which(tool),
+            "{tool} (util-linux) is missing: apt-get install util-linux"
+        );
+    }
+}
+
+pub fn which(tool: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join(tool).exists())
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A root filesystem in a temporary directory, removed on drop.
+pub struct Rootfs {
+    pub path: PathBuf,
+}
+
+impl Rootfs {
+    /// The minimal image: /etc/passwd with root and claude (1000), the two binaries, /tmp,
+    /// the home and /workspace owned by claude.
+    pub fn new() -> Rootfs {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        let path = PathBuf::from(base).join(format!("rootfs-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        for d in [
+            "etc/sandbox-init",
+            "proc",
+            "dev",
+            "tmp",
+            "usr/local/sbin",
+            "usr/local/bin",
+            "usr/bin",
+            "bin",
+            "home/claude",
+            "workspace",
+            "root",
+        ] {
+            fs::create_dir_all(path.join(d)).expect("create rootfs dir");
+        }
+        fs::set_permissions(path.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::set_permissions(path.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
+        let r = Rootfs { path };
+        r.write(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nclaude:x:1000:1000:Claude:/home/claude:/bin/sh\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        );
+        r.write(
+            "etc/group",
+            "root:x:0:\nsudo:x:27:claude\ndev:x:500:claude\nclaude:x:1000:\nnogroup:x:65534:\n",
+        );
+        r.write("etc/resolv.conf", "nameserver 127.0.0.1\n");
+        r.install(INIT, INIT_IN_ROOT, 0o755);
+        r.install(PROBE, PROBE_IN_ROOT, 0o755);
+        chown(r.path.join("home/claude"), Some(1000), Some(1000)).unwrap();
+        chown(r.path.join("workspace"), Some(1000), Some(1000)).unwrap();
+        r
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel.trim_start_matches('/'))
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(p, content).unwrap();
+    }
+
+    pub fn install(&self, from: &str, rel: &str, mode: u32) {
+        let p = self.join(rel);
+        fs::copy(from, &p).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// The command that starts sandbox-init as PID 1 in this rootfs. `netns` runs it inside
+    /// an existing network namespace (`ip netns exec`).
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Command {
+        let proc_dir = self.join("proc");
+        let mut argv: Vec<String> = vec![];
+        if let Some(ns) = netns {
+            argv.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        argv.extend(
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount",
+                "--kill-child",
+                &format!("--mount-proc={}", proc_dir.display()),
+                "setpriv",
+                &format!("--bounding-set={DOCKER_CAPS}"),
+                "--inh-caps=-all",
+                "chroot",
+                &self.path.display().to_string(),
+            ]
+            .map(String::from),
+        );
+        argv.push(INIT_IN_ROOT.into());
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd.env_clear();
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.current_dir(&self.path);
+        cmd
+    }
+
+    /// Runs to completion (bounded) and returns the output.
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.run_in(args, env, None)
+    }
+
+    pub fn run_in(&self, args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Run {
+        let mut cmd = self.command(args, env, netns);
+        cmd.stdin(Stdio::null());
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start unshare");
+        let out = wait_bounded(child, Duration::from_secs(60));
+        Run::from(out)
+    }
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Waits for a child, killing it after `limit` (a hung sandbox must fail the test, not CI).
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("wait: {e}"),
+        }
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Run {
+    /// The probe's JSON report (the last line of stdout that parses).
+    pub fn report(&self) -> Value {
+        self.stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no probe report (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+                    self.code, self.stdout, self.stderr
+                )
+            })
+    }
+
+    pub fn assert_code(&self, want: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(want),
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A sandbox running in the background, for signal and timing tests.
+pub struct Running {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    pub fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start unshare");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err_buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = err_buf.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            stderr: err_buf,
+        }
+    }
+
+    /// The next stdout line, or a panic after `limit`.
+    pub fn line(&self, limit: Duration) -> String {
+        self.lines.recv_timeout(limit).unwrap_or_else(|_| {
+            panic!(
+                "no output within {limit:?}; stderr:\n{}",
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
+
+    /// Host pid of sandbox-init: the only child of `unshare --fork`.
+    pub fn init_pid(&self) -> i32 {
+        let unshare = self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+                .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next() {
+                return pid.parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "sandbox-init never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling a process this test started.
+        let rc = unsafe { libc::kill(self.init_pid(), sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the exit, bounded; returns the exit code and how long it took.
+    pub fn wait(mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), start.elapsed());
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // --kill-child makes unshare's death take sandbox-init (and its namespace) along.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses a hex Cap* line from the probe's report.
+pub fn cap(report: &Value, key: &str) -> u64 {
+    let s = report["status"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in report"));
+    u64::from_str_radix(s, 16).unwrap()
+}
+
+pub fn env_map(report: &Value) -> BTreeMap<String, String> {
+    report["env"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect()
+}
