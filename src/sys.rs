@@ -175,7 +175,13 @@ impl Kernel for Real {
         check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) })
     }
     fn cap_state(&self) -> io::Result<CapState> {
-        CapState::parse(&std::fs::read_to_string("/proc/self/status")?)
+        let status = std::fs::read_to_string("/proc/self/status").map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("/proc/self/status: {e} (is /proc mounted in the container?)"),
+            )
+        })?;
+        CapState::parse(&status)
     }
     fn ids(&self) -> (u32, u32) {
         // SAFETY: getters that cannot fail.

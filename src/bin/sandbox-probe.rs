@@ -14,6 +14,8 @@
 //!   sandbox-probe group N           start N children in its own process group, exit at once
 //!   sandbox-probe sleep SECONDS     sleep with default signal dispositions
 //!   sandbox-probe tty               report the process group and the terminal's foreground group
+//!   sandbox-probe stamp             print the microseconds since $BENCH_T0 (CLOCK_MONOTONIC ns,
+//!                                   taken by the benchmark right before it exec'd the chain)
 
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
@@ -35,6 +37,7 @@ fn main() {
             0
         }
         Some("tty") => tty(),
+        Some("stamp") => stamp(),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -449,5 +452,24 @@ fn tty() -> i32 {
         "{}",
         json!({"pgid": pgid, "foreground": fg, "pid": unsafe { libc::getpid() }})
     );
+    0
+}
+
+fn stamp() -> i32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let Some(t0) = std::env::var("BENCH_T0")
+        .ok()
+        .and_then(|v| v.parse::<i128>().ok())
+    else {
+        eprintln!("sandbox-probe: BENCH_T0 is not set");
+        return 2;
+    };
+    println!("{}", (now - t0) / 1000);
     0
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make bench`: sandbox-init's own setup time and memory beside what users run today, as
+# ratios from one run. Needs root. Uses only public tools (python3, debootstrap, and for the
+# firewall part nft, iptables, ipset, dig).
+#
+#   scripts/bench.sh INIT_BIN PROBE_BIN
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+init=${1:?usage: bench.sh INIT_BIN PROBE_BIN}
+probe=${2:?usage: bench.sh INIT_BIN PROBE_BIN}
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (chroot, namespaces, nftables)" >&2; exit 1; }
+
+# A Debian root with the peers' tools: tini (docker --init), gosu (entrypoint scripts),
+# util-linux's runuser and setpriv, bash, sudo.
+rootfs=$(DEBIAN_INCLUDE=sudo,tini,gosu "$here/debian-rootfs.sh" "$here/../.cache/bench-rootfs")
+
+echo "== PID 1 and privilege drop (no firewall) =="
+python3 "$here/bench_pid1.py" --init "$init" --probe "$probe" --rootfs "$rootfs" --runs "${RUNS:-30}"
+
+if [ -x "$here/bench-firewall.sh" ]; then
+  echo
+  echo "== firewall setup =="
+  "$here/bench-firewall.sh" "$init" "$probe"
+fi
