@@ -31,6 +31,10 @@ Configuration: /etc/sandbox-init/config.toml < SANDBOX_* environment < flags.
         signals, reap zombies and exit with the command's code.\n\n\
         If the sandbox cannot be built, the command never runs.",
     after_help = EXIT_CODES,
+    override_usage = "sandbox-init [OPTIONS] [--] [COMMAND [ARGS...]]\n       \
+                      sandbox-init apply [OPTIONS]\n       sandbox-init check [OPTIONS]",
+    subcommand_value_name = "MODE",
+    subcommand_help_heading = "Modes"
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -780,12 +780,7 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_util::env;
 
     fn file(text: &str) -> Option<(&'static Path, &str)> {
         Some((Path::new("/etc/sandbox-init/config.toml"), text))

@@ -18,3 +18,5 @@ pub mod run;
 pub mod spawn;
 pub mod supervise;
 pub mod sys;
+#[cfg(test)]
+mod test_util;

@@ -54,6 +54,9 @@ fn snapshot_env() -> HashMap<String, String> {
 
 fn init_logging(filter: &str) {
     env_logger::Builder::new()
+        // rustables logs every netlink attribute it writes at debug level (hundreds of
+        // lines under -v); quiet unless asked for by name (`SANDBOX_LOG=rustables=debug`).
+        .filter_module("rustables", log::LevelFilter::Warn)
         .parse_filters(filter)
         .format(|buf, record| {
             let level = match record.level() {
@@ -95,6 +98,7 @@ fn run() -> Result<i32> {
     }
     let settings = config::load(&options, &command, &env)?;
     init_logging(&settings.log.value);
+    refuse_unbuilt_features(&settings)?;
 
     // PID 1's own copy of every secret goes now: /proc/1/environ is readable by anyone who
     // shares our uid, and the values live on in `env` only.
@@ -137,6 +141,24 @@ fn run() -> Result<i32> {
             start_and_supervise(&cx)
         }
     }
+}
+
+/// Settings of the contract whose machinery is not in this build yet: refusing them is
+/// honest; ignoring them would leave the user believing in a protection that is not there.
+fn refuse_unbuilt_features(s: &Settings) -> Result<()> {
+    if s.dns.value == config::DnsMode::Filter {
+        return Err(Error::Config(format!(
+            "DNS mode 'filter' ({}) is not available in this build yet; use 'resolver'",
+            s.dns.source
+        )));
+    }
+    if s.audit_log.value.is_some() {
+        return Err(Error::Config(format!(
+            "the audit log ({}) is not available in this build yet; unset it",
+            s.audit_log.source
+        )));
+    }
+    Ok(())
 }
 
 fn resolve_identity(s: &Settings) -> Result<Identity> {

@@ -53,6 +53,15 @@ pub fn which(tool: &str) -> bool {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Copying a binary holds a writable descriptor; a child forked by another test thread at
+/// that moment inherits it until its exec, and exec of that binary then fails with ETXTBSY
+/// ("Text file busy"). Copies and spawns take turns.
+static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn spawn_guard() -> std::sync::MutexGuard<'static, ()> {
+    SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A root filesystem in a temporary directory, removed on drop.
 pub struct Rootfs {
     pub path: PathBuf,
@@ -115,6 +124,7 @@ impl Rootfs {
 
     pub fn install(&self, from: &str, rel: &str, mode: u32) {
         let p = self.join(rel);
+        let _turn = spawn_guard();
         fs::copy(from, &p).unwrap_or_else(|e| panic!("copy {from}: {e}"));
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -122,6 +132,17 @@ impl Rootfs {
     /// The command that starts sandbox-init as PID 1 in this rootfs. `netns` runs it inside
     /// an existing network namespace (`ip netns exec`).
     pub fn command(&self, args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Command {
+        self.command_with_caps(args, env, netns, DOCKER_CAPS)
+    }
+
+    /// As `command`, with another capability bounding set (`setpriv --bounding-set` syntax).
+    pub fn command_with_caps(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        caps: &str,
+    ) -> Command {
         let proc_dir = self.join("proc");
         let mut argv: Vec<String> = vec![];
         if let Some(ns) = netns {
@@ -136,7 +157,7 @@ impl Rootfs {
                 "--kill-child",
                 &format!("--mount-proc={}", proc_dir.display()),
                 "setpriv",
-                &format!("--bounding-set={DOCKER_CAPS}"),
+                &format!("--bounding-set={caps}"),
                 "--inh-caps=-all",
                 "chroot",
                 &self.path.display().to_string(),
@@ -167,11 +188,13 @@ impl Rootfs {
     pub fn run_in(&self, args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Run {
         let mut cmd = self.command(args, env, netns);
         cmd.stdin(Stdio::null());
+        let turn = spawn_guard();
         let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start unshare");
+        drop(turn);
         let out = wait_bounded(child, Duration::from_secs(60));
         Run::from(out)
     }
@@ -252,12 +275,14 @@ pub struct Running {
 
 impl Running {
     pub fn start(cmd: &mut Command) -> Running {
+        let turn = spawn_guard();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start unshare");
+        drop(turn);
         let (tx, rx) = std::sync::mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -359,3 +384,5 @@ pub fn env_map(report: &Value) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect()
 }
+
+pub mod netns;
