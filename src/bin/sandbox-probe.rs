@@ -14,6 +14,7 @@
 //!   sandbox-probe group N           start N children in its own process group, exit at once
 //!   sandbox-probe sleep SECONDS     sleep with default signal dispositions
 //!   sandbox-probe tty               report the process group and the terminal's foreground group
+//!   sandbox-probe ids               print {"uid","euid","gid","egid"} (run as a set-uid copy)
 //!   sandbox-probe stamp             print the microseconds since $BENCH_T0 (CLOCK_MONOTONIC ns,
 //!                                   taken by the benchmark right before it exec'd the chain)
 
@@ -37,6 +38,7 @@ fn main() {
             0
         }
         Some("tty") => tty(),
+        Some("ids") => ids(),
         Some("stamp") => stamp(),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
@@ -442,6 +444,23 @@ fn group(n: usize) -> i32 {
         }
     }
     println!("{}", json!({"started": n}));
+    0
+}
+
+fn ids() -> i32 {
+    // SAFETY: plain getters.
+    let (uid, euid, gid, egid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    };
+    println!(
+        "{}",
+        json!({"uid": uid, "euid": euid, "gid": gid, "egid": egid})
+    );
     0
 }
 

@@ -1,0 +1,448 @@
+//! Credentials and first-run state: the secrets given in the environment become the files
+//! Claude Code reads, and the first-run dialogs are answered, so that
+//! `claude --dangerously-skip-permissions` starts straight at its prompt.
+//!
+//! Inputs are validated here, as root, before anything is written (a bad keychain blob is
+//! exit 78 and nothing changes). All reading and writing in the home then happens in a
+//! child process that runs as the user (`as_user`), with link-proof file operations
+//! (`files`); the documents themselves are pure functions (`doc`).
+
+pub mod as_user;
+pub mod doc;
+pub mod files;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use doc::{Existing, KeyOutcome, Plan};
+use files::Found;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+const CREDENTIALS_FILE: &str = ".credentials.json";
+const STATE_FILE: &str = ".claude.json";
+const SETTINGS_FILE: &str = "settings.json";
+const GITCONFIG_FILE: &str = ".gitconfig";
+const SECRET_MODE: u32 = 0o600;
+
+/// Where Claude Code keeps its files for this user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub home: PathBuf,
+    /// `~/.claude`, or `$CLAUDE_CONFIG_DIR`.
+    pub config_dir: PathBuf,
+    /// `~/.claude.json`, or `$CLAUDE_CONFIG_DIR/.claude.json`.
+    pub state_in_config_dir: bool,
+}
+
+impl Layout {
+    /// `CLAUDE_CONFIG_DIR` as the command will see it: given at `docker run`, else from
+    /// the configured child environment.
+    pub fn new(
+        home: &Path,
+        env: &HashMap<String, String>,
+        child_defaults: &BTreeMap<String, String>,
+    ) -> Result<Layout> {
+        let custom = env
+            .get(doc::CONFIG_DIR)
+            .or_else(|| child_defaults.get(doc::CONFIG_DIR))
+            .filter(|v| !v.is_empty());
+        match custom {
+            None => Ok(Layout {
+                home: home.to_path_buf(),
+                config_dir: home.join(".claude"),
+                state_in_config_dir: false,
+            }),
+            Some(dir) => {
+                let p = PathBuf::from(dir);
+                let clean = p.is_absolute()
+                    && p.components()
+                        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+                if !clean || p == Path::new("/") {
+                    return Err(Error::Config(format!(
+                        "{}={dir:?} must be an absolute path without '..' (and not /)",
+                        doc::CONFIG_DIR
+                    )));
+                }
+                Ok(Layout {
+                    home: home.to_path_buf(),
+                    config_dir: p,
+                    state_in_config_dir: true,
+                })
+            }
+        }
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        if self.state_in_config_dir {
+            self.config_dir.join(STATE_FILE)
+        } else {
+            self.home.join(STATE_FILE)
+        }
+    }
+}
+
+/// Everything the as-user writer needs, prepared by root beforehand.
+struct Job<'a> {
+    plan: Plan,
+    layout: Layout,
+    uid: u32,
+    force: bool,
+    workdir: String,
+    gitconfig: Option<&'a Path>,
+}
+
+/// Writes the credentials given in `env` and Claude's first-run state into the user's home.
+pub fn install(
+    settings: &Settings,
+    identity: &Identity,
+    env: &HashMap<String, String>,
+    workdir: &Path,
+) -> Result<()> {
+    let plan = doc::plan(env).map_err(Error::Config)?;
+    if let Some(ignored) = plan.ignored {
+        log::warn!(
+            "both {} and {ignored} are set: using {}, ignoring {ignored}",
+            doc::KEYCHAIN,
+            doc::KEYCHAIN
+        );
+    }
+    if plan.is_empty() {
+        log::debug!(
+            "no credential in the environment ({}, {}, {}): Claude Code uses a login already \
+             on the volume, or asks for /login",
+            doc::OAUTH_TOKEN,
+            doc::KEYCHAIN,
+            doc::API_KEY
+        );
+    }
+    let layout = Layout::new(&identity.home, env, &settings.child_env.value)?;
+    let host_git = settings.host_gitconfig.value.as_path();
+    let gitconfig = std::fs::symlink_metadata(host_git)
+        .is_ok()
+        .then_some(host_git);
+
+    if let Err(e) = std::fs::symlink_metadata(&identity.home) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(Error::Sandbox(format!(
+                "cannot look at the home {}: {e}",
+                identity.home.display()
+            )));
+        }
+        if !plan.is_empty() {
+            return Err(Error::Config(format!(
+                "the home of {} ({}) does not exist: nowhere to store the credentials",
+                identity.name,
+                identity.home.display()
+            )));
+        }
+        log::warn!(
+            "the home of {} ({}) does not exist: Claude Code's first-run state not seeded",
+            identity.name,
+            identity.home.display()
+        );
+        return Ok(());
+    }
+
+    let job = Job {
+        plan,
+        layout,
+        uid: identity.uid,
+        force: settings.force_credentials.value,
+        workdir: workdir.to_string_lossy().into_owned(),
+        gitconfig,
+    };
+    as_user::run(identity, || write_as_user(&job))
+}
+
+/// Runs in the child, as the user.
+fn write_as_user(job: &Job) -> Result<()> {
+    let home = files::open_owned_dir(&job.layout.home, job.uid)?;
+    let config = open_config_dir(&home, job)?;
+    let cfg_path = &job.layout.config_dir;
+
+    if let Some((document, from)) = &job.plan.credentials {
+        write_credentials(
+            config.as_fd(),
+            &cfg_path.join(CREDENTIALS_FILE),
+            document,
+            from,
+            job.force,
+        )?;
+    }
+
+    let state_dir = if job.layout.state_in_config_dir {
+        config.as_fd()
+    } else {
+        home.as_fd()
+    };
+    write_state(state_dir, &job.layout.state_file(), job)?;
+
+    let settings_path = cfg_path.join(SETTINGS_FILE);
+    update_json(config.as_fd(), &settings_path, |existing| {
+        doc::merge_settings(existing)
+    })?;
+
+    if let Some(host) = job.gitconfig {
+        // Optional: a problem here is worth a warning, not a refused start.
+        if let Err(e) = copy_gitconfig(home.as_fd(), &job.layout.home, host, &job.workdir) {
+            log::warn!("host git configuration not copied: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
+    let l = &job.layout;
+    if !l.state_in_config_dir {
+        return files::ensure_dir(home.as_fd(), OsStr::new(".claude"), job.uid, &l.config_dir);
+    }
+    // Inside the home: every component is checked on the way down (the user shaped them).
+    if let Ok(rel) = l.config_dir.strip_prefix(&l.home) {
+        let mut dir = home
+            .try_clone()
+            .map_err(|e| Error::Sandbox(format!("cannot duplicate a descriptor: {e}")))?;
+        let mut shown = l.home.clone();
+        for c in rel.components() {
+            shown.push(c);
+            dir = files::ensure_dir(dir.as_fd(), c.as_os_str(), job.uid, &shown)?;
+        }
+        return Ok(dir);
+    }
+    // Elsewhere: the levels above are the image's; the directory itself must be the user's.
+    let (Some(parent), Some(name)) = (l.config_dir.parent(), l.config_dir.file_name()) else {
+        return Err(Error::Config(format!(
+            "{} is not a usable {}",
+            l.config_dir.display(),
+            doc::CONFIG_DIR
+        )));
+    };
+    std::fs::create_dir_all(parent).map_err(|e| {
+        Error::Config(format!(
+            "cannot create {} (for {}) as the user: {e}",
+            parent.display(),
+            doc::CONFIG_DIR
+        ))
+    })?;
+    let p = nix::fcntl::open(
+        parent,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Config(format!("cannot open {}: {e}", parent.display())))?;
+    files::ensure_dir(p.as_fd(), name, job.uid, &l.config_dir)
+}
+
+fn tighten(fd: &OwnedFd, shown: &Path) {
+    if let Ok(st) = nix::sys::stat::fstat(fd) {
+        if st.st_mode & 0o077 != 0 {
+            match nix::sys::stat::fchmod(fd, nix::sys::stat::Mode::from_bits_truncate(SECRET_MODE))
+            {
+                Ok(()) => log::debug!("{}: mode tightened to 0600", shown.display()),
+                Err(e) => log::warn!("cannot make {} mode 0600: {e}", shown.display()),
+            }
+        }
+    }
+}
+
+fn write_credentials(
+    dir: BorrowedFd<'_>,
+    shown: &Path,
+    document: &Value,
+    from: &str,
+    force: bool,
+) -> Result<()> {
+    let name = OsStr::new(CREDENTIALS_FILE);
+    let verb = match files::read_existing(dir, name, shown)? {
+        Found::File(_, fd) if !force => {
+            tighten(&fd, shown);
+            log::info!(
+                "credentials: kept the existing {} ({from} not written; it may hold a \
+                 refreshed login; --force-credentials or SANDBOX_FORCE_CREDENTIALS=1 replaces it)",
+                shown.display()
+            );
+            return Ok(());
+        }
+        Found::File(..) => "replaced (forced)",
+        Found::Symlink => {
+            log::warn!(
+                "{} was a symlink; replacing it with a regular file (its target is left alone)",
+                shown.display()
+            );
+            "wrote"
+        }
+        Found::Absent => "wrote",
+    };
+    files::write_atomic(dir, name, &doc::render(document), SECRET_MODE, shown)?;
+    log::info!("credentials: {verb} {} from {from}", shown.display());
+    Ok(())
+}
+
+/// An existing state file's object (if any) and its open descriptor (to fix its mode).
+type Loaded = (Option<Map<String, Value>>, Option<OwnedFd>);
+
+/// Reads an existing JSON state file: `(object, open file)`. A malformed one is moved
+/// aside (kept, named in a warning); a symlink is reported and will be replaced.
+fn load_json(dir: BorrowedFd<'_>, shown: &Path) -> Result<Loaded> {
+    let name = shown.file_name().unwrap_or_default();
+    match files::read_existing(dir, name, shown)? {
+        Found::Absent => Ok((None, None)),
+        Found::Symlink => {
+            log::warn!(
+                "{} was a symlink; replacing it with a regular file (its target is left alone)",
+                shown.display()
+            );
+            Ok((None, None))
+        }
+        Found::File(bytes, fd) => match doc::parse_existing(Some(&bytes)) {
+            Existing::Object(m) => Ok((Some(m), Some(fd))),
+            Existing::Absent => Ok((None, None)),
+            Existing::Malformed(why) => {
+                let backup = files::move_aside(dir, name, shown)?;
+                log::warn!(
+                    "{}: {why}; kept it as {backup} and started a new one",
+                    shown.display()
+                );
+                Ok((None, None))
+            }
+        },
+    }
+}
+
+fn update_json(
+    dir: BorrowedFd<'_>,
+    shown: &Path,
+    merge: impl FnOnce(Option<Map<String, Value>>) -> Option<Value>,
+) -> Result<()> {
+    let (existing, fd) = load_json(dir, shown)?;
+    match merge(existing) {
+        Some(doc) => {
+            let name = shown.file_name().unwrap_or_default();
+            files::write_atomic(dir, name, &doc::render(&doc), SECRET_MODE, shown)?;
+            log::debug!("first-run state written to {}", shown.display());
+        }
+        None => {
+            if let Some(fd) = fd {
+                tighten(&fd, shown);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_state(dir: BorrowedFd<'_>, shown: &Path, job: &Job) -> Result<()> {
+    let mut outcome = KeyOutcome::None;
+    update_json(dir, shown, |existing| {
+        let m = doc::merge_state(
+            existing,
+            &job.workdir,
+            job.plan.api_key.as_deref(),
+            job.force,
+        );
+        if !m.replaced.is_empty() {
+            log::warn!(
+                "{}: {} had an unexpected type and was replaced",
+                shown.display(),
+                m.replaced.join(", ")
+            );
+        }
+        outcome = m.key;
+        m.changed.then_some(m.doc)
+    })?;
+    let s = shown.display();
+    let from = doc::API_KEY;
+    match outcome {
+        KeyOutcome::None => {}
+        KeyOutcome::Written => log::info!("credentials: wrote primaryApiKey in {s} from {from}"),
+        KeyOutcome::Replaced => {
+            log::info!("credentials: replaced primaryApiKey in {s} from {from} (forced)")
+        }
+        KeyOutcome::Same => log::info!("credentials: primaryApiKey in {s} already matches {from}"),
+        KeyOutcome::Kept => log::info!(
+            "credentials: kept the existing primaryApiKey in {s} ({from} not written; \
+             --force-credentials or SANDBOX_FORCE_CREDENTIALS=1 replaces it)"
+        ),
+    }
+    Ok(())
+}
+
+/// Size limit for the host's git configuration.
+const GITCONFIG_LIMIT: u64 = 1 << 20;
+
+fn copy_gitconfig(
+    home: BorrowedFd<'_>,
+    home_path: &Path,
+    host: &Path,
+    workdir: &str,
+) -> Result<()> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(host)
+        .and_then(|f| f.take(GITCONFIG_LIMIT).read_to_string(&mut text))
+        .map_err(|e| Error::Config(format!("cannot read {} as the user: {e}", host.display())))?;
+    let content = doc::gitconfig_with_safe_directory(&text, workdir).map_err(Error::Config)?;
+    let shown = home_path.join(GITCONFIG_FILE);
+    files::write_atomic(
+        home,
+        OsStr::new(GITCONFIG_FILE),
+        content.as_bytes(),
+        SECRET_MODE,
+        &shown,
+    )?;
+    log::info!(
+        "copied the host git configuration {} to {} (safe.directory = {workdir})",
+        host.display(),
+        shown.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::test_util::env;
+
+    #[test]
+    fn layout_defaults_to_the_home() {
+        let l = Layout::new(Path::new("/home/c"), &env(&[]), &BTreeMap::new()).unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/home/c/.claude"));
+        assert_eq!(l.state_file(), PathBuf::from("/home/c/.claude.json"));
+    }
+
+    #[test]
+    fn claude_config_dir_holds_everything() {
+        let l = Layout::new(
+            Path::new("/home/c"),
+            &env(&[("CLAUDE_CONFIG_DIR", "/data/claude")]),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/data/claude"));
+        assert_eq!(l.state_file(), PathBuf::from("/data/claude/.claude.json"));
+        // from the configured child environment when not given at run time
+        let mut d = BTreeMap::new();
+        d.insert("CLAUDE_CONFIG_DIR".to_string(), "/cfg".to_string());
+        let l = Layout::new(Path::new("/home/c"), &env(&[]), &d).unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/cfg"));
+        // the run-time value wins; empty means unset
+        let l = Layout::new(
+            Path::new("/h"),
+            &env(&[("CLAUDE_CONFIG_DIR", "")]),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(l.config_dir, PathBuf::from("/h/.claude"));
+        for bad in ["rel/dir", "/a/../etc", "/"] {
+            let e = Layout::new(
+                Path::new("/h"),
+                &env(&[("CLAUDE_CONFIG_DIR", bad)]),
+                &BTreeMap::new(),
+            );
+            assert!(matches!(e, Err(Error::Config(_))), "{bad}");
+        }
+    }
+}
