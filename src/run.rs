@@ -137,8 +137,8 @@ fn run() -> Result<i32> {
         }
         None => {
             supervise::become_subreaper();
-            build_sandbox(&cx)?;
-            start_and_supervise(&cx)
+            let applied = build_sandbox(&cx)?;
+            start_and_supervise(&cx, applied.as_ref())
         }
     }
 }
@@ -209,8 +209,9 @@ fn refuse_agent_writable(path: &Path, id: &Identity) -> Result<()> {
 }
 
 /// Every stage that changes the container, in order. Shared by entrypoint and `apply`.
-fn build_sandbox(cx: &Context) -> Result<()> {
-    firewall::setup(&cx.settings, &cx.env)?;
+/// Returns what the firewall was built from (`None` when it is off).
+fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
+    let applied = firewall::setup(&cx.settings, &cx.env)?;
     if cx.identity.remapped() {
         let change = home::Reown {
             from_uid: cx.identity.image_uid,
@@ -228,7 +229,7 @@ fn build_sandbox(cx: &Context) -> Result<()> {
     }
     credentials::install(&cx.settings, &cx.identity, &cx.env, &cx.workdir)?;
     lockdown::apply(&cx.settings, &cx.identity)?;
-    Ok(())
+    Ok(applied)
 }
 
 /// Capabilities PID 1 still needs once the command runs.
@@ -237,7 +238,18 @@ fn supervisor_caps(_cx: &Context) -> Vec<u32> {
     vec![privileges::CAP_KILL]
 }
 
-fn start_and_supervise(cx: &Context) -> Result<i32> {
+/// PID 1's duties beside supervision, set up before the command starts (so that nothing it
+/// does races them), served after.
+fn duties(
+    _cx: &Context,
+    _applied: Option<&firewall::Applied>,
+) -> Result<Vec<Box<dyn supervise::Duty>>> {
+    let duties: Vec<Box<dyn supervise::Duty>> = vec![];
+    Ok(duties)
+}
+
+fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Result<i32> {
+    let duties = duties(cx, applied)?;
     let env = environment::child_env(
         &cx.env,
         &cx.identity,
@@ -265,5 +277,5 @@ fn start_and_supervise(cx: &Context) -> Result<i32> {
         // a loud warning but not killing a working session.
         log::warn!("{e}");
     }
-    Ok(supervise::supervise(child, sfd))
+    Ok(supervise::supervise(child, sfd, duties))
 }

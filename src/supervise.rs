@@ -10,7 +10,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 /// Passed on to the command as they arrive (docker stop, Ctrl-C without a tty, resize...).
@@ -26,6 +26,22 @@ pub const FORWARDED: &[Signal] = &[
 
 /// How long the rest of the command's process group may live after the command exits.
 pub const GRACE: Duration = Duration::from_millis(500);
+
+/// Work PID 1 does beside supervising while the command runs (answering DNS, reporting
+/// blocked destinations). Everything runs on PID 1's one thread: a duty waits on its
+/// descriptors through the supervisor's poll and must never block.
+pub trait Duty {
+    /// Descriptors to wait for readability on; asked again before every wait.
+    fn fds(&self) -> Vec<BorrowedFd<'_>>;
+    /// Some descriptor may be readable, or the deadline passed: do the work that is ready.
+    fn on_ready(&mut self, now: Instant);
+    /// When `on_ready` must run even if nothing arrives (timeouts, expiry, flushing).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The command has exited: last words (a summary), before PID 1 exits.
+    fn finish(&mut self) {}
+}
 
 /// The exit code a shell would report for this status.
 pub fn exit_code(status: WaitStatus) -> Option<i32> {
@@ -100,17 +116,49 @@ fn drain(sfd: &mut SignalFd) -> Vec<Signal> {
     got
 }
 
+/// How long until the earliest duty deadline, for poll.
+fn timeout(duties: &[Box<dyn Duty>], now: Instant) -> PollTimeout {
+    match duties.iter().filter_map(|d| d.deadline()).min() {
+        None => PollTimeout::NONE,
+        Some(t) => {
+            let ms = t.saturating_duration_since(now).as_millis();
+            // Round up so we never wake just before the deadline and spin.
+            PollTimeout::try_from(ms.saturating_add(1).min(60_000) as i32)
+                .unwrap_or(PollTimeout::NONE)
+        }
+    }
+}
+
 /// Runs until the command exits; returns the exit code for PID 1.
-pub fn supervise(child: Pid, mut sfd: SignalFd) -> i32 {
+pub fn supervise(child: Pid, mut sfd: SignalFd, mut duties: Vec<Box<dyn Duty>>) -> i32 {
     let status = loop {
         // A status may already be waiting (the command can exit before we get here).
         if let Some(st) = reap(child) {
             break st;
         }
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => log::warn!("poll: {e}"),
+        let wait = timeout(&duties, Instant::now());
+        let mut duty_ready = false;
+        {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            for d in &duties {
+                fds.extend(
+                    d.fds()
+                        .into_iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                );
+            }
+            match poll(&mut fds, wait) {
+                Ok(0) => duty_ready = true, // a deadline passed
+                Ok(_) => duty_ready = fds[1..].iter().any(|f| f.any().unwrap_or(false)),
+                Err(Errno::EINTR) => {}
+                Err(e) => log::warn!("poll: {e}"),
+            }
+        }
+        if duty_ready {
+            let now = Instant::now();
+            for d in duties.iter_mut() {
+                d.on_ready(now);
+            }
         }
         for sig in drain(&mut sfd) {
             if sig == Signal::SIGCHLD {
@@ -125,6 +173,9 @@ pub fn supervise(child: Pid, mut sfd: SignalFd) -> i32 {
     let code = exit_code(status).unwrap_or(crate::error::exit::SOFTWARE);
     log::debug!("command exited: {status:?} -> exit code {code}");
     end_group(child, &mut sfd);
+    for d in duties.iter_mut() {
+        d.finish();
+    }
     code
 }
 
@@ -181,6 +232,38 @@ mod tests {
             Some(143)
         );
         assert_eq!(exit_code(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
+    }
+
+    struct Due(Option<Instant>);
+    impl Duty for Due {
+        fn fds(&self) -> Vec<BorrowedFd<'_>> {
+            vec![]
+        }
+        fn on_ready(&mut self, _now: Instant) {}
+        fn deadline(&self) -> Option<Instant> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn poll_waits_until_the_earliest_duty_deadline() {
+        let now = Instant::now();
+        assert_eq!(timeout(&[], now), PollTimeout::NONE);
+        let none: Vec<Box<dyn Duty>> = vec![Box::new(Due(None))];
+        assert_eq!(timeout(&none, now), PollTimeout::NONE);
+        let two: Vec<Box<dyn Duty>> = vec![
+            Box::new(Due(Some(now + Duration::from_millis(300)))),
+            Box::new(Due(Some(now + Duration::from_millis(20)))),
+        ];
+        assert_eq!(timeout(&two, now), PollTimeout::from(21u16));
+        let past: Vec<Box<dyn Duty>> = vec![Box::new(Due(Some(now - Duration::from_secs(1))))];
+        assert_eq!(
+            timeout(&past, now),
+            PollTimeout::from(1u16),
+            "never a busy 0"
+        );
+        let far: Vec<Box<dyn Duty>> = vec![Box::new(Due(Some(now + Duration::from_secs(3600))))];
+        assert_eq!(timeout(&far, now), PollTimeout::from(60_000u16));
     }
 
     #[test]

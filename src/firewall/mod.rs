@@ -15,14 +15,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Instant;
 
-/// Programs the firewall, or fails closed.
-pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<()> {
+/// What the firewall was built from: PID 1's later duties (the DNS filter, the reports of
+/// blocked destinations) work from the same allowlist and names.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub entries: Vec<Entry>,
+    /// Each allowlisted name and the addresses it resolved to at start.
+    pub resolved: BTreeMap<String, Vec<IpAddr>>,
+    pub plan: plan::Plan,
+}
+
+/// Programs the firewall, or fails closed. `None` when the firewall is off.
+pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Option<Applied>> {
     if !settings.firewall.value {
         log::warn!(
             "FIREWALL OFF ({}): the command can reach any address; remove it to enforce the allowlist",
             settings.firewall.source
         );
-        return Ok(());
+        return Ok(None);
     }
     refuse_filter_mode(settings)?;
     let started = Instant::now();
@@ -76,7 +86,11 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<()> 
         sent_in.as_millis(),
         (kernel_started.elapsed() - sent_in).as_millis(),
     );
-    Ok(())
+    Ok(Some(Applied {
+        entries,
+        resolved,
+        plan,
+    }))
 }
 
 /// Problems `sandbox-init check` should report about the firewall, each with its fix.
