@@ -106,11 +106,11 @@ pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
         let is_input = dir == "input";
         let mut r = Rule::new(c).map_err(berr)?;
         iface(&mut r, lo, "lo");
-        rule(&mut w, &r, is_input, &format!("{dir}: accept loopback"));
+        rule(&mut w, &r, is_input, format!("{dir}: accept loopback"));
         let est = format!("{dir}: accept ct established,related");
-        rule(&mut w, &ct_established(c)?, is_input, &est);
+        rule(&mut w, &ct_established(c)?, is_input, est);
         let nd_what = format!("{dir}: accept icmpv6 neighbour discovery");
-        rule(&mut w, &nd(c)?, is_input, &nd_what);
+        rule(&mut w, &nd(c)?, is_input, nd_what);
     }
 
     for ip in &plan.dns {
