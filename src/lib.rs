@@ -13,6 +13,7 @@ pub mod home;
 pub mod identity;
 pub mod lockdown;
 pub mod presets;
+pub mod report;
 pub mod privileges;
 pub mod run;
 pub mod spawn;

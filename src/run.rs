@@ -7,7 +7,8 @@ use crate::config::{self, Settings};
 use crate::error::{exit, Error, Result};
 use crate::identity::{self, Identity};
 use crate::{
-    check, credentials, environment, firewall, home, lockdown, privileges, spawn, supervise, sys,
+    check, credentials, environment, firewall, home, lockdown, privileges, report, spawn,
+    supervise, sys,
 };
 use clap::Parser;
 use std::collections::HashMap;
@@ -242,9 +243,20 @@ fn supervisor_caps(_cx: &Context) -> Vec<u32> {
 /// does races them), served after.
 fn duties(
     _cx: &Context,
-    _applied: Option<&firewall::Applied>,
+    applied: Option<&firewall::Applied>,
 ) -> Result<Vec<Box<dyn supervise::Duty>>> {
+    let reporter = report::Reporter::shared();
+    if let Some(a) = applied {
+        let mut r = reporter.borrow_mut();
+        for (name, addrs) in &a.resolved {
+            for addr in addrs {
+                r.learned(*addr, name);
+            }
+        }
+    }
     let duties: Vec<Box<dyn supervise::Duty>> = vec![];
+    // Issue 6 pushes the DNS filter here (filter mode); issue 7 the reader of blocked
+    // packets. Both share `reporter`.
     Ok(duties)
 }
 
