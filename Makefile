@@ -51,3 +51,46 @@ bench: deps
 
 clean:
 	$(CARGO) clean
+
+# ---- Second architecture and Docker images ----------------------------------------------
+#   make all-arch      also target/aarch64-unknown-linux-musl/release/sandbox-init
+#   make test-arm64    the arm64 binary under qemu-user: --help, check, the unit tests
+#   make images        sandbox-init:latest (FROM scratch) and sandbox-init/claude:latest
+# Linker and bindgen headers for aarch64 come from .cargo/config.toml.
+ARM_TARGET := aarch64-unknown-linux-musl
+ARM_BIN    := target/$(ARM_TARGET)/release/sandbox-init
+
+.PHONY: all-arch deps-arm64 test-arm64 images image-scratch image-claude image-devcontainer
+
+all-arch: build deps-arm64
+	$(CARGO) build --release --locked --target $(ARM_TARGET) --bin sandbox-init
+	@ls -l $(ARM_BIN)
+
+deps-arm64:
+	@if ! rustup target list --installed 2>/dev/null | grep -qx $(ARM_TARGET); then \
+	  rustup target add $(ARM_TARGET) || { echo "run: rustup target add $(ARM_TARGET)"; exit 1; }; \
+	fi
+	@for p in linux-libc-dev-arm64-cross qemu-user-static; do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $$p"; apt-get install -y -qq --no-install-recommends $$p >/dev/null || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$p >/dev/null; }; \
+	  else echo "missing $$p: run  sudo apt-get install -y $$p"; exit 1; fi; \
+	done
+
+# Unit tests run through qemu-aarch64-static (no binfmt registration needed).
+test-arm64: all-arch
+	scripts/arm64-smoke.sh $(ARM_BIN)
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static \
+	  $(CARGO) test --locked --target $(ARM_TARGET) --lib
+
+images: image-scratch image-claude
+
+image-scratch: build
+	scripts/build-images.sh --bin $(BIN) scratch
+
+image-claude: build
+	scripts/build-images.sh --bin $(BIN) claude
+
+image-devcontainer: image-claude
+	scripts/build-images.sh devcontainer

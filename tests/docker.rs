@@ -1,0 +1,1175 @@
+//! Tier 3: the product end to end in a real Docker engine, with the real Claude Code CLI.
+//!
+//! Images are built locally with no pull: a Debian base imported from a debootstrap rootfs
+//! (scripts/debian-image.sh, cached), the images of images/ from the binaries cargo built
+//! for this test run (scripts/build-images.sh), and a probe image (FROM the scratch image).
+//! Fixtures live on an `--internal` network at fixed addresses:
+//!
+//! | address          | what                                                        |
+//! |------------------|-------------------------------------------------------------|
+//! | 10.213.0.1       | the gateway (this host): a listener the sandbox must not reach |
+//! | 10.213.0.10:8080 | mock of the Messages API, `api.mock.test`, allowlisted       |
+//! | 10.213.0.20:80   | an allowed host, `allowed.test`                              |
+//! | 10.213.0.30:80   | a host that must stay unreachable, also a rogue DNS server   |
+//! | 10.213.0.53      | dnsmasq: the upstream of Docker's embedded DNS (`--dns`)     |
+//!
+//! Traffic goes only to these containers and this host's address on the network. Every
+//! container, network and volume is created under a fixed name and removed by that name,
+//! failures included (Drop guard). Needs root and a running dockerd (.ci/run starts one);
+//! without it the test fails with a message, it never passes silently.
+//!
+//! All cases share the fixtures, so they run in one test function, each in its own
+//! `catch_unwind`: every case runs and every failure is listed at the end.
+
+use serde_json::Value;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
+const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+const NET: &str = "sandbox-init-test-net";
+const SUBNET: &str = "10.213.0.0/24";
+const GATEWAY: &str = "10.213.0.1";
+const MOCK_IP: &str = "10.213.0.10";
+const ALLOWED_IP: &str = "10.213.0.20";
+const BLOCKED_IP: &str = "10.213.0.30";
+const DNS_IP: &str = "10.213.0.53";
+
+const BASE: &str = "sandbox-init-test/debian:bookworm";
+const FIXTURE_IMG: &str = "sandbox-init-test/fixture";
+const SCRATCH_IMG: &str = "sandbox-init-test/scratch";
+const PROBE_IMG: &str = "sandbox-init-test/probe";
+const CLAUDE_IMG: &str = "sandbox-init-test/claude";
+const DEVCONTAINER_IMG: &str = "sandbox-init-test/devcontainer";
+
+const C_DNS: &str = "sandbox-init-test-dns";
+const C_MOCK: &str = "sandbox-init-test-mock";
+const C_ALLOWED: &str = "sandbox-init-test-allowed";
+const C_BLOCKED: &str = "sandbox-init-test-blocked";
+
+// Invented credentials: never real, each unique so a leak is unambiguous.
+const OAUTH_TOKEN: &str = "sk-ant-oat01-INVENTED-oauth-7f3a9c";
+const API_KEY: &str = "sk-ant-api03-INVENTED-apikey-51d2e8";
+const KEYCHAIN_TOKEN: &str = "sk-ant-oat01-INVENTED-keychain-c0ffee";
+const GH_TOKEN: &str = "ghp_INVENTEDgithubtoken0123456789";
+
+/// What the agent's Bash tool runs in the tool_use case: print its environment and PID 1's,
+/// then try the blocked host. Markers make the tool_result unambiguous.
+const TOOL_COMMAND: &str = "echo ENV-START; env; tr '\\0' '\\n' < /proc/1/environ; \
+echo ENV-END; echo UID=$(id -u); \
+if timeout 5 bash -c 'exec 3<>/dev/tcp/10.213.0.30/80' 2>/dev/null; \
+then echo BLOCKED-HOST-REACHED; else echo BLOCKED-HOST-UNREACHABLE; fi";
+
+// ---------------------------------------------------------------------------------------
+// docker helpers
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs docker and panics with its output unless it succeeded; returns stdout.
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn require_docker() {
+    // SAFETY: plain getter.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the Docker tier needs root (as CI runs it: sudo make test)"
+    );
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "the Docker tier needs a running dockerd, and `docker info` does not answer:\n{}\n\
+             start one (.ci/run does: dockerd > /var/log/dockerd.log 2>&1 &)",
+            text(&o.stderr)
+        ),
+        Err(e) => {
+            panic!("the Docker tier needs the docker client: {e} (apt-get install docker.io)")
+        }
+    }
+}
+
+fn script(path: &str, args: &[&str]) -> String {
+    let out = Command::new(Path::new(REPO).join(path))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {path}: {e}"));
+    assert!(
+        out.status.success(),
+        "{path} {} failed\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+    let p = PathBuf::from(base).join(format!("docker-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Everything this test creates in Docker, removed by name or ID on drop.
+#[derive(Default)]
+struct Cleanup {
+    containers: std::sync::Mutex<Vec<String>>,
+    volumes: std::sync::Mutex<Vec<String>>,
+    network: std::sync::Mutex<bool>,
+    dirs: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Cleanup {
+    fn container(&self, id: &str) {
+        self.containers.lock().unwrap().push(id.trim().to_string());
+    }
+    fn volume(&self, name: &str) {
+        self.volumes.lock().unwrap().push(name.to_string());
+    }
+    fn dir(&self, p: &Path) {
+        self.dirs.lock().unwrap().push(p.to_path_buf());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let containers = std::mem::take(&mut *self.containers.lock().unwrap());
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(containers.iter().map(String::as_str));
+            let _ = docker(&args);
+        }
+        for v in std::mem::take(&mut *self.volumes.lock().unwrap()) {
+            let _ = docker(&["volume", "rm", "-f", &v]);
+        }
+        if *self.network.lock().unwrap() {
+            let _ = docker(&["network", "rm", NET]);
+        }
+        for d in std::mem::take(&mut *self.dirs.lock().unwrap()) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// images and fixtures
+
+fn build_images(clean: &Cleanup) {
+    let t = Instant::now();
+    script("scripts/debian-image.sh", &[BASE]);
+    // Fixture image: the Debian base with the mock (dnsmasq and python3 are in the base).
+    let ctx = temp_dir("fixture-ctx");
+    clean.dir(&ctx);
+    std::fs::copy(
+        Path::new(REPO).join("tests/docker/mock_api.py"),
+        ctx.join("mock_api.py"),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY mock_api.py /srv/mock_api.py\n"),
+    )
+    .unwrap();
+    docker_ok(&["build", "-q", "-t", FIXTURE_IMG, ctx.to_str().unwrap()]);
+
+    script(
+        "scripts/build-images.sh",
+        &["--bin", INIT, "--tag", SCRATCH_IMG, "scratch"],
+    );
+    // Probe image: the scratch image plus the probe and a passwd with the user.
+    let ctx = temp_dir("probe-ctx");
+    clean.dir(&ctx);
+    std::fs::copy(PROBE, ctx.join("sandbox-probe")).unwrap();
+    std::fs::create_dir_all(ctx.join("home/claude")).unwrap();
+    std::fs::create_dir_all(ctx.join("workspace")).unwrap();
+    std::fs::write(
+        ctx.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nclaude:x:1000:1000::/home/claude:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("group"),
+        "root:x:0:\nsudo:x:27:claude\nclaude:x:1000:\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {SCRATCH_IMG}\n\
+             COPY sandbox-probe /usr/local/bin/sandbox-probe\n\
+             COPY passwd group /etc/\n\
+             COPY --chown=1000:1000 home/claude /home/claude\n\
+             COPY --chown=1000:1000 workspace /workspace\n\
+             ENV PATH=/usr/local/bin:/usr/local/sbin\n\
+             WORKDIR /workspace\n"
+        ),
+    )
+    .unwrap();
+    docker_ok(&["build", "-q", "-t", PROBE_IMG, ctx.to_str().unwrap()]);
+
+    script(
+        "scripts/build-images.sh",
+        &["--bin", INIT, "--base", BASE, "--tag", CLAUDE_IMG, "claude"],
+    );
+    script(
+        "scripts/build-images.sh",
+        &[
+            "--base",
+            CLAUDE_IMG,
+            "--tag",
+            DEVCONTAINER_IMG,
+            "devcontainer",
+        ],
+    );
+    eprintln!("docker tier: images ready in {:?}", t.elapsed());
+}
+
+fn start_fixture(clean: &Cleanup, name: &str, ip: &str, args: &[&str]) {
+    // A container left by a crashed earlier run of this test carries the same name.
+    let _ = docker(&["rm", "-f", name]);
+    let mut a = vec![
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        NET,
+        "--ip",
+        ip,
+        FIXTURE_IMG,
+    ];
+    a.extend_from_slice(args);
+    let id = docker_ok(&a);
+    clean.container(&id);
+}
+
+fn wait_log(name: &str, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = docker(&["logs", name]);
+        let all = text(&out.stdout) + &text(&out.stderr);
+        if all.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fixture {name} never logged {needle:?}:\n{all}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_fixtures(clean: &Cleanup) {
+    let _ = docker(&["network", "rm", NET]); // stale from a crashed earlier run, same name
+    docker_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        GATEWAY,
+        NET,
+    ]);
+    *clean.network.lock().unwrap() = true;
+    let dnsmasq = |extra: &str, listen: &str| {
+        format!(
+            "dnsmasq --no-daemon --no-resolv --no-hosts --bind-interfaces \
+             --listen-address={listen} {extra}"
+        )
+    };
+    let records = format!(
+        "--address=/allowed.test/{ALLOWED_IP} --address=/api.mock.test/{MOCK_IP} \
+         --address=/blocked.test/{BLOCKED_IP}"
+    );
+    start_fixture(
+        clean,
+        C_DNS,
+        DNS_IP,
+        &[
+            "sh",
+            "-c",
+            &format!("exec {} 2>&1", dnsmasq(&records, DNS_IP)),
+        ],
+    );
+    start_fixture(
+        clean,
+        C_MOCK,
+        MOCK_IP,
+        &[
+            "env",
+            &format!("MOCK_TOOL_COMMAND={TOOL_COMMAND}"),
+            "python3",
+            "-u",
+            "/srv/mock_api.py",
+            "--port",
+            "8080",
+            "--messages",
+        ],
+    );
+    start_fixture(
+        clean,
+        C_ALLOWED,
+        ALLOWED_IP,
+        &[
+            "python3",
+            "-u",
+            "/srv/mock_api.py",
+            "--port",
+            "80",
+            "--banner",
+            "allowed-host",
+        ],
+    );
+    // The blocked host also runs a rogue DNS server: it answers allowed.test with its own
+    // address, so a reply proves the query got through.
+    start_fixture(
+        clean,
+        C_BLOCKED,
+        BLOCKED_IP,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{} & exec python3 -u /srv/mock_api.py --port 80 --banner blocked-host",
+                dnsmasq(&format!("--address=/#/{BLOCKED_IP}"), BLOCKED_IP)
+            ),
+        ],
+    );
+    wait_log(C_DNS, "started");
+    wait_log(C_MOCK, "\"ready\"");
+    wait_log(C_ALLOWED, "\"ready\"");
+    wait_log(C_BLOCKED, "\"ready\"");
+}
+
+// ---------------------------------------------------------------------------------------
+// running the sandbox
+
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Ran {
+    fn report(&self) -> Value {
+        self.stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .unwrap_or_else(|| panic!("no probe report\n{self}"))
+    }
+    fn assert_code(&self, want: i32) {
+        assert_eq!(self.code, Some(want), "exit code\n{self}");
+    }
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?} after {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `docker run --rm` on the test network with its DNS, bounded in time.
+fn run_in_net(opts: &[&str], image_and_cmd: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--network", NET, "--dns", DNS_IP]);
+    cmd.args(opts);
+    for (k, v) in env {
+        // By name: the value travels in docker's environment, not on its command line.
+        cmd.env(k, v);
+        cmd.args(["-e", k]);
+    }
+    cmd.args(image_and_cmd);
+    run_bounded(cmd, Duration::from_secs(120))
+}
+
+fn run_bounded(mut cmd: Command, limit: Duration) -> Ran {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start docker");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let ran = Ran {
+        code: status.and_then(|s| s.code()),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        elapsed: start.elapsed(),
+    };
+    assert!(status.is_some(), "timed out after {limit:?}\n{ran}");
+    ran
+}
+
+/// A TCP listener on this host's address on the test network (the gateway), counting
+/// connections: the sandbox must not reach it, the unfirewalled control must.
+struct GatewayListener {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl GatewayListener {
+    fn start() -> GatewayListener {
+        let l = TcpListener::bind((GATEWAY, 0)).expect("bind a listener on the gateway address");
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        GatewayListener { port, accepted }
+    }
+}
+
+fn tcp_result<'a>(report: &'a Value, target: &str) -> &'a Value {
+    report["tcp"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["target"] == target))
+        .unwrap_or_else(|| panic!("no tcp result for {target}: {report}"))
+}
+
+fn assert_rejected_fast(r: &Value) {
+    assert_eq!(r["result"], "error", "must be blocked: {r}");
+    let err = r["error"].as_str().unwrap_or_default();
+    assert!(
+        [
+            "ECONNREFUSED",
+            "EHOSTUNREACH",
+            "ENETUNREACH",
+            "EACCES",
+            "EPERM"
+        ]
+        .contains(&err),
+        "blocked must be rejected, not dropped to a timeout: {r}"
+    );
+    assert!(
+        r["ms"].as_u64().unwrap_or(u64::MAX) < 1000,
+        "rejected fast: {r}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// cases
+
+fn probe_args(gw_port: u16) -> Vec<String> {
+    [
+        "sandbox-probe",
+        "report",
+        "--timeout-ms",
+        "3000",
+        "--tcp",
+        &format!("{ALLOWED_IP}:80"),
+        "--tcp",
+        &format!("{BLOCKED_IP}:80"),
+        "--tcp",
+        &format!("{GATEWAY}:{gw_port}"),
+        "--dns",
+        "127.0.0.11:53",
+        "allowed.test",
+        "--dns",
+        &format!("{BLOCKED_IP}:53"),
+        "allowed.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn case_probe_firewalled() {
+    let gw = GatewayListener::start();
+    let args = probe_args(gw.port);
+    let mut cmd: Vec<&str> = vec![PROBE_IMG];
+    cmd.extend(args.iter().map(String::as_str));
+    let r = run_in_net(
+        &["--cap-add", "NET_ADMIN"],
+        &cmd,
+        &[
+            ("SANDBOX_ALLOW", "allowed.test:80"),
+            ("SANDBOX_PRESETS", ""),
+            ("SANDBOX_DNS", "resolver"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN),
+            ("ANTHROPIC_API_KEY", API_KEY),
+            ("GITHUB_TOKEN", GH_TOKEN),
+        ],
+    );
+    r.assert_code(0);
+    let rep = r.report();
+
+    let allowed = tcp_result(&rep, &format!("{ALLOWED_IP}:80"));
+    assert_eq!(
+        allowed["result"], "connected",
+        "allowlisted host: {allowed}"
+    );
+    assert!(
+        allowed["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("allowed-host"),
+        "{allowed}"
+    );
+    assert_rejected_fast(tcp_result(&rep, &format!("{BLOCKED_IP}:80")));
+    assert_rejected_fast(tcp_result(&rep, &format!("{GATEWAY}:{}", gw.port)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        gw.accepted.load(Ordering::SeqCst),
+        0,
+        "the gateway listener was reached"
+    );
+
+    let dns = rep["dns"].as_array().expect("dns results");
+    assert_eq!(
+        dns[0]["rcode"], "NOERROR",
+        "Docker's embedded DNS must keep resolving: {}",
+        dns[0]
+    );
+    assert!(
+        dns[0]["addrs"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == ALLOWED_IP)),
+        "{}",
+        dns[0]
+    );
+    assert_eq!(
+        dns[1]["result"], "error",
+        "another DNS server must be unreachable: {}",
+        dns[1]
+    );
+
+    assert_eq!(rep["uid"], 1000, "runs as the user");
+    for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            rep["status"][key], "0000000000000000",
+            "{key} must be empty: {}",
+            rep["status"]
+        );
+    }
+    assert_eq!(rep["status"]["NoNewPrivs"], "1");
+    let env = rep["env"].as_object().expect("env");
+    for name in [
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "GITHUB_TOKEN",
+        "SANDBOX_ALLOW",
+        "SANDBOX_PRESETS",
+        "SANDBOX_DNS",
+    ] {
+        assert!(!env.contains_key(name), "{name} reached the command");
+    }
+    let everything = rep.to_string();
+    for secret in [OAUTH_TOKEN, API_KEY, GH_TOKEN] {
+        assert!(
+            !everything.contains(secret),
+            "a secret is visible to the command (env or /proc/1/environ)"
+        );
+    }
+}
+
+/// The same probe without the firewall: each target the firewalled case found blocked is
+/// really there, so the blocked results above mean something.
+fn case_probe_control_without_firewall() {
+    let gw = GatewayListener::start();
+    let args = probe_args(gw.port);
+    let mut cmd: Vec<&str> = vec![PROBE_IMG];
+    cmd.extend(args.iter().map(String::as_str));
+    let r = run_in_net(&[], &cmd, &[("SANDBOX_FIREWALL", "off")]);
+    r.assert_code(0);
+    assert!(
+        r.stderr.contains("FIREWALL OFF"),
+        "opting out is loud: {}",
+        r.stderr
+    );
+    let rep = r.report();
+    let blocked = tcp_result(&rep, &format!("{BLOCKED_IP}:80"));
+    assert_eq!(blocked["result"], "connected", "{blocked}");
+    assert!(blocked["body"]
+        .as_str()
+        .unwrap_or("")
+        .contains("blocked-host"));
+    let gwr = tcp_result(&rep, &format!("{GATEWAY}:{}", gw.port));
+    assert_eq!(gwr["result"], "connected", "{gwr}");
+    assert_eq!(rep["dns"][1]["rcode"], "NOERROR", "{}", rep["dns"][1]);
+}
+
+fn case_no_net_admin_fails_closed() {
+    let r = run_in_net(&[], &[PROBE_IMG, "sandbox-probe", "report"], &[]);
+    r.assert_code(70);
+    assert!(
+        r.stderr.contains("--cap-add NET_ADMIN"),
+        "the message must say what to add:\n{r}"
+    );
+    assert!(
+        !r.stdout.contains("\"uid\""),
+        "the command must not run:\n{r}"
+    );
+}
+
+fn case_docker_stop_is_fast(clean: &Cleanup) {
+    let id = docker_ok(&[
+        "run",
+        "-d",
+        "--network",
+        NET,
+        "--dns",
+        DNS_IP,
+        "--cap-add",
+        "NET_ADMIN",
+        "-e",
+        "SANDBOX_PRESETS=",
+        PROBE_IMG,
+        "sandbox-probe",
+        "sleep",
+        "60",
+    ]);
+    let id = id.trim().to_string();
+    clean.container(&id);
+    // Running once the probe shows up under PID 1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let top = docker(&["top", &id]);
+        if text(&top.stdout).contains("sandbox-probe sleep") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command never started: {}",
+            text(&docker(&["logs", &id]).stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    docker_ok(&["stop", "-t", "10", &id]);
+    let took = t.elapsed();
+    let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &id]);
+    assert!(took < Duration::from_secs(1), "docker stop took {took:?}");
+    assert_eq!(code.trim(), "143", "SIGTERM forwarded: exit 128+15");
+    eprintln!("docker tier: docker stop took {took:?}");
+}
+
+fn case_terminal_ownership() {
+    // `script` gives docker a pseudo-terminal, so `-it` behaves as in a user's terminal.
+    let line = format!(
+        "docker run --rm -it --network {NET} --dns {DNS_IP} --cap-add NET_ADMIN \
+         -e SANDBOX_PRESETS= {PROBE_IMG} sandbox-probe tty"
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let r = run_bounded(cmd, Duration::from_secs(60));
+    let json: Value = r
+        .stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_else(|| panic!("no tty report\n{r}"));
+    assert!(json["foreground"].as_i64().unwrap_or(0) > 0, "{json}");
+    assert_eq!(json["pgid"], json["pid"], "the command leads its group");
+    assert_eq!(
+        json["foreground"], json["pgid"],
+        "and owns the terminal: {json}"
+    );
+}
+
+/// The mock's log: one JSON object per request the CLI sent.
+fn mock_requests() -> Vec<Value> {
+    let out = docker(&["logs", C_MOCK]);
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("path").is_some())
+        .collect()
+}
+
+/// Common `docker run` options for the Claude image: read-only root with a tmpfs /tmp, a
+/// fresh named volume for the home, the mock allowlisted by name.
+fn claude_opts(clean: &Cleanup, case: &str) -> Vec<String> {
+    let vol = format!("sandbox-init-test-home-{case}");
+    let _ = docker(&["volume", "rm", "-f", &vol]);
+    clean.volume(&vol);
+    [
+        "--cap-add",
+        "NET_ADMIN",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        &format!("{vol}:/home/claude"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+const MOCK_URL: &str = "http://api.mock.test:8080";
+
+fn claude_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("ANTHROPIC_BASE_URL", MOCK_URL),
+        ("SANDBOX_ALLOW", "api.mock.test:8080"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+fn run_claude(clean: &Cleanup, case: &str, prompt: &str, env: &[(&str, &str)]) -> Ran {
+    let opts = claude_opts(clean, case);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    run_in_net(
+        &opts,
+        &[
+            CLAUDE_IMG,
+            "claude",
+            "-p",
+            prompt,
+            "--dangerously-skip-permissions",
+        ],
+        &claude_env(env),
+    )
+}
+
+/// The request the CLI sent for `marker` (the prompt's unique word).
+fn request_with(marker: &str) -> Value {
+    mock_requests()
+        .into_iter()
+        .find(|r| r["messages"].to_string().contains(marker))
+        .unwrap_or_else(|| panic!("the mock saw no request with {marker}"))
+}
+
+fn case_claude_oauth_token(clean: &Cleanup) {
+    let r = run_claude(
+        clean,
+        "oauth",
+        "hello CASE-OAUTH",
+        &[("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN)],
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+    let req = request_with("CASE-OAUTH");
+    assert_eq!(
+        req["authorization"],
+        format!("Bearer {OAUTH_TOKEN}"),
+        "the CLI used the token sandbox-init wrote: {req}"
+    );
+    eprintln!("docker tier: claude -p (oauth) in {:?}", r.elapsed);
+}
+
+fn case_claude_keychain_blob(clean: &Cleanup) {
+    let blob = serde_json::json!({
+        "claudeAiOauth": {
+            "accessToken": KEYCHAIN_TOKEN,
+            "refreshToken": "sk-ant-ort01-INVENTED-refresh",
+            "expiresAt": 4_102_444_800_000u64,
+            "scopes": ["user:inference"],
+            "subscriptionType": "max"
+        },
+        "mcpOAuth": {}
+    })
+    .to_string();
+    let r = run_claude(
+        clean,
+        "keychain",
+        "hello CASE-KEYCHAIN",
+        &[("CLAUDE_CREDENTIALS", &blob)],
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+    let req = request_with("CASE-KEYCHAIN");
+    assert_eq!(
+        req["authorization"],
+        format!("Bearer {KEYCHAIN_TOKEN}"),
+        "{req}"
+    );
+}
+
+/// ANTHROPIC_API_KEY through the launcher itself: its exact capability set, no-new-privileges,
+/// read-only root, limits, a per-project volume and host ids (1234:1234, re-owned home).
+fn case_claude_api_key_via_launcher(clean: &Cleanup) {
+    let project = temp_dir("project");
+    clean.dir(&project);
+    let home = temp_dir("host-home");
+    clean.dir(&home);
+    std::fs::write(home.join(".gitconfig"), "[user]\n\tname = Test User\n").unwrap();
+    let launcher = Path::new(REPO).join("scripts/run-claude.sh");
+    let common = |dry: bool| {
+        let mut c = Command::new(&launcher);
+        c.env("HOME", &home)
+            .env("ANTHROPIC_API_KEY", API_KEY)
+            .env("ANTHROPIC_BASE_URL", MOCK_URL)
+            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+            .env_remove("CLAUDE_CREDENTIALS");
+        if dry {
+            c.arg("--dry-run");
+        }
+        c.args([
+            "--image",
+            CLAUDE_IMG,
+            "--network",
+            NET,
+            "--docker-arg",
+            &format!("--dns={DNS_IP}"),
+            "--allow",
+            "api.mock.test:8080",
+            "--env",
+            "ANTHROPIC_BASE_URL",
+            "--uid",
+            "1234:1234",
+        ]);
+        c.arg(&project);
+        c.args([
+            "--",
+            "claude",
+            "-p",
+            "hello CASE-LAUNCHER",
+            "--dangerously-skip-permissions",
+        ]);
+        c
+    };
+    let dry = run_bounded(common(true), Duration::from_secs(30));
+    dry.assert_code(0);
+    let volume = dry
+        .stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix(":/home/claude"))
+        .unwrap_or_else(|| panic!("no home volume in the dry run\n{dry}"))
+        .to_string();
+    clean.volume(&volume);
+    let r = run_bounded(common(false), Duration::from_secs(120));
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+    let req = request_with("CASE-LAUNCHER");
+    assert_eq!(req["x-api-key"], API_KEY, "{req}");
+    // The home on the volume now belongs to the host ids.
+    let owner = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "stat",
+        "-v",
+        &format!("{volume}:/h"),
+        CLAUDE_IMG,
+        "-c",
+        "%u:%g",
+        "/h",
+        "/h/.claude",
+    ]);
+    assert_eq!(
+        owner.split_whitespace().collect::<Vec<_>>(),
+        ["1234:1234"; 2]
+    );
+}
+
+/// The real agent runs a Bash tool_use inside the sandbox: it tries the blocked host and
+/// prints every environment it can see; the tool_result the mock receives must show both
+/// failed. ANTHROPIC_API_KEY is the credential here because the CLI itself would pass it on
+/// to the tool's environment; only sandbox-init's scrubbing keeps it out.
+fn case_claude_tool_use_is_sandboxed(clean: &Cleanup) {
+    let r = run_claude(
+        clean,
+        "tool",
+        "please RUN-TOOL for CASE-TOOL",
+        &[("ANTHROPIC_API_KEY", API_KEY), ("GITHUB_TOKEN", GH_TOKEN)],
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-TOOL-DONE"), "{r}");
+    let reqs = mock_requests();
+    let result = reqs
+        .iter()
+        .flat_map(|q| q["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == "toolu_sandbox_probe_01")
+        .unwrap_or_else(|| panic!("the mock never received the tool_result"));
+    let out = result["content"].to_string();
+    assert!(
+        out.contains("ENV-START") && out.contains("ENV-END"),
+        "the tool ran: {out}"
+    );
+    assert!(
+        out.contains("HOME=/home/claude") && out.contains("UID=1000"),
+        "as the user: {out}"
+    );
+    assert!(out.contains("BLOCKED-HOST-UNREACHABLE"), "{out}");
+    assert!(!out.contains("BLOCKED-HOST-REACHED"), "{out}");
+    for secret in [API_KEY, GH_TOKEN] {
+        assert!(
+            !out.contains(secret),
+            "a secret reached the agent's tool: {out}"
+        );
+    }
+}
+
+/// The dev container: sandbox-init stays PID 1, and an editor-style `docker exec` session as
+/// the remote user is firewalled, unprivileged, and has no sudo.
+fn case_devcontainer(clean: &Cleanup) {
+    let json =
+        std::fs::read_to_string(Path::new(REPO).join("images/devcontainer/devcontainer.json"))
+            .unwrap();
+    // runArgs as the editor passes them (the file is JSON with comments).
+    let run_args: Vec<String> = json
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("\"--"))
+        .map(|l| l.trim_end_matches(',').trim_matches('"').to_string())
+        .collect();
+    assert!(
+        run_args.iter().any(|a| a == "--cap-drop=ALL"),
+        "{run_args:?}"
+    );
+    let vol = "sandbox-init-test-devcontainer-home";
+    let _ = docker(&["volume", "rm", "-f", vol]);
+    clean.volume(vol);
+    let mut args = vec![
+        "run".to_string(),
+        "-d".into(),
+        "--network".into(),
+        NET.into(),
+        "--dns".into(),
+        DNS_IP.into(),
+        "-v".into(),
+        format!("{vol}:/home/claude"),
+        "-e".into(),
+        format!("SANDBOX_ALLOW={ALLOWED_IP}:80"),
+        "-e".into(),
+        "SANDBOX_PRESETS=".into(),
+    ];
+    args.extend(run_args);
+    args.push(DEVCONTAINER_IMG.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = docker_ok(&args).trim().to_string();
+    clean.container(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text(&docker(&["top", &id]).stdout).contains("sleep infinity") {
+        assert!(
+            Instant::now() < deadline,
+            "the dev container never started:\n{}",
+            text(&docker(&["logs", &id]).stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = docker(&[
+        "exec",
+        "-u",
+        "claude",
+        &id,
+        "bash",
+        "-c",
+        "id; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
+         command -v sudo || echo NO-SUDO; \
+         timeout 5 bash -c 'exec 3<>/dev/tcp/10.213.0.20/80' && echo ALLOWED-OK; \
+         timeout 5 bash -c 'exec 3<>/dev/tcp/10.213.0.30/80' 2>/dev/null && echo BLOCKED-REACHED || echo BLOCKED-OK",
+    ]);
+    let o = text(&out.stdout);
+    assert!(o.contains("uid=1000(claude)"), "{o}");
+    assert!(!o.contains("(sudo)"), "{o}");
+    assert!(o.contains("CapEff:\t0000000000000000"), "{o}");
+    assert!(o.contains("NoNewPrivs:\t1"), "{o}");
+    assert!(o.contains("NO-SUDO"), "{o}");
+    assert!(o.contains("ALLOWED-OK"), "{o}\n{}", text(&out.stderr));
+    assert!(
+        o.contains("BLOCKED-OK") && !o.contains("BLOCKED-REACHED"),
+        "{o}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn docker_end_to_end() {
+    require_docker();
+    let t0 = Instant::now();
+    let clean = Cleanup::default();
+    build_images(&clean);
+    start_fixtures(&clean);
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let cases: Vec<Case> = vec![
+        ("probe: firewalled", Box::new(case_probe_firewalled)),
+        (
+            "probe: control without the firewall",
+            Box::new(case_probe_control_without_firewall),
+        ),
+        (
+            "no NET_ADMIN fails closed",
+            Box::new(case_no_net_admin_fails_closed),
+        ),
+        ("docker stop", Box::new(|| case_docker_stop_is_fast(&clean))),
+        ("terminal ownership", Box::new(case_terminal_ownership)),
+        (
+            "claude: CLAUDE_CODE_OAUTH_TOKEN",
+            Box::new(|| case_claude_oauth_token(&clean)),
+        ),
+        (
+            "claude: keychain blob",
+            Box::new(|| case_claude_keychain_blob(&clean)),
+        ),
+        (
+            "claude: ANTHROPIC_API_KEY via run-claude.sh",
+            Box::new(|| case_claude_api_key_via_launcher(&clean)),
+        ),
+        (
+            "claude: tool_use inside the sandbox",
+            Box::new(|| case_claude_tool_use_is_sandboxed(&clean)),
+        ),
+        ("devcontainer", Box::new(|| case_devcontainer(&clean))),
+    ];
+    let mut failed = vec![];
+    for (name, case) in &cases {
+        let t = Instant::now();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(case));
+        let verdict = if res.is_ok() { "ok" } else { "FAILED" };
+        eprintln!("docker tier: {name} ... {verdict} ({:?})", t.elapsed());
+        if res.is_err() {
+            failed.push(*name);
+        }
+    }
+    eprintln!("docker tier: {} cases in {:?}", cases.len(), t0.elapsed());
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
+
+/// The launcher's dry run: secrets by name only, the capability set, and the flags.
+#[test]
+fn launcher_dry_run_passes_secrets_by_name_only() {
+    let project = temp_dir("dry-project");
+    let home = temp_dir("dry-home");
+    let out = Command::new(Path::new(REPO).join("scripts/run-claude.sh"))
+        .env("HOME", &home)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN)
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .args([
+            "--dry-run",
+            "--allow",
+            "registry.npmjs.org",
+            "--allow",
+            "10.0.0.0/8",
+            "--preset",
+            "anthropic",
+            "--preset",
+            "npm",
+            "--fresh-creds",
+            "--uid",
+            "501:20",
+            "--shell",
+        ])
+        .arg(&project)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the launcher");
+    let _ = std::fs::remove_dir_all(&project);
+    let _ = std::fs::remove_dir_all(&home);
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "{o}\n{}", text(&out.stderr));
+    let words: Vec<&str> = o.split_whitespace().collect();
+    let pair = |a: &str, b: &str| words.windows(2).any(|w| w[0] == a && w[1] == b);
+    assert!(!o.contains(OAUTH_TOKEN) && !o.contains(API_KEY), "{o}");
+    assert!(pair("-e", "CLAUDE_CODE_OAUTH_TOKEN"), "{o}");
+    assert!(pair("-e", "ANTHROPIC_API_KEY"), "{o}");
+    assert!(pair("--cap-drop", "ALL"), "{o}");
+    let caps: Vec<&str> = words
+        .windows(2)
+        .filter(|w| w[0] == "--cap-add")
+        .map(|w| w[1])
+        .collect();
+    assert_eq!(
+        caps,
+        [
+            "NET_ADMIN",
+            "SETUID",
+            "SETGID",
+            "SETPCAP",
+            "KILL",
+            "CHOWN",
+            "DAC_READ_SEARCH"
+        ]
+    );
+    assert!(pair("--security-opt", "no-new-privileges"), "{o}");
+    assert!(words.contains(&"--read-only"), "{o}");
+    assert!(
+        pair("--pids-limit", "1024") && pair("--memory", "8g"),
+        "{o}"
+    );
+    assert!(
+        pair("-e", "SANDBOX_UID=501") && pair("-e", "SANDBOX_GID=20"),
+        "{o}"
+    );
+    assert!(pair("-e", "SANDBOX_FORCE_CREDENTIALS=1"), "{o}");
+    assert!(
+        o.contains("SANDBOX_ALLOW=registry.npmjs.org\\,10.0.0.0/8"),
+        "{o}"
+    );
+    assert!(o.contains("SANDBOX_PRESETS=anthropic\\,npm"), "{o}");
+    let project_name = project.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        words
+            .iter()
+            .any(|w| w.starts_with(&format!("claude-config-{project_name}-"))
+                && w.ends_with(":/home/claude")),
+        "{o}"
+    );
+    assert!(words.iter().any(|w| w.ends_with(":/workspace")), "{o}");
+    assert_eq!(words.last(), Some(&"bash"), "--shell runs bash: {o}");
+}
