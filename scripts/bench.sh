@@ -22,3 +22,9 @@ if [ -x "$here/bench-firewall.sh" ]; then
   echo "== firewall setup =="
   "$here/bench-firewall.sh" "$init" "$probe"
 fi
+
+if [ -x "$here/bench-dns.sh" ]; then
+  echo
+  echo "== DNS filter (dns = filter) =="
+  "$here/bench-dns.sh" "$init" "$probe"
+fi

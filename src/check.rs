@@ -68,6 +68,10 @@ pub fn run(cx: &Context) -> i32 {
         }),
     }
     problems.extend(crate::firewall::diagnose(&cx.settings, &cx.env));
+    // Inside a running sandbox (docker exec): what was blocked so far. Read-only.
+    for line in crate::report::status::check_lines() {
+        println!("{line}");
+    }
 
     if problems.is_empty() {
         println!("ok: the sandbox can be built as configured");

@@ -99,7 +99,22 @@ fn run() -> Result<i32> {
     }
     let settings = config::load(&options, &command, &env)?;
     init_logging(&settings.log.value);
-    refuse_unbuilt_features(&settings)?;
+    let mut settings = settings;
+    if matches!(mode, Some(ModeKind::Apply)) && settings.dns.value == config::DnsMode::Filter {
+        // The DNS filter is PID 1 answering queries; a one-shot `apply` leaves no one to.
+        let level = if matches!(settings.dns.source, config::Source::Default) {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "apply: DNS mode 'filter' ({}) needs sandbox-init to stay PID 1; applying 'resolver' \
+             (the child may query the resolvers of /etc/resolv.conf directly)",
+            settings.dns.source
+        );
+        settings.dns.value = config::DnsMode::Resolver;
+    }
 
     // PID 1's own copy of every secret goes now: /proc/1/environ is readable by anyone who
     // shares our uid, and the values live on in `env` only.
@@ -142,24 +157,6 @@ fn run() -> Result<i32> {
             start_and_supervise(&cx, applied.as_ref())
         }
     }
-}
-
-/// Settings of the contract whose machinery is not in this build yet: refusing them is
-/// honest; ignoring them would leave the user believing in a protection that is not there.
-fn refuse_unbuilt_features(s: &Settings) -> Result<()> {
-    if s.dns.value == config::DnsMode::Filter {
-        return Err(Error::Config(format!(
-            "DNS mode 'filter' ({}) is not available in this build yet; use 'resolver'",
-            s.dns.source
-        )));
-    }
-    if s.audit_log.value.is_some() {
-        return Err(Error::Config(format!(
-            "the audit log ({}) is not available in this build yet; unset it",
-            s.audit_log.source
-        )));
-    }
-    Ok(())
 }
 
 fn resolve_identity(s: &Settings) -> Result<Identity> {
@@ -234,15 +231,24 @@ fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
 }
 
 /// Capabilities PID 1 still needs once the command runs.
-fn supervisor_caps(_cx: &Context) -> Vec<u32> {
+fn supervisor_caps(cx: &Context) -> Vec<u32> {
     // CAP_KILL: the command runs under another uid, and signals must reach it.
-    vec![privileges::CAP_KILL]
+    let mut caps = vec![privileges::CAP_KILL];
+    if dns_filter_on(cx) {
+        // The DNS filter adds answered addresses to the firewall's sets.
+        caps.push(privileges::CAP_NET_ADMIN);
+    }
+    caps
+}
+
+fn dns_filter_on(cx: &Context) -> bool {
+    cx.settings.firewall.value && cx.settings.dns.value == config::DnsMode::Filter
 }
 
 /// PID 1's duties beside supervision, set up before the command starts (so that nothing it
 /// does races them), served after.
 fn duties(
-    _cx: &Context,
+    cx: &Context,
     applied: Option<&firewall::Applied>,
 ) -> Result<Vec<Box<dyn supervise::Duty>>> {
     let reporter = report::Reporter::shared();
@@ -254,9 +260,19 @@ fn duties(
             }
         }
     }
-    let duties: Vec<Box<dyn supervise::Duty>> = vec![];
     // Issue 6 pushes the DNS filter here (filter mode); issue 7 the reader of blocked
     // packets. Both share `reporter`.
+    let mut duties: Vec<Box<dyn supervise::Duty>> = vec![report::start(
+        &reporter,
+        &cx.settings,
+        &cx.identity,
+        applied,
+    )?];
+    if let Some(a) = applied.filter(|_| dns_filter_on(cx)) {
+        duties.push(Box::new(
+            crate::dns::filter(a, reporter.clone()).map_err(Error::Sandbox)?,
+        ));
+    }
     Ok(duties)
 }
 

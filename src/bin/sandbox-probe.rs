@@ -5,7 +5,11 @@
 //! Usage:
 //!   sandbox-probe report [--tcp ADDR:PORT]... [--udp ADDR:PORT]... [--dns SERVER NAME]...
 //!                        [--dns-tcp SERVER NAME]... [--read PATH]... [--write PATH]...
-//!                        [--exec PATH]... [--timeout-ms N]
+//!                        [--exec PATH]... [--resolve NAME]... [--timeout-ms N]
+//!   sandbox-probe flood N ADDR PORT0  N TCP connects to ADDR:PORT0, ADDR:PORT0+1, ... in a
+//!                                   thread; prints "flooding" after N/10, then for each of two signals
+//!                                   "got SIG after K attempts", and "done {json}" after the
+//!                                   flood; exits 0 after the flood and the second signal
 //!   sandbox-probe exit N            exit with code N
 //!   sandbox-probe die SIGNAL        kill itself with SIGNAL (a number)
 //!   sandbox-probe signals N         print "ready", then one line per signal received;
@@ -17,6 +21,17 @@
 //!   sandbox-probe ids               print {"uid","euid","gid","egid"} (run as a set-uid copy)
 //!   sandbox-probe stamp             print the microseconds since $BENCH_T0 (CLOCK_MONOTONIC ns,
 //!                                   taken by the benchmark right before it exec'd the chain)
+//!   sandbox-probe dns STEP...       DNS steps in order, one JSON line each as it finishes:
+//!       --query udp|tcp SERVER NAME TYPE   one query (TYPE: A, AAAA, TXT, MX, ANY, ... or a number)
+//!       --connect ADDR:PORT                a TCP connection (as `report --tcp`)
+//!       --resolve-connect SERVER NAME PORT A query over UDP, then TCP to its first address
+//!       --flood udp|tcp SERVER SUFFIX N    N random labels under SUFFIX, rotating record types;
+//!                                          counts the answers by rcode
+//!       --blast SERVER N                   N UDP queries sent back to back, answers counted after
+//!       --garbage SERVER N                 N malformed/oversized datagrams and TCP streams
+//!       --pid1                             try to signal, ptrace and read PID 1
+//!       --wait-file PATH                   wait (up to 60 s) until PATH exists
+//!       --sleep MS
 
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
@@ -40,6 +55,8 @@ fn main() {
         Some("tty") => tty(),
         Some("ids") => ids(),
         Some("stamp") => stamp(),
+        Some("dns") => dns_steps(&args[1..]),
+        Some("flood") => flood(&args[1..]),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -298,6 +315,7 @@ fn report(args: &[String]) -> i32 {
     let mut reads = vec![];
     let mut writes = vec![];
     let mut execs = vec![];
+    let mut resolves = vec![];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut next = || it.next().cloned().unwrap_or_default();
@@ -309,6 +327,7 @@ fn report(args: &[String]) -> i32 {
             "--read" => reads.push(next()),
             "--write" => writes.push(next()),
             "--exec" => execs.push(next()),
+            "--resolve" => resolves.push(next()),
             "--timeout-ms" => {
                 timeout = Duration::from_millis(next().parse().unwrap_or(2000));
             }
@@ -363,8 +382,81 @@ fn report(args: &[String]) -> i32 {
         "read": reads.iter().map(|p| read_file(p)).collect::<Vec<_>>(),
         "write": writes.iter().map(|p| write_file(p)).collect::<Vec<_>>(),
         "exec": execs.iter().map(|c| exec(c)).collect::<Vec<_>>(),
+        "resolve": resolves.iter().map(|n| resolve(n)).collect::<Vec<_>>(),
     });
     println!("{out}");
+    0
+}
+
+/// The system resolver (musl: /etc/resolv.conf), as a program in the sandbox would use it.
+fn resolve(name: &str) -> Value {
+    use std::net::ToSocketAddrs;
+    let start = Instant::now();
+    let mut v = match (name, 0u16).to_socket_addrs() {
+        Ok(addrs) => {
+            let a: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            json!({"result": "ok", "addrs": a})
+        }
+        Err(e) => json!({"result": "error", "error": e.to_string()}),
+    };
+    v["name"] = json!(name);
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
+fn flood(args: &[String]) -> i32 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let Some(addr) = args.get(1).and_then(|a| a.parse::<std::net::IpAddr>().ok()) else {
+        eprintln!("sandbox-probe: flood N ADDR PORT0");
+        return 2;
+    };
+    let port0: u16 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+    // SAFETY: blocking every catchable signal (inherited by the flood thread) to wait for
+    // them synchronously.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let counter = done.clone();
+    let start = Instant::now();
+    let worker = std::thread::spawn(move || {
+        let mut refused = 0usize;
+        for i in 0..n {
+            let port = port0.wrapping_add((i % 60_000) as u16).max(1);
+            let sa = SocketAddr::new(addr, port);
+            if let Err(e) = TcpStream::connect_timeout(&sa, Duration::from_millis(500)) {
+                if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+                    refused += 1;
+                }
+            }
+            counter.store(i + 1, Ordering::SeqCst);
+        }
+        refused
+    });
+    // Announce once the flood is well under way (PID 1 has a backlog of reports to read).
+    while done.load(Ordering::SeqCst) < n / 10 && !worker.is_finished() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    println!("flooding");
+    let _ = std::io::stdout().flush();
+    let wait = |done: &AtomicUsize| {
+        // SAFETY: set holds every signal; they are blocked in every thread.
+        let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        println!("got {sig} after {} attempts", done.load(Ordering::SeqCst));
+        let _ = std::io::stdout().flush();
+    };
+    wait(&done);
+    let refused = worker.join().unwrap_or(0);
+    println!(
+        "done {}",
+        json!({"attempts": n, "refused": refused, "ms": start.elapsed().as_millis() as u64})
+    );
+    let _ = std::io::stdout().flush();
+    wait(&done);
     0
 }
 
@@ -490,5 +582,366 @@ fn stamp() -> i32 {
         return 2;
     };
     println!("{}", (now - t0) / 1000);
+    0
+}
+
+fn qtype(s: &str) -> u16 {
+    match s.to_ascii_uppercase().as_str() {
+        "A" => 1,
+        "NS" => 2,
+        "CNAME" => 5,
+        "SOA" => 6,
+        "NULL" => 10,
+        "PTR" => 12,
+        "MX" => 15,
+        "TXT" => 16,
+        "AAAA" => 28,
+        "SRV" => 33,
+        "HTTPS" => 65,
+        "ANY" => 255,
+        n => n.parse().unwrap_or(1),
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn new() -> Rng {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(t ^ ((std::process::id() as u64) << 32) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn label(&mut self, len: usize) -> String {
+        (0..len)
+            .map(|_| (b'a' + (self.next() % 26) as u8) as char)
+            .collect()
+    }
+}
+
+fn rcode_name(resp: &[u8]) -> &'static str {
+    match resp.get(3).map(|b| b & 0x0f) {
+        Some(0) => "NOERROR",
+        Some(1) => "FORMERR",
+        Some(2) => "SERVFAIL",
+        Some(3) => "NXDOMAIN",
+        Some(4) => "NOTIMP",
+        Some(5) => "REFUSED",
+        Some(_) => "OTHER",
+        None => "short",
+    }
+}
+
+fn udp_socket(server: &SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(server)?;
+    Ok(s)
+}
+
+fn one_query(proto: &str, server: &str, name: &str, ty: u16, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let run = || -> std::io::Result<Vec<u8>> {
+        let sa: SocketAddr = server
+            .parse()
+            .map_err(|_| std::io::Error::other("bad server address"))?;
+        let q = dns_query(name, 0x4242, ty);
+        if proto == "tcp" {
+            let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+            msg.extend_from_slice(&q);
+            s.write_all(&msg)?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf)?;
+            Ok(buf)
+        } else {
+            let s = udp_socket(&sa)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send(&q)?;
+            let mut buf = vec![0; 65536];
+            let n = s.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        }
+    };
+    let mut v = match run() {
+        Ok(resp) => {
+            let mut v = dns_parse(&resp);
+            v["ancount"] = json!(u16::from_be_bytes([resp[6], resp[7]]));
+            v["tc"] = json!(resp[2] & 0x02 != 0);
+            v
+        }
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["step"] = json!("query");
+    v["proto"] = json!(proto);
+    v["server"] = json!(server);
+    v["name"] = json!(name);
+    v["type"] = json!(ty);
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
+const FLOOD_TYPES: &[u16] = &[1, 16, 28, 15, 10, 255, 5, 33, 65, 12];
+
+/// Queries for random names under `suffix`, `window` at a time, each answered or timed out.
+fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
+    let start = Instant::now();
+    let mut rng = Rng::new();
+    let mut counts: Map<String, Value> = Map::new();
+    let mut bump = |k: &str| {
+        let c = counts.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        counts.insert(k.to_string(), json!(c + 1));
+    };
+    let Ok(sa) = server.parse::<SocketAddr>() else {
+        return json!({"step": "flood", "result": "bad-address"});
+    };
+    let mut names = vec![];
+    for i in 0..n {
+        let name = format!("{}.{suffix}", rng.label(12 + (i % 20)));
+        names.push((name, FLOOD_TYPES[i % FLOOD_TYPES.len()]));
+    }
+    for chunk in names.chunks(50) {
+        if proto == "tcp" {
+            let run = || -> std::io::Result<Vec<Vec<u8>>> {
+                let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut out = vec![];
+                for (i, (name, ty)) in chunk.iter().enumerate() {
+                    let q = dns_query(name, i as u16, *ty);
+                    out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&q);
+                }
+                s.write_all(&out)?;
+                let mut got = vec![];
+                for _ in chunk {
+                    let mut len = [0u8; 2];
+                    s.read_exact(&mut len)?;
+                    let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+                    s.read_exact(&mut buf)?;
+                    got.push(buf);
+                }
+                Ok(got)
+            };
+            match run() {
+                Ok(got) => got.iter().for_each(|r| bump(rcode_name(r))),
+                Err(e) => bump(&format!("error {}", errno_name(&e))),
+            }
+        } else {
+            let Ok(s) = udp_socket(&sa) else {
+                bump("error socket");
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
+            for (i, (name, ty)) in chunk.iter().enumerate() {
+                let _ = s.send(&dns_query(name, i as u16, *ty));
+            }
+            let mut buf = vec![0; 65536];
+            for _ in chunk {
+                match s.recv(&mut buf) {
+                    Ok(n) => bump(rcode_name(&buf[..n])),
+                    Err(e) => bump(&format!("error {}", errno_name(&e))),
+                }
+            }
+        }
+    }
+    json!({"step": "flood", "proto": proto, "suffix": suffix, "sent": n, "rcodes": counts,
+           "ms": start.elapsed().as_millis() as u64})
+}
+
+/// Fire-and-forget: `n` queries as fast as the socket takes them, then the answers.
+fn blast(server: &str, n: usize) -> Value {
+    let start = Instant::now();
+    let Ok(sa) = server.parse::<SocketAddr>() else {
+        return json!({"step": "blast", "result": "bad-address"});
+    };
+    let Ok(s) = udp_socket(&sa) else {
+        return json!({"step": "blast", "result": "error"});
+    };
+    let mut rng = Rng::new();
+    let mut sent = 0;
+    for i in 0..n {
+        let name = format!("{}.flood.evil.test", rng.label(16));
+        if s.send(&dns_query(
+            &name,
+            i as u16,
+            FLOOD_TYPES[i % FLOOD_TYPES.len()],
+        ))
+        .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = vec![0; 65536];
+    let mut answers = 0;
+    while s.recv(&mut buf).is_ok() {
+        answers += 1;
+    }
+    json!({"step": "blast", "sent": sent, "answers": answers,
+           "ms": start.elapsed().as_millis() as u64})
+}
+
+/// Bytes no resolver should choke on: random, truncated, oversized, looping pointers,
+/// answers posing as queries; over TCP, lying length prefixes and half messages.
+fn garbage(server: &str, n: usize) -> Value {
+    let start = Instant::now();
+    let Ok(sa) = server.parse::<SocketAddr>() else {
+        return json!({"step": "garbage", "result": "bad-address"});
+    };
+    let mut rng = Rng::new();
+    let mut sent = 0;
+    if let Ok(s) = udp_socket(&sa) {
+        for i in 0..n {
+            let mut m: Vec<u8> = match i % 6 {
+                0 => (0..(rng.next() % 600) as usize)
+                    .map(|_| rng.next() as u8)
+                    .collect(),
+                1 => dns_query("a.allowed.test", 1, 1)[..(rng.next() % 20) as usize].to_vec(),
+                2 => vec![0x41; 60_000],
+                3 => {
+                    // a pointer to itself in the question
+                    let mut q = dns_query("x", 3, 1);
+                    q.truncate(12);
+                    q.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+                    q
+                }
+                4 => {
+                    let mut q = dns_query("a.allowed.test", 4, 1);
+                    q[2] |= 0x80; // a response
+                    q
+                }
+                _ => {
+                    let mut q = dns_query("a.allowed.test", 5, 1);
+                    let at = 12 + (rng.next() as usize % (q.len() - 12));
+                    q[at] = rng.next() as u8;
+                    q[5] = (rng.next() % 4) as u8; // qdcount 0..3
+                    q
+                }
+            };
+            if m.is_empty() {
+                m.push(0);
+            }
+            if s.send(&m).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    let mut streams = 0;
+    for i in 0..20 {
+        if let Ok(mut t) = TcpStream::connect_timeout(&sa, Duration::from_secs(1)) {
+            streams += 1;
+            let _ = match i % 4 {
+                0 => t.write_all(&[0xff, 0xff, 1, 2, 3]), // promises 65535 bytes, sends 3
+                1 => t.write_all(&[0, 3, 1, 2, 3, 0, 12]), // too short to be a query
+                2 => {
+                    let junk: Vec<u8> = (0..5000).map(|_| rng.next() as u8).collect();
+                    t.write_all(&junk)
+                }
+                _ => t.write_all(&[0]),
+            };
+            // closed half-way through
+        }
+    }
+    json!({"step": "garbage", "datagrams": sent, "streams": streams,
+           "ms": start.elapsed().as_millis() as u64})
+}
+
+fn pid1_attacks() -> Value {
+    // Signal 0 checks the permission without delivering anything.
+    // SAFETY: kill and ptrace on PID 1 with no memory passed; both are expected to fail.
+    let (kill_rc, kill_err) = unsafe { (libc::kill(1, 0), std::io::Error::last_os_error()) };
+    let (pt_rc, pt_err) = unsafe {
+        (
+            libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0),
+            std::io::Error::last_os_error(),
+        )
+    };
+    let mem = std::fs::read("/proc/1/environ");
+    json!({"step": "pid1",
+           "kill": if kill_rc == 0 { "ok".to_string() } else { errno_name(&kill_err) },
+           "ptrace": if pt_rc == 0 { "ok".to_string() } else { errno_name(&pt_err) },
+           "environ": match mem { Ok(_) => "ok".to_string(), Err(e) => errno_name(&e) }})
+}
+
+fn dns_steps(args: &[String]) -> i32 {
+    let timeout = Duration::from_millis(2000);
+    let mut it = args.iter();
+    let mut out = std::io::stdout();
+    while let Some(a) = it.next() {
+        let mut next = || it.next().cloned().unwrap_or_default();
+        let v = match a.as_str() {
+            "--query" => {
+                let (p, s, n, t) = (next(), next(), next(), next());
+                one_query(&p, &s, &n, qtype(&t), timeout)
+            }
+            "--connect" => {
+                let mut v = tcp(&next(), timeout);
+                v["step"] = json!("connect");
+                v
+            }
+            "--resolve-connect" => {
+                let (server, name, port) = (next(), next(), next());
+                let mut v = one_query("udp", &server, &name, 1, timeout);
+                let first = v["addrs"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.as_str())
+                    .map(String::from);
+                v["step"] = json!("resolve-connect");
+                v["connect"] = match first {
+                    Some(a) => tcp(&format!("{a}:{port}"), timeout),
+                    None => json!({"result": "no-address"}),
+                };
+                v
+            }
+            "--flood" => {
+                let (p, s, suf, n) = (next(), next(), next(), next());
+                dns_flood(&p, &s, &suf, n.parse().unwrap_or(100))
+            }
+            "--blast" => {
+                let (s, n) = (next(), next());
+                blast(&s, n.parse().unwrap_or(1000))
+            }
+            "--garbage" => {
+                let (s, n) = (next(), next());
+                garbage(&s, n.parse().unwrap_or(1000))
+            }
+            "--pid1" => pid1_attacks(),
+            "--wait-file" => {
+                let p = next();
+                let start = Instant::now();
+                while !std::path::Path::new(&p).exists() && start.elapsed().as_secs() < 60 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                json!({"step": "wait-file", "path": p,
+                       "found": std::path::Path::new(&p).exists()})
+            }
+            "--sleep" => {
+                let ms: u64 = next().parse().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms));
+                json!({"step": "sleep", "ms": ms})
+            }
+            other => {
+                eprintln!("sandbox-probe: unknown dns step {other}");
+                return 2;
+            }
+        };
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
     0
 }

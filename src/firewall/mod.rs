@@ -34,7 +34,6 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
         );
         return Ok(None);
     }
-    refuse_filter_mode(settings)?;
     let started = Instant::now();
     let entries = entries(settings)?;
     let names = names(&entries);
@@ -61,19 +60,26 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     }
 
     let host = hostnet::HostNet::read();
-    let plan = plan::build(&entries, &resolved, &host, settings.allow_gateway.value);
+    let filter = settings.dns.value == DnsMode::Filter;
+    let plan = plan::build_mode(
+        &entries,
+        &resolved,
+        &host,
+        settings.allow_gateway.value,
+        filter,
+    );
     for w in &plan.warnings {
         log::warn!("{w}");
     }
     let marker = marker(&plan);
-    let built = netlink::build(&plan, &marker).map_err(Error::Sandbox)?;
     let kernel_started = Instant::now();
-    netlink::send(&built).map_err(|e| Error::Sandbox(diagnosis(&e, &built.what)))?;
+    let built = apply_batch(&plan, &marker)?;
     let sent_in = kernel_started.elapsed();
     netlink::verify(&built.expect)
         .map_err(|e| Error::Sandbox(format!("the firewall did not read back as applied: {e}")))?;
-    let v4 = plan.any.v4.len() + plan.ports.values().map(|g| g.v4.len()).sum::<usize>();
-    let v6 = plan.any.v6.len() + plan.ports.values().map(|g| g.v6.len()).sum::<usize>();
+    let groups = || plan.ports.values().chain(plan.dynamic.values());
+    let v4 = plan.any.v4.len() + groups().map(|g| g.v4.len()).sum::<usize>();
+    let v6 = plan.any.v6.len() + groups().map(|g| g.v6.len()).sum::<usize>();
     let nets = plan.any.nets.len() + plan.ports.values().map(|g| g.nets.len()).sum::<usize>();
     log::info!(
         "firewall applied: {} names ({} unresolved), {v4} IPv4 + {v6} IPv6 addresses, {nets} \
@@ -93,6 +99,33 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     }))
 }
 
+/// Sends the ruleset. Reporting what was blocked must never cost the wall itself: when the
+/// kernel refuses the batch (for a reason other than missing privileges), it is sent once
+/// more without the NFLOG copies, which need the kernel's nfnetlink_log that some hosts
+/// lack; if that goes through, the sandbox runs without reports, and says so.
+fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
+    let built = netlink::build(plan, marker, true).map_err(Error::Sandbox)?;
+    let first = match netlink::send(&built) {
+        Ok(()) => return Ok(built),
+        Err(e) => e,
+    };
+    let refused = diagnosis(&first, &built.what);
+    if !matches!(first, netlink::NlError::Kernel { errno, .. } if errno != libc::EPERM) {
+        return Err(Error::Sandbox(refused));
+    }
+    let plain = netlink::build(plan, marker, false).map_err(Error::Sandbox)?;
+    match netlink::send(&plain) {
+        Ok(()) => {
+            log::warn!(
+                "blocked destinations will NOT be reported: the kernel refused the ruleset \
+                 with NFLOG logging ({refused}); the firewall itself is applied"
+            );
+            Ok(plain)
+        }
+        Err(_) => Err(Error::Sandbox(refused)),
+    }
+}
+
 /// Problems `sandbox-init check` should report about the firewall, each with its fix.
 /// Prints the plan and each name's addresses; changes nothing.
 pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Vec<crate::check::Problem> {
@@ -104,12 +137,6 @@ pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Vec<crat
             settings.firewall.source
         );
         return problems;
-    }
-    if let Err(e) = refuse_filter_mode(settings) {
-        problems.push(Problem {
-            what: e.to_string(),
-            fix: "use --dns resolver (SANDBOX_DNS=resolver)".into(),
-        });
     }
     // Listing needs the same capability and subsystem as applying, and changes nothing.
     if let Err(e) = netlink::probe() {
@@ -155,24 +182,19 @@ pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Vec<crat
         }
     }
     let host = hostnet::HostNet::read();
-    let plan = plan::build(&entries, &resolved, &host, settings.allow_gateway.value);
+    let plan = plan::build_mode(
+        &entries,
+        &resolved,
+        &host,
+        settings.allow_gateway.value,
+        settings.dns.value == DnsMode::Filter,
+    );
     println!("firewall plan:");
     print!("{plan}");
     for w in &plan.warnings {
         println!("  warning: {w}");
     }
     problems
-}
-
-fn refuse_filter_mode(settings: &Settings) -> Result<()> {
-    if settings.dns.value == DnsMode::Filter {
-        // Promising "no DNS server but ours" without the forwarder would be a lie.
-        return Err(Error::Sandbox(format!(
-            "DNS mode 'filter' ({}) is not available in this build yet; use --dns resolver",
-            settings.dns.source
-        )));
-    }
-    Ok(())
 }
 
 /// The effective allowlist: every selected preset, then the allow entries.

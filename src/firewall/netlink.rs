@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use rustables::expr::{
     Bitwise, Cmp, CmpOp, ConnTrackState, Conntrack, ConntrackKey, Counter, HighLevelPayload,
     ICMPv6HeaderField, IPv4HeaderField, IPv6HeaderField, IcmpCode, Immediate, Lookup, Meta,
-    MetaType, NetworkHeaderField, Reject, RejectType, TCPHeaderField, TransportHeaderField,
-    UDPHeaderField, VerdictKind,
+    MetaType, Nat, NatType, NetworkHeaderField, Register, Reject, RejectType, TCPHeaderField,
+    TransportHeaderField, UDPHeaderField, VerdictKind,
 };
 use rustables::set::SetBuilder;
 use rustables::{
@@ -21,6 +21,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub const TABLE: &str = "sandbox_init";
 const OUTPUT: &str = "output";
 const INPUT: &str = "input";
+/// DNS `filter` mode: the child's port-53 traffic to PID 1's forwarder.
+const DNS_REDIRECT: &str = "dns_redirect";
+/// Before Docker's nat output chain (-100, the 127.0.0.11 rule): the first chain that
+/// translates a connection wins, so the child's queries to 127.0.0.11 come to us too.
+const DNS_REDIRECT_PRIORITY: i32 = -150;
+/// NFT_SET_TIMEOUT: the set's elements expire (see dns::sets for the refresh scheme).
+const SET_FLAG_TIMEOUT: u32 = 0x10;
 
 /// A finished transaction: the bytes, what each message does (index = sequence number - 1,
 /// so a kernel error names the object it refused), and what the read-back must find.
@@ -35,6 +42,8 @@ pub struct Expect {
     pub marker: String,
     pub output_rules: usize,
     pub input_rules: usize,
+    /// Rules of the DNS redirect chain (0 = no such chain: resolver mode).
+    pub nat_rules: usize,
     /// Each set with its element count.
     pub sets: Vec<(String, usize)>,
 }
@@ -44,7 +53,9 @@ struct Writer {
     what: Vec<String>,
     output_rules: usize,
     input_rules: usize,
+    nat_rules: usize,
     sets: Vec<(String, usize)>,
+    log_blocked: bool,
 }
 
 // `Batch::add` is generic over a trait rustables does not export, so each call site names a
@@ -62,13 +73,17 @@ fn berr(e: rustables::error::BuilderError) -> String {
     format!("building the ruleset: {e}")
 }
 
-pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
+/// `log_blocked`: whether reject rules also copy the packet to NFLOG for the reports of
+/// blocked destinations (off only after a kernel refused the log expression).
+pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
     let mut w = Writer {
         batch: Batch::new(),
         what: vec![],
         output_rules: 0,
         input_rules: 0,
+        nat_rules: 0,
         sets: vec![],
+        log_blocked,
     };
     // add + delete + add: replaces an existing table and works when there is none, all in
     // the one transaction (no moment without rules, no other table touched).
@@ -96,6 +111,9 @@ pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
     let inp = chain(INPUT, HookClass::In);
     put!(w, &out, MsgType::Add, "chain output (policy drop)");
     put!(w, &inp, MsgType::Add, "chain input (policy drop)");
+    if plan.filter {
+        dns_filter_rules(&mut w, &table, &out, plan)?;
+    }
 
     // Both chains start alike: loopback, replies, neighbour discovery. Input ends there
     // (policy drop); output goes on: DNS, gateway block, allowlist, reject.
@@ -158,7 +176,7 @@ pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
         let mut r = Rule::new(&out).map_err(berr)?;
         daddr_eq(&mut r, *gw);
         l4proto(&mut r, libc::IPPROTO_TCP as u8);
-        r.add_expr(Counter::default());
+        counted_and_logged(&mut r, w.log_blocked)?;
         r.add_expr(Reject::default().with_type(RejectType::TcpRst));
         rule(
             &mut w,
@@ -168,7 +186,7 @@ pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
         );
         let mut r = Rule::new(&out).map_err(berr)?;
         daddr_eq(&mut r, *gw);
-        r.add_expr(Counter::default());
+        counted_and_logged(&mut r, w.log_blocked)?;
         r.add_expr(
             Reject::default()
                 .with_type(RejectType::IcmpxUnreach)
@@ -187,14 +205,17 @@ pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
         let name = format!("{}{}", port.proto, port.number);
         group(&mut w, &table, &out, &name, Some(*port), g)?;
     }
+    for (port, g) in &plan.dynamic {
+        dynamic_group(&mut w, &table, &out, *port, g)?;
+    }
 
     let mut r = Rule::new(&out).map_err(berr)?;
     l4proto(&mut r, libc::IPPROTO_TCP as u8);
-    r.add_expr(Counter::default());
+    counted_and_logged(&mut r, w.log_blocked)?;
     r.add_expr(Reject::default().with_type(RejectType::TcpRst));
     rule(&mut w, &r, false, "output: reject tcp with reset");
     let mut r = Rule::new(&out).map_err(berr)?;
-    r.add_expr(Counter::default());
+    counted_and_logged(&mut r, w.log_blocked)?;
     r.add_expr(
         Reject::default()
             .with_type(RejectType::IcmpxUnreach)
@@ -211,6 +232,7 @@ pub fn build(plan: &Plan, marker: &str) -> BResult<Built> {
         marker: marker.to_string(),
         output_rules: w.output_rules,
         input_rules: w.input_rules,
+        nat_rules: w.nat_rules,
         sets: w.sets.clone(),
     };
     Ok(Built {
@@ -299,8 +321,15 @@ fn add_set_and_rule(
     // The builder leaves the family unset; the id lets the rule find a set of this batch.
     set.family = ProtocolFamily::Inet;
     set.set_id(w.sets.len() as u32);
+    if set_name.starts_with("dyn_") {
+        set.set_flags(SET_FLAG_TIMEOUT);
+        set.set_timeout(crate::dns::sets::SET_TIMEOUT.as_millis() as u64);
+    }
     put!(w, &set, MsgType::Add, "set {set_name}");
-    put!(w, &elems, MsgType::Add, "{n} elements of set {set_name}");
+    // A dynamic set may start empty (an element list must not be).
+    if n > 0 {
+        put!(w, &elems, MsgType::Add, "{n} elements of set {set_name}");
+    }
     let mut r = Rule::new(out).map_err(berr)?;
     daddr_payload(&mut r, v6);
     r.add_expr(Lookup::new(&set).map_err(berr)?);
@@ -315,6 +344,160 @@ fn add_set_and_rule(
         format!("output: accept {label} to @{set_name}"),
     );
     Ok(())
+}
+
+/// Every reject rule counts and sends the packet's header to NFLOG group
+/// `report::nflog::GROUP`, where PID 1 reads it to say what was blocked and how to allow it
+/// (with no reader bound, the kernel discards the copy).
+fn counted_and_logged(r: &mut Rule, log: bool) -> BResult<()> {
+    use crate::report::nflog;
+    r.add_expr(Counter::default());
+    if log {
+        r.add_expr(
+            rustables::expr::Log::new(Some(nflog::GROUP), Some(nflog::PREFIX)).map_err(berr)?,
+        );
+    }
+    Ok(())
+}
+
+/// The dynamic sets of one port group (filled by PID 1's DNS filter) and their rules.
+fn dynamic_group(
+    w: &mut Writer,
+    table: &Table,
+    out: &Chain,
+    port: Option<Port>,
+    g: &AddrGroup,
+) -> BResult<()> {
+    use crate::dns::policy::set_name;
+    let label = port.map_or("any port".to_string(), |p| {
+        format!("{} {}", p.proto, p.number)
+    });
+    let name = set_name(port, false);
+    let mut b = SetBuilder::<Ipv4Addr>::new(&name, table).map_err(berr)?;
+    g.v4.iter().for_each(|a| b.add(a));
+    add_set_and_rule(w, out, b.finish(), &name, false, port, &label, g.v4.len())?;
+    let name = set_name(port, true);
+    let mut b = SetBuilder::<Ipv6Addr>::new(&name, table).map_err(berr)?;
+    g.v6.iter().for_each(|a| b.add(a));
+    add_set_and_rule(w, out, b.finish(), &name, true, port, &label, g.v6.len())
+}
+
+/// DNS `filter` mode: a nat chain sends every port-53 packet of the child (any uid but 0)
+/// to the forwarder on loopback; the output chain, first of all, lets DNS reach the
+/// forwarder, rejects the child's DNS to anything else (should the redirect ever miss) and
+/// keeps the child off loopback resolvers (Docker's 127.0.0.11 listens on a second,
+/// unprivileged port that a redirect of port 53 would not cover).
+fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> BResult<()> {
+    use crate::dns::forwarder::{LISTEN_V4, LISTEN_V6, PORT};
+    let nat = Chain::new(table)
+        .with_name(DNS_REDIRECT)
+        .with_hook(Hook::new(HookClass::Out, DNS_REDIRECT_PRIORITY))
+        .with_type(ChainType::Nat)
+        .with_policy(ChainPolicy::Accept);
+    put!(
+        w,
+        &nat,
+        MsgType::Add,
+        "chain {DNS_REDIRECT} (nat output, priority {DNS_REDIRECT_PRIORITY})"
+    );
+    let not_root = |r: &mut Rule| {
+        r.add_expr(Meta::new(MetaType::SkUid));
+        r.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
+    };
+    let targets = [
+        (false, IpAddr::V4(LISTEN_V4), ProtocolFamily::Ipv4),
+        (true, IpAddr::V6(LISTEN_V6), ProtocolFamily::Ipv6),
+    ];
+    for (v6, to, family) in targets {
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let mut r = Rule::new(&nat).map_err(berr)?;
+            r.add_expr(Meta::new(MetaType::NfProto));
+            let nfproto = if v6 {
+                libc::NFPROTO_IPV6
+            } else {
+                libc::NFPROTO_IPV4
+            };
+            r.add_expr(Cmp::new(CmpOp::Eq, [nfproto as u8]));
+            dport(&mut r, proto, 53);
+            not_root(&mut r);
+            r.add_expr(Immediate::new_data(octets(to), Register::Reg1));
+            r.add_expr(Immediate::new_data(
+                PORT.to_be_bytes().to_vec(),
+                Register::Reg2,
+            ));
+            r.add_expr(
+                Nat::default()
+                    .with_nat_type(NatType::DNat)
+                    .with_family(family)
+                    .with_ip_register(Register::Reg1)
+                    .with_port_register(Register::Reg2),
+            );
+            put!(
+                w,
+                &r,
+                MsgType::Add,
+                "rule {DNS_REDIRECT}: {proto} 53 of non-root users to {to} port {PORT}"
+            );
+            w.nat_rules += 1;
+        }
+    }
+    // After the redirect the destination is the forwarder (any user may ask it).
+    for (_, to, _) in targets {
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let mut r = Rule::new(out).map_err(berr)?;
+            daddr_eq(&mut r, to);
+            dport(&mut r, proto, PORT);
+            accept(&mut r);
+            rule(
+                w,
+                &r,
+                false,
+                format!("output: accept {proto} 53 to the DNS filter {to}"),
+            );
+        }
+    }
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let mut r = Rule::new(out).map_err(berr)?;
+        dport(&mut r, proto, 53);
+        not_root(&mut r);
+        r.add_expr(Counter::default());
+        r.add_expr(reject_for(proto));
+        rule(
+            w,
+            &r,
+            false,
+            format!("output: reject other {proto} 53 of non-root users"),
+        );
+    }
+    for lr in &plan.loopback_resolvers {
+        for proto in [Some(Proto::Tcp), None] {
+            let mut r = Rule::new(out).map_err(berr)?;
+            daddr_eq(&mut r, *lr);
+            if proto.is_some() {
+                l4proto(&mut r, libc::IPPROTO_TCP as u8);
+            }
+            not_root(&mut r);
+            r.add_expr(Counter::default());
+            r.add_expr(reject_for(proto.unwrap_or(Proto::Udp)));
+            rule(
+                w,
+                &r,
+                false,
+                format!("output: reject non-root users to the loopback resolver {lr}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// TCP reset for TCP (the fastest failure), admin-prohibited for the rest.
+fn reject_for(proto: Proto) -> Reject {
+    match proto {
+        Proto::Tcp => Reject::default().with_type(RejectType::TcpRst),
+        Proto::Udp => Reject::default()
+            .with_type(RejectType::IcmpxUnreach)
+            .with_icmp_code(IcmpCode::AdminProhibited),
+    }
 }
 
 fn iface(r: &mut Rule, key: MetaType, name: &str) {
@@ -443,7 +626,7 @@ static COMMITTED: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
 /// number of a refused message.
 pub fn send(built: &Built) -> Result<(), NlError> {
     let last_seq = built.what.len() as u32;
-    let sock = open_socket().map_err(NlError::Open)?;
+    let sock = open_socket_with_timeout(5).map_err(NlError::Open)?;
     let fd = sock.as_raw_fd();
     let len = built.bytes.len() as i32 + 65536;
     // Best effort: FORCE needs CAP_NET_ADMIN (without it the batch fails anyway, with EPERM).
@@ -451,20 +634,6 @@ pub fn send(built: &Built) -> Result<(), NlError> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 1 << 20);
     // Acks for refused messages without the (possibly huge) request echoed back.
     setsockopt(fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: tv outlives the call; the size is right.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
     // SAFETY: sockaddr_nl is plain data; zero = the kernel.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;
@@ -579,6 +748,7 @@ const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -657,6 +827,36 @@ pub fn verify(expect: &Expect) -> Result<(), String> {
             return Err(format!("chain {name} has {rules} rules, expected {want}"));
         }
     }
+    if expect.nat_rules > 0 {
+        let c = chains
+            .iter()
+            .find(|c| {
+                c.str(NFTA_CHAIN_TABLE) == Some(TABLE)
+                    && c.str(NFTA_CHAIN_NAME) == Some(DNS_REDIRECT)
+            })
+            .ok_or_else(|| format!("chain {DNS_REDIRECT} is missing"))?;
+        let hook = c.get(NFTA_CHAIN_HOOK).map(Attrs::parse);
+        let hooknum = hook.as_ref().and_then(|h| h.be32(NFTA_HOOK_HOOKNUM));
+        let prio = hook.as_ref().and_then(|h| h.be32(NFTA_HOOK_PRIORITY));
+        if hooknum != Some(HookClass::Out as u32) || prio != Some(DNS_REDIRECT_PRIORITY as u32) {
+            return Err(format!("chain {DNS_REDIRECT} is not on its hook"));
+        }
+        let filter = [
+            (NFTA_RULE_TABLE, cstr(TABLE)),
+            (NFTA_RULE_CHAIN, cstr(DNS_REDIRECT)),
+        ];
+        let rules = dump(fd, NFT_MSG_GETRULE, &filter)
+            .map_err(rb)?
+            .into_iter()
+            .filter(|r| r.str(NFTA_RULE_CHAIN) == Some(DNS_REDIRECT))
+            .count();
+        if rules != expect.nat_rules {
+            return Err(format!(
+                "chain {DNS_REDIRECT} has {rules} rules, expected {}",
+                expect.nat_rules
+            ));
+        }
+    }
     for (set, want) in &expect.sets {
         let filter = [
             (NFTA_SET_ELEM_LIST_TABLE, cstr(TABLE)),
@@ -682,6 +882,27 @@ pub fn probe() -> Result<(), NlError> {
     dump(sock.as_raw_fd(), NFT_MSG_GETTABLE, &[])
         .map(|_| ())
         .map_err(|errno| NlError::Kernel { errno, seq: 0 })
+}
+
+/// A nfnetlink socket whose reads give up after `timeout_secs` (a kernel that never
+/// answers must not hang PID 1 or `check`).
+pub(crate) fn open_socket_with_timeout(timeout_secs: i64) -> Result<OwnedFd, i32> {
+    let sock = open_socket()?;
+    let tv = libc::timeval {
+        tv_sec: timeout_secs,
+        tv_usec: 0,
+    };
+    // SAFETY: tv outlives the call; the size is right.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    Ok(sock)
 }
 
 fn open_socket() -> Result<OwnedFd, i32> {
@@ -852,7 +1073,16 @@ mod tests {
             gateways: vec!["10.77.0.1".parse().unwrap()],
         };
         let p = plan::build(&entries, &resolved, &host, false);
-        let b = build(&p, "sandbox-init test").unwrap();
+        let b = build(&p, "sandbox-init test", true).unwrap();
+        // Without NFLOG the same rules, only shorter (the fallback for kernels that lack it).
+        let plain = build(&p, "sandbox-init test", false).unwrap();
+        assert_eq!(plain.expect, b.expect);
+        assert_eq!(plain.what, b.what);
+        // The reject rules lose their log expression (and its prefix).
+        assert!(plain.bytes.len() < b.bytes.len());
+        let log_attr = crate::report::nflog::PREFIX.as_bytes();
+        let has = |bytes: &[u8]| bytes.windows(log_attr.len()).any(|w| w == log_attr);
+        assert!(has(&b.bytes) && !has(&plain.bytes));
         assert_eq!(b.expect.input_rules, 3);
         // lo, ct, nd, 2 dns, 2 gateway, any_v4, any_v6, 10.1/16, tcp443_v4, 2 rejects
         assert_eq!(b.expect.output_rules, 13);

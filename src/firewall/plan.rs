@@ -93,6 +93,16 @@ pub struct Plan {
     pub blocked_gateways: Vec<IpAddr>,
     /// One line each, for the log.
     pub warnings: Vec<String>,
+    /// DNS `filter` mode: the child's DNS goes to PID 1's forwarder only, and addresses of
+    /// names live in the dynamic sets below (with a timeout), not in the static ones.
+    pub filter: bool,
+    /// Per port group (None = every port), the dynamic sets and the addresses the names
+    /// resolved to at start. Empty unless `filter`.
+    pub dynamic: BTreeMap<Option<Port>, AddrGroup>,
+    /// The resolvers of /etc/resolv.conf: the forwarder's upstream servers.
+    pub upstreams: Vec<IpAddr>,
+    /// Loopback resolvers (Docker's 127.0.0.11): closed to the child in `filter` mode.
+    pub loopback_resolvers: Vec<IpAddr>,
 }
 
 /// The inputs: validated entries, the addresses each name resolved to (failed names are
@@ -103,7 +113,19 @@ pub fn build(
     host: &HostNet,
     allow_gateway: bool,
 ) -> Plan {
+    build_mode(entries, resolved, host, allow_gateway, false)
+}
+
+/// As `build`; `filter` selects the DNS-aware mode.
+pub fn build_mode(
+    entries: &[Entry],
+    resolved: &BTreeMap<String, Vec<IpAddr>>,
+    host: &HostNet,
+    allow_gateway: bool,
+    filter: bool,
+) -> Plan {
     let mut warnings = vec![];
+    let mut dynamic: BTreeMap<Option<Port>, AddrGroup> = BTreeMap::new();
     let is_gw = |ip: &IpAddr| host.gateways.contains(ip);
     // Gateways named exactly by an entry are opened; a wider network only warns.
     let mut opened: BTreeSet<IpAddr> = BTreeSet::new();
@@ -130,6 +152,7 @@ pub fn build(
                 if matches!(e.target, Target::Wildcard(_)) {
                     wildcards.push(e.to_string());
                 }
+                let mut dynamic = filter.then(|| dynamic.entry(e.port).or_default());
                 for ip in resolved.get(name).into_iter().flatten() {
                     if is_gw(ip) && !allow_gateway {
                         warnings.push(format!(
@@ -138,12 +161,20 @@ pub fn build(
                         ));
                         continue;
                     }
-                    nets.push(IpNet::from(*ip));
+                    match (ip, dynamic.as_deref_mut()) {
+                        (IpAddr::V4(a), Some(d)) => {
+                            d.v4.insert(*a);
+                        }
+                        (IpAddr::V6(a), Some(d)) => {
+                            d.v6.insert(*a);
+                        }
+                        (_, None) => nets.push(IpNet::from(*ip)),
+                    }
                 }
             }
         }
     }
-    if !wildcards.is_empty() {
+    if !wildcards.is_empty() && !filter {
         warnings.push(format!(
             "{}: only the apex name is allowed in dns=resolver mode; subdomains need the \
              DNS-aware mode (dns = filter)",
@@ -163,13 +194,19 @@ pub fn build(
         .filter(|(_, g)| !g.is_empty())
         .collect();
 
-    let dns: Vec<IpAddr> = host
+    let mut dns: Vec<IpAddr> = host
         .resolvers
         .iter()
         .filter(|r| !r.is_loopback())
         .copied()
         .collect();
-    let root_dns = if host.resolvers.iter().any(|r| r.is_loopback()) {
+    let loopback_resolvers: Vec<IpAddr> = host
+        .resolvers
+        .iter()
+        .filter(|r| r.is_loopback())
+        .copied()
+        .collect();
+    let mut root_dns = if !loopback_resolvers.is_empty() {
         match &host.ext_servers {
             Some(list) if !list.is_empty() => RootDns::To(list.clone()),
             _ => RootDns::Any,
@@ -177,6 +214,25 @@ pub fn build(
     } else {
         RootDns::Off
     };
+    if filter {
+        // Only PID 1's forwarder (root) talks to the resolvers; the child talks to it.
+        let direct = std::mem::take(&mut dns);
+        root_dns = match root_dns {
+            RootDns::Any => RootDns::Any,
+            RootDns::To(mut l) => {
+                l.extend(
+                    direct
+                        .iter()
+                        .filter(|d| !l.contains(d))
+                        .copied()
+                        .collect::<Vec<_>>(),
+                );
+                RootDns::To(l)
+            }
+            RootDns::Off if direct.is_empty() => RootDns::Off,
+            RootDns::Off => RootDns::To(direct),
+        };
+    }
     let blocked_gateways = host
         .gateways
         .iter()
@@ -190,6 +246,10 @@ pub fn build(
         root_dns,
         blocked_gateways,
         warnings,
+        filter,
+        dynamic,
+        upstreams: host.resolvers.clone(),
+        loopback_resolvers: if filter { loopback_resolvers } else { vec![] },
     }
 }
 
@@ -204,7 +264,32 @@ impl fmt::Display for Plan {
             }
         };
         writeln!(f, "  table inet sandbox_init (replaced atomically)")?;
+        if self.filter {
+            writeln!(
+                f,
+                "  dns_redirect (nat output, before Docker's): udp+tcp 53 of every user but \
+                 root -> PID 1's DNS filter on 127.0.0.1 / ::1 port 53"
+            )?;
+        }
         writeln!(f, "  output (policy drop):")?;
+        if self.filter {
+            writeln!(
+                f,
+                "    accept  udp+tcp 53 to the DNS filter; reject other DNS of every user but root"
+            )?;
+            if !self.loopback_resolvers.is_empty() {
+                writeln!(
+                    f,
+                    "    reject  every user but root to the loopback resolver {}",
+                    list(
+                        self.loopback_resolvers
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect()
+                    )
+                )?;
+            }
+        }
         writeln!(
             f,
             "    accept  loopback; ct established,related; icmpv6 133-136"
@@ -247,6 +332,16 @@ impl fmt::Display for Plan {
         group(f, "any port", &self.any)?;
         for (p, g) in &self.ports {
             group(f, &format!("{} {}", p.proto, p.number), g)?;
+        }
+        for (p, g) in &self.dynamic {
+            let what = p.map_or("any port".to_string(), |p| {
+                format!("{} {}", p.proto, p.number)
+            });
+            group(
+                f,
+                &format!("{what}, names (answers of the DNS filter, expiring)"),
+                g,
+            )?;
         }
         writeln!(
             f,
@@ -440,6 +535,57 @@ mod tests {
             .collect();
         assert_eq!(w.len(), 1, "{:?}", p.warnings);
         assert!(w[0].contains("*.a.test") && w[0].contains("*.b.test:443"));
+    }
+
+    #[test]
+    fn filter_mode_moves_names_to_dynamic_sets_and_dns_to_root() {
+        let mut h = host();
+        let p = build_mode(
+            &entries(&["a.test", "*.w.test:443", "10.5.0.0/16", "10.6.0.1"]),
+            &resolved(&[
+                ("a.test", &["10.77.0.5", "fd77::5"]),
+                ("w.test", &["10.77.0.6"]),
+            ]),
+            &h,
+            false,
+            true,
+        );
+        assert!(p.filter);
+        // names: in the dynamic sets only; addresses and networks: static
+        assert!(!p.any.contains(ip("10.77.0.5")));
+        assert!(p.any.contains(ip("10.6.0.1")));
+        assert_eq!(p.any.nets.len(), 1);
+        assert!(p.ports.is_empty());
+        assert!(p.dynamic[&None].contains(ip("10.77.0.5")));
+        assert!(p.dynamic[&None].contains(ip("fd77::5")));
+        assert!(p.dynamic[&Some(tcp(443))].contains(ip("10.77.0.6")));
+        // no apex-only warning: wildcards are real here
+        assert!(
+            p.warnings.iter().all(|w| !w.contains("subdomains")),
+            "{:?}",
+            p.warnings
+        );
+        // the child reaches no resolver; root (the forwarder) reaches them
+        assert!(p.dns.is_empty());
+        assert_eq!(p.root_dns, RootDns::To(vec![ip("10.77.0.53")]));
+        assert_eq!(p.upstreams, vec![ip("10.77.0.53")]);
+        assert!(p.loopback_resolvers.is_empty());
+        // Docker's embedded DNS: root forwards through it, the child is kept off it
+        h.resolvers = vec![ip("127.0.0.11")];
+        h.ext_servers = Some(vec![ip("192.168.65.7")]);
+        let p = build_mode(&[], &BTreeMap::new(), &h, false, true);
+        assert_eq!(p.loopback_resolvers, vec![ip("127.0.0.11")]);
+        assert_eq!(p.root_dns, RootDns::To(vec![ip("192.168.65.7")]));
+        assert!(p.to_string().contains("loopback resolver 127.0.0.11"));
+        // a name entry whose name did not resolve still gets its (empty) sets
+        let p = build_mode(
+            &entries(&["gone.test:80"]),
+            &BTreeMap::new(),
+            &host(),
+            false,
+            true,
+        );
+        assert!(p.dynamic[&Some(tcp(80))].is_empty());
     }
 
     #[test]

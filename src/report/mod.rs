@@ -7,11 +7,18 @@
 //! filter sees denied names and learns which name an address came from); all of them run
 //! on PID 1's one thread, hence `Rc<RefCell<_>>`.
 
+pub mod audit;
+pub mod nflog;
+pub mod reader;
+pub mod status;
+
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::io::Write;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
 
 pub type SharedReporter = Rc<RefCell<Reporter>>;
 
@@ -77,7 +84,19 @@ pub fn suggestion(proto: Proto, addr: IpAddr, port: Option<u16>, name: Option<&s
 
 /// The one stderr line for an event.
 pub fn line(event: &Event, name: Option<&str>) -> String {
+    describe(event, name, false)
+}
+
+/// As `line`; `gateway`: the address is a blocked default gateway, which only its own
+/// address (or `SANDBOX_ALLOW_GATEWAY=1`) opens, never a name resolving to it.
+fn describe(event: &Event, name: Option<&str>, gateway: bool) -> String {
     match event {
+        Event::Blocked { proto, addr, port } if gateway => format!(
+            "blocked {proto} {} (the default gateway); to allow it: SANDBOX_ALLOW={} (or \
+             --allow; SANDBOX_ALLOW_GATEWAY=1 opens the whole gateway)",
+            endpoint(*addr, *port),
+            suggestion(*proto, *addr, *port, None)
+        ),
         Event::Blocked { proto, addr, port } => {
             let from = name.map(|n| format!(" ({n})")).unwrap_or_default();
             format!(
@@ -93,13 +112,113 @@ pub fn line(event: &Event, name: Option<&str>) -> String {
     }
 }
 
-/// Deduplicates events and remembers which name each address was resolved from.
-#[derive(Debug, Default)]
+/// Lines shown at once before the rate limit applies, and the pace after that: a retry
+/// loop or a scan over many destinations must not bury the command's own output.
+pub const BURST: u32 = 10;
+pub const REFILL: Duration = Duration::from_secs(2);
+/// Distinct events remembered (dedup, counts): PID 1's memory stays bounded whatever the
+/// command tries; beyond it events are still counted in total and logged.
+pub const MAX_DISTINCT: usize = 4096;
+/// Distinct recent events kept for `check`.
+pub const RECENT: usize = 32;
+
+/// A token bucket: `BURST` tokens, one more every `REFILL`.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: u32,
+    /// When the last token was added (or the bucket was last seen full).
+    stamp: Instant,
+}
+
+impl Bucket {
+    pub fn new(now: Instant) -> Bucket {
+        Bucket {
+            tokens: BURST,
+            stamp: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if self.tokens >= BURST {
+            self.stamp = now;
+            return;
+        }
+        let step = REFILL.as_millis().max(1);
+        let n = now.saturating_duration_since(self.stamp).as_millis() / step;
+        if n > 0 {
+            self.tokens = (u128::from(self.tokens) + n).min(u128::from(BURST)) as u32;
+            self.stamp = if self.tokens >= BURST {
+                now
+            } else {
+                self.stamp + REFILL * n as u32
+            };
+        }
+    }
+
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token arrives.
+    pub fn next_at(&self) -> Instant {
+        self.stamp + REFILL
+    }
+}
+
+/// One distinct recent event, for `check`.
+#[derive(Debug, Clone)]
+struct Recent {
+    event: Event,
+    count: u64,
+    last: SystemTime,
+}
+
+/// Deduplicates and rate-limits the lines, remembers which name each address was resolved
+/// from, writes every event to the audit log, keeps counts for the summary and `check`.
+#[derive(Debug)]
 pub struct Reporter {
     names: HashMap<IpAddr, String>,
+    gateways: HashSet<IpAddr>,
     seen: HashSet<Event>,
     /// Every event, duplicates included, per distinct event (for the summary).
     counts: HashMap<Event, u64>,
+    /// Events beyond MAX_DISTINCT distinct ones.
+    uncounted: u64,
+    total: u64,
+    bucket: Bucket,
+    /// New events not shown because of the rate limit, until the next note.
+    suppressed: HashSet<Event>,
+    suppressed_new: u64,
+    suppressed_total: u64,
+    recent: VecDeque<Recent>,
+    audit: Option<audit::AuditLog>,
+    audit_path: Option<String>,
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Reporter {
+            names: HashMap::new(),
+            gateways: HashSet::new(),
+            seen: HashSet::new(),
+            counts: HashMap::new(),
+            uncounted: 0,
+            total: 0,
+            bucket: Bucket::new(Instant::now()),
+            suppressed: HashSet::new(),
+            suppressed_new: 0,
+            suppressed_total: 0,
+            recent: VecDeque::new(),
+            audit: None,
+            audit_path: None,
+        }
+    }
 }
 
 impl Reporter {
@@ -116,18 +235,132 @@ impl Reporter {
         self.names.get(&addr).map(String::as_str)
     }
 
-    /// Records an event; returns the line to print when it is new (each distinct event is
-    /// reported once: a retry loop must not flood the terminal).
+    /// The default gateways the firewall blocks (their suggestion is by address).
+    pub fn set_gateways(&mut self, gateways: &[IpAddr]) {
+        self.gateways = gateways.iter().copied().collect();
+    }
+
+    /// From now on every event is appended to `log`.
+    pub fn set_audit(&mut self, log: audit::AuditLog, shown: &str) {
+        self.audit = Some(log);
+        self.audit_path = Some(shown.to_string());
+    }
+
+    /// The name to show for an event (none for a gateway: names never open it).
+    fn name_for<'a>(&'a self, event: &'a Event) -> Option<&'a str> {
+        match event {
+            Event::Blocked { addr, .. } if self.gateways.contains(addr) => None,
+            Event::Blocked { addr, .. } => self.name_of(*addr),
+            Event::DeniedName { name } => Some(name),
+        }
+    }
+
+    /// Records an event; returns the line to print when it is new and the rate limit
+    /// allows it (each distinct event is reported once: a retry loop must not flood the
+    /// terminal). Every event goes to the audit log.
     pub fn record(&mut self, event: Event) -> Option<String> {
-        *self.counts.entry(event.clone()).or_default() += 1;
-        if !self.seen.insert(event.clone()) {
+        self.record_at(event, Instant::now(), SystemTime::now())
+    }
+
+    pub fn record_at(&mut self, event: Event, now: Instant, wall: SystemTime) -> Option<String> {
+        self.total += 1;
+        if self.audit.is_some() {
+            let name = self.name_for(&event).map(String::from);
+            if let Some(log) = self.audit.as_mut() {
+                log.write(&event, name.as_deref(), wall);
+            }
+        }
+        let full = self.counts.len() >= MAX_DISTINCT;
+        match self.counts.get_mut(&event) {
+            Some(n) => *n += 1,
+            None if full => self.uncounted += 1,
+            None => {
+                self.counts.insert(event.clone(), 1);
+            }
+        }
+        self.remember_recent(&event, wall);
+        if self.seen.contains(&event) {
             return None;
         }
-        let name = match &event {
-            Event::Blocked { addr, .. } => self.name_of(*addr),
-            Event::DeniedName { .. } => None,
-        };
-        Some(line(&event, name))
+        if !self.bucket.take(now) {
+            // Distinct new events not shown; past the cap every attempt counts (bounded
+            // memory over an exact number).
+            if self.suppressed.len() >= MAX_DISTINCT || self.suppressed.insert(event) {
+                self.suppressed_new += 1;
+            }
+            self.suppressed_total += 1;
+            return None;
+        }
+        self.suppressed.remove(&event);
+        let gateway = matches!(&event, Event::Blocked { addr, .. } if self.gateways.contains(addr));
+        let l = describe(&event, self.name_for(&event), gateway);
+        if self.seen.len() < MAX_DISTINCT {
+            self.seen.insert(event);
+        }
+        Some(l)
+    }
+
+    fn remember_recent(&mut self, event: &Event, wall: SystemTime) {
+        if let Some(i) = self.recent.iter().position(|r| &r.event == event) {
+            if let Some(mut r) = self.recent.remove(i) {
+                r.count += 1;
+                r.last = wall;
+                self.recent.push_back(r);
+            }
+            return;
+        }
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Recent {
+            event: event.clone(),
+            count: 1,
+            last: wall,
+        });
+    }
+
+    /// The "N more not shown" line, once the rate limit lets a line through again.
+    pub fn note_due(&mut self, now: Instant) -> Option<String> {
+        if self.suppressed.is_empty() || !self.bucket.take(now) {
+            return None;
+        }
+        self.note_final()
+    }
+
+    /// The pending note regardless of the rate limit (the command has exited).
+    pub fn note_final(&mut self) -> Option<String> {
+        if self.suppressed.is_empty() {
+            return None;
+        }
+        let n = self.suppressed_new;
+        self.suppressed.clear();
+        self.suppressed_new = 0;
+        let log = self
+            .audit_path
+            .as_ref()
+            .map(|p| format!(" and the audit log {p}"))
+            .unwrap_or_default();
+        Some(format!(
+            "blocked {n} more destination{} not shown (rate limit); `sandbox-init check` (docker \
+             exec) lists the recent ones{log}",
+            if n == 1 { "" } else { "s" }
+        ))
+    }
+
+    /// When `note_due` may have something to say.
+    pub fn deadline(&self) -> Option<Instant> {
+        (!self.suppressed.is_empty()).then(|| self.bucket.next_at())
+    }
+
+    /// Writes buffered audit lines out (after each batch of events).
+    pub fn flush(&mut self) {
+        if let Some(log) = self.audit.as_mut() {
+            log.flush();
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     /// Distinct events and how often each happened, most frequent first.
@@ -148,6 +381,86 @@ impl Reporter {
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
     }
+
+    /// What `check` shows from a running sandbox: totals and the recent events, newest
+    /// last, each with its count and the setting that would allow it.
+    pub fn status(&self) -> serde_json::Value {
+        let recent: Vec<serde_json::Value> = self
+            .recent
+            .iter()
+            .map(|r| {
+                let mut v = audit::json(&r.event, self.name_for(&r.event), r.last);
+                // All attempts when counted apart, else those since it became recent.
+                v["count"] = self.counts.get(&r.event).copied().unwrap_or(r.count).into();
+                let gateway =
+                    matches!(&r.event, Event::Blocked { addr, .. } if self.gateways.contains(addr));
+                v["line"] = describe(&r.event, self.name_for(&r.event), gateway).into();
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "events": self.total,
+            "distinct": self.counts.len() as u64,
+            // more distinct events than PID 1 keeps apart (MAX_DISTINCT)
+            "distinct_capped": self.uncounted > 0,
+            "not_shown": self.suppressed_total,
+            "audit_log": self.audit_path,
+            "audit_lines": self.audit.as_ref().map(|a| a.written),
+            "recent": recent,
+        })
+    }
+}
+
+/// Sets up reporting before the command starts (PID 1 is still root with its
+/// capabilities): the audit log is opened, the blocked gateways noted, the NFLOG group
+/// bound. Returns the duty that reads blocked packets. Only a bad audit log path is an
+/// error (the user asked for a log and would not get one); without NFLOG the firewall
+/// still blocks and a warning says the reports are missing.
+pub fn start(
+    reporter: &SharedReporter,
+    settings: &crate::config::Settings,
+    identity: &crate::identity::Identity,
+    applied: Option<&crate::firewall::Applied>,
+) -> crate::error::Result<Box<dyn crate::supervise::Duty>> {
+    if let Some(path) = &settings.audit_log.value {
+        let log = audit::AuditLog::open(path)?;
+        let uids = [identity.uid, identity.image_uid];
+        if audit::dir_writable_by(path, &uids, &identity.groups) {
+            log::warn!(
+                "the audit log {} lies in a directory the sandboxed user can write: the \
+                 command cannot write the log, but it can remove or replace it; prefer a \
+                 directory only root can write (e.g. a volume at /var/log/sandbox-init)",
+                path.display()
+            );
+        }
+        reporter
+            .borrow_mut()
+            .set_audit(log, &path.display().to_string());
+    }
+    if let Some(a) = applied {
+        reporter.borrow_mut().set_gateways(&a.plan.blocked_gateways);
+    }
+    Ok(Box::new(reader::Reader::new(
+        reporter.clone(),
+        applied.is_some(),
+    )))
+}
+
+/// Prints a report line on PID 1's stderr, unless the log level hides warnings (`-qq`).
+/// Under an interactive TUI the terminal is in raw mode: a leading carriage return and a
+/// CR LF keep the line from being drawn across the UI's own.
+pub fn print(line: &str) {
+    if !log::log_enabled!(log::Level::Warn) {
+        return;
+    }
+    // SAFETY: isatty on our own stderr.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let text = if tty {
+        format!("\rsandbox-init: {line}\r\n")
+    } else {
+        format!("sandbox-init: {line}\n")
+    };
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 #[cfg(test)]
@@ -231,5 +544,137 @@ mod tests {
             assert!(r.record(e.clone()).is_none());
         }
         assert_eq!(r.summary(), vec![("tcp 10.1.1.1:80".to_string(), 10)]);
+    }
+
+    fn tcp(addr: &str, port: u16) -> Event {
+        Event::Blocked {
+            proto: Proto::Tcp,
+            addr: ip(addr),
+            port: Some(port),
+        }
+    }
+
+    #[test]
+    fn a_flood_gives_a_burst_then_one_line_per_refill_and_a_note() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut r = Reporter {
+            bucket: Bucket::new(t0),
+            ..Default::default()
+        };
+        let mut shown = 0;
+        // 10,000 distinct destinations within one second
+        for i in 0..10_000u32 {
+            let e = tcp("10.9.0.1", (i % 60_000) as u16 + 1);
+            let now = t0 + Duration::from_micros(u64::from(i) * 100);
+            if r.record_at(e, now, wall).is_some() {
+                shown += 1;
+            }
+        }
+        assert_eq!(shown, BURST as usize);
+        assert_eq!(r.total(), 10_000);
+        // the note waits for the next token, then says how many were not shown
+        let due = r.deadline().expect("a note is pending");
+        assert!(due > t0 && due <= t0 + REFILL + Duration::from_secs(1));
+        assert_eq!(r.note_due(t0 + Duration::from_millis(1500)), None);
+        let note = r.note_due(t0 + REFILL + Duration::from_secs(1)).unwrap();
+        assert!(note.contains("9990 more destinations not shown"), "{note}");
+        assert!(note.contains("sandbox-init check"), "{note}");
+        assert_eq!(r.deadline(), None);
+        // a destination that was suppressed is shown when it comes back later
+        let later = t0 + Duration::from_secs(60);
+        assert!(r.record_at(tcp("10.9.0.1", 9_000), later, wall).is_some());
+        // one already shown never again
+        assert!(r.record_at(tcp("10.9.0.1", 1), later, wall).is_none());
+        // memory stays bounded
+        assert!(r.counts.len() <= MAX_DISTINCT && r.seen.len() <= MAX_DISTINCT);
+        assert!(r.summary().len() <= MAX_DISTINCT);
+    }
+
+    #[test]
+    fn bucket_refills_one_token_per_interval_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        for _ in 0..BURST {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0));
+        assert!(!b.take(t0 + REFILL - Duration::from_millis(1)));
+        assert!(b.take(t0 + REFILL));
+        assert!(!b.take(t0 + REFILL));
+        let much_later = t0 + REFILL * 1000;
+        for _ in 0..BURST {
+            assert!(b.take(much_later));
+        }
+        assert!(!b.take(much_later));
+    }
+
+    #[test]
+    fn gateways_are_suggested_by_address_and_denied_names_by_name() {
+        let mut r = Reporter::default();
+        r.learned(ip("10.77.0.1"), "gateway.test");
+        r.set_gateways(&[ip("10.77.0.1")]);
+        let l = r.record(tcp("10.77.0.1", 3128)).unwrap();
+        assert!(
+            l.contains("blocked tcp 10.77.0.1:3128 (the default gateway)"),
+            "{l}"
+        );
+        assert!(l.contains("SANDBOX_ALLOW=10.77.0.1:3128 "), "{l}");
+        assert!(l.contains("SANDBOX_ALLOW_GATEWAY=1"), "{l}");
+        let st = r.status();
+        assert_eq!(st["events"], 1);
+        assert_eq!(st["recent"][0]["allow"], "10.77.0.1:3128");
+        assert_eq!(st["recent"][0]["count"], 1);
+        assert!(st["recent"][0]["line"]
+            .as_str()
+            .unwrap()
+            .contains("gateway"));
+    }
+
+    #[test]
+    fn every_event_reaches_the_audit_log_duplicates_included() {
+        let d = std::env::temp_dir().join(format!("sbx-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("audit.jsonl");
+        let mut r = Reporter::default();
+        r.set_audit(audit::AuditLog::open(&p).unwrap(), "x");
+        r.learned(ip("10.77.0.11"), "other.test");
+        for _ in 0..3 {
+            r.record(tcp("10.77.0.11", 80));
+        }
+        r.record(Event::DeniedName {
+            name: "evil.test".into(),
+        });
+        for i in 0..100 {
+            r.record(tcp("10.77.0.12", i + 1));
+        }
+        r.flush();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 104);
+        assert_eq!(lines[0]["name"], "other.test");
+        assert_eq!(lines[2]["addr"], "10.77.0.11");
+        assert_eq!(lines[3]["event"], "denied_name");
+        assert_eq!(lines[103]["port"], 100);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn recent_keeps_the_latest_distinct_events() {
+        let mut r = Reporter::default();
+        for i in 0..100 {
+            r.record(tcp("10.0.0.1", i + 1));
+        }
+        r.record(tcp("10.0.0.1", 50));
+        let st = r.status();
+        let recent = st["recent"].as_array().unwrap();
+        assert_eq!(recent.len(), RECENT);
+        assert_eq!(recent[RECENT - 1]["port"], 50);
+        assert_eq!(recent[RECENT - 1]["count"], 2);
+        assert_eq!(recent[RECENT - 2]["port"], 100);
     }
 }

@@ -1,0 +1,535 @@
+//! Tier 2, DNS `filter` mode: sandbox-init as PID 1 in the box namespace answers the child's
+//! DNS itself. The upstream is a dnsmasq of this test ("dns3", 10.77.0.55) that logs every
+//! query, so "never left the container" is read from its log. The probe's `dns` steps run
+//! as the sandboxed user and print one JSON line each.
+
+mod common;
+
+use common::netns::*;
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NO_PRESETS: (&str, &str) = ("SANDBOX_PRESETS", "");
+const DNS3: &str = "10.77.0.55";
+const DNS3_53: &str = "10.77.0.55:53";
+/// Reached through a CNAME only (www.cname.test -> edge.cdn.test).
+const CDN4: &str = ROUTED4;
+
+/// A dnsmasq that logs every query, started by this test (killed by pid on drop).
+struct Upstream {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+    hosts: PathBuf,
+}
+
+impl Upstream {
+    /// `ns` namespace, listening on `addr`:`port`.
+    fn start(ns: &str, addr: &str, port: u16, tag: &str) -> Upstream {
+        let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = PathBuf::from(base).join(format!("dns-{}-{n}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("queries.log");
+        let hosts = dir.join("hosts");
+        fs::write(
+            &hosts,
+            format!("{ALLOWED4} rot.test\n{CDN4} edge.cdn.test\n"),
+        )
+        .unwrap();
+        let args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            ns.into(),
+            "dnsmasq".into(),
+            "--no-daemon".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            "--user=root".into(),
+            "--group=root".into(),
+            "--pid-file=".into(),
+            "--log-queries".into(),
+            "--local-ttl=1".into(),
+            format!("--port={port}"),
+            format!("--listen-address={addr}"),
+            format!("--log-facility={}", log.display()),
+            format!("--addn-hosts={}", hosts.display()),
+            format!("--address=/allowed.test/{ALLOWED4}"),
+            format!("--address=/allowed.test/{ALLOWED6}"),
+            format!("--address=/evil.test/{OTHER4}"),
+            format!("--address=/evilallowed.test/{OTHER4}"),
+            "--txt-record=txt.allowed.test,hello".into(),
+            "--cname=www.cname.test,edge.cdn.test".into(),
+        ];
+        let child = {
+            let _turn = spawn_guard();
+            Command::new("ip")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let up = Upstream {
+            child,
+            dir,
+            log,
+            hosts,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(&up.log)
+            .unwrap_or_default()
+            .contains("started")
+        {
+            assert!(Instant::now() < deadline, "dnsmasq {tag} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        up
+    }
+
+    /// dns3 in the world namespace.
+    fn world(net: &Net) -> Upstream {
+        let (ok, _) = net.in_world(&["ip", "addr", "add", &format!("{DNS3}/32"), "dev", "up0"]);
+        assert!(ok, "cannot add {DNS3}");
+        Upstream::start(&net.world_ns, DNS3, 53, "dns3")
+    }
+
+    fn queries(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("query["))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Rewrites the hosts file and makes dnsmasq re-read it.
+    fn set_hosts(&self, content: &str) {
+        fs::write(&self.hosts, content).unwrap();
+        // SAFETY: signalling the dnsmasq this fixture started (`ip netns exec` execs it).
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        assert_eq!(rc, 0);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rootfs(resolver: &str) -> Rootfs {
+    let r = Rootfs::new();
+    r.write("etc/resolv.conf", &format!("nameserver {resolver}\n"));
+    r
+}
+
+fn sandbox_args<'a>(allow: &[&'a str], steps: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--dns", "filter"];
+    for e in allow {
+        a.extend_from_slice(&["--allow", e]);
+    }
+    a.extend_from_slice(&["--", PROBE_IN_ROOT, "dns"]);
+    a.extend_from_slice(steps);
+    a
+}
+
+/// Runs the probe's DNS steps in the sandbox; returns the run and one value per step.
+fn steps(root: &Rootfs, net: &Net, allow: &[&str], steps: &[&str]) -> (Run, Vec<Value>) {
+    let run = root.run_in(
+        &sandbox_args(allow, steps),
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    let out: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let want = steps.iter().filter(|s| s.starts_with("--")).count();
+    assert_eq!(
+        out.len(),
+        want,
+        "every step reports (PID 1 alive to the end)\nstdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    (run, out)
+}
+
+fn addrs(v: &Value) -> Vec<String> {
+    v["addrs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no addrs: {v}"))
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_answer(v: &Value, addr: &str) {
+    assert_eq!(v["rcode"], "NOERROR", "{v}");
+    assert!(addrs(v).iter().any(|a| a == addr), "{addr} not in {v}");
+}
+
+/// NXDOMAIN, and at once (not after a timeout).
+fn assert_denied(v: &Value) {
+    assert_eq!(v["rcode"], "NXDOMAIN", "{v}");
+    assert!(v["ms"].as_u64().unwrap() < 300, "denial took too long: {v}");
+}
+
+fn assert_connected(v: &Value) {
+    assert_eq!(v["result"], "connected", "{v}");
+    assert!(
+        v["body"].as_str().unwrap_or("").contains("hello from"),
+        "{v}"
+    );
+}
+
+fn assert_rejected(v: &Value) {
+    assert_eq!(v["result"], "error", "should be blocked: {v}");
+    assert_eq!(v["error"], "ECONNREFUSED", "{v}");
+    assert!(v["ms"].as_u64().unwrap() < 1000, "{v}");
+}
+
+#[test]
+fn wildcard_names_resolve_and_connect_and_nothing_else_does() {
+    let net = Net::new();
+    let up = Upstream::world(&net);
+    let root = rootfs(DNS3);
+    let dns2 = format!("{DNS2}:53");
+    let other53 = format!("{OTHER4}:53");
+    let (other80, v6_80) = (format!("{OTHER4}:80"), format!("[{ALLOWED6}]:80"));
+    let dns2_before = net.dns_queries("dns2").len();
+    #[rustfmt::skip]
+    let s = [
+        "--resolve-connect", DNS3_53, "a.allowed.test", "80",
+        "--resolve-connect", DNS3_53, "b.c.allowed.test", "80",
+        "--query", "udp", DNS3_53, "allowed.test", "AAAA",
+        "--connect", &v6_80,
+        "--query", "udp", DNS3_53, "allowed.test.evil.test", "A",
+        "--query", "tcp", DNS3_53, "evilallowed.test", "A",
+        "--query", "udp", DNS3_53, "evilallowed.test", "TXT",
+        "--connect", &other80,
+        // other types of allowed names pass through
+        "--query", "udp", DNS3_53, "txt.allowed.test", "TXT",
+        // the addresses behind a CNAME are learned
+        "--resolve-connect", DNS3_53, "www.cname.test", "80",
+        // another server, or a host that serves no DNS: it is still us who answers
+        "--query", "udp", &dns2, "a.allowed.test", "A",
+        "--query", "tcp", &dns2, "x.allowed.test.evil.test", "A",
+        "--query", "udp", &other53, "evil.test", "A",
+        "--pid1",
+    ];
+    let (run, r) = steps(&root, &net, &["*.allowed.test", "www.cname.test"], &s);
+    let r: Vec<Value> = std::iter::once(Value::Null).chain(r).collect();
+    assert_answer(&r[1], ALLOWED4);
+    assert_connected(&r[1]["connect"]);
+    assert_answer(&r[2], ALLOWED4);
+    assert_connected(&r[2]["connect"]);
+    assert_answer(&r[3], ALLOWED6);
+    assert_connected(&r[4]);
+    for v in &r[5..8] {
+        assert_denied(v);
+    }
+    // a denied name's address stays closed
+    assert_rejected(&r[8]);
+    assert_eq!(r[9]["rcode"], "NOERROR", "{}", r[9]);
+    assert!(r[9]["ancount"].as_u64().unwrap() >= 1, "{}", r[9]);
+    assert_answer(&r[10], CDN4);
+    assert_connected(&r[10]["connect"]);
+    assert_answer(&r[11], ALLOWED4);
+    assert!(!addrs(&r[11]).contains(&DNS2_ANSWER.to_string()));
+    assert_denied(&r[12]);
+    assert_denied(&r[13]);
+    // PID 1: root, other uid: no signal, no ptrace, no reading its memory
+    let p = &r[14];
+    assert_eq!(p["kill"], "EPERM", "{p}");
+    assert_eq!(p["ptrace"], "EPERM", "{p}");
+    assert_ne!(p["environ"], "ok", "{p}");
+
+    // the upstream saw the allowed names, and never a denied one
+    let q = up.queries();
+    assert!(q.iter().any(|l| l.contains("a.allowed.test")), "{q:?}");
+    assert!(q.iter().any(|l| l.contains("b.c.allowed.test")), "{q:?}");
+    for l in &q {
+        assert!(
+            !l.contains("evil"),
+            "a denied name reached the upstream: {l}"
+        );
+    }
+    assert_eq!(
+        net.dns_queries("dns2").len(),
+        dns2_before,
+        "the child reached another DNS server"
+    );
+    // one line per denied name, with the setting that would allow it
+    assert!(
+        run.stderr.contains(
+            "blocked dns name allowed.test.evil.test (not in the allowlist); to allow it: \
+             SANDBOX_ALLOW=allowed.test.evil.test"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .matches("blocked dns name evilallowed.test ")
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn exfiltration_through_random_names_never_reaches_the_upstream() {
+    let net = Net::new();
+    let up = Upstream::world(&net);
+    let root = rootfs(DNS3);
+    let before = up.queries().len();
+    #[rustfmt::skip]
+    let s = [
+        "--flood", "udp", DNS3_53, "exfil.evil.test", "500",
+        "--flood", "tcp", DNS3_53, "exfil2.evil.test", "500",
+        // the wildcard's apex is no loophole for a sibling domain either
+        "--flood", "udp", DNS3_53, "exfil.allowedtest", "100",
+        "--resolve-connect", DNS3_53, "still.allowed.test", "80",
+    ];
+    let (run, r) = steps(&root, &net, &["*.allowed.test"], &s);
+    for (v, n) in [(&r[0], 500), (&r[1], 500), (&r[2], 100)] {
+        assert_eq!(
+            v["rcodes"],
+            serde_json::json!({ "NXDOMAIN": n }),
+            "every query answered NXDOMAIN: {v}"
+        );
+    }
+    assert_connected(&r[3]["connect"]);
+    let q = up.queries();
+    let leaked: Vec<&String> = q.iter().filter(|l| l.contains("exfil")).collect();
+    assert!(
+        leaked.is_empty(),
+        "{} reached the upstream: {:?}",
+        leaked.len(),
+        &leaked[..leaked.len().min(5)]
+    );
+    assert!(q.len() > before, "the upstream saw no query at all");
+    // 1100 denied names: named, but the log stays readable (rate-limited)
+    let lines = run.stderr.matches("blocked dns name").count();
+    assert!((1..=60).contains(&lines), "{lines} lines:\n{}", run.stderr);
+}
+
+#[test]
+fn malformed_packets_and_a_burst_of_10000_queries_leave_it_serving() {
+    let net = Net::new();
+    let _up = Upstream::world(&net);
+    let root = rootfs(DNS3);
+    #[rustfmt::skip]
+    let s = [
+        "--garbage", DNS3_53, "3000",
+        "--query", "udp", DNS3_53, "after-garbage.allowed.test", "A",
+        "--blast", DNS3_53, "10000",
+        "--flood", "udp", DNS3_53, "allowed.test", "1000",
+        "--resolve-connect", DNS3_53, "after-burst.allowed.test", "80",
+        "--query", "tcp", DNS3_53, "tcp.allowed.test", "A",
+    ];
+    let (run, r) = steps(&root, &net, &["*.allowed.test"], &s);
+    assert!(r[0]["datagrams"].as_u64().unwrap() >= 2900, "{}", r[0]);
+    assert_answer(&r[1], ALLOWED4);
+    let sent = r[2]["sent"].as_u64().unwrap();
+    let answers = r[2]["answers"].as_u64().unwrap();
+    assert_eq!(sent, 10000, "{}", r[2]);
+    // The probe reads only after sending all 10,000: its own receive buffer overflows, so
+    // not every answer can arrive; many must (the forwarder answered during the burst).
+    assert!(answers >= 1000, "{}", r[2]);
+    // 1000 allowed names of every type right after: forwarded and answered, none lost
+    // (the fixture answers A/AAAA and refuses the other types it has no data for)
+    let rc = r[3]["rcodes"].as_object().unwrap();
+    let upstream: u64 = ["NOERROR", "REFUSED"]
+        .iter()
+        .filter_map(|k| rc.get(*k).and_then(|v| v.as_u64()))
+        .sum();
+    assert_eq!(upstream, 1000, "{}", r[3]);
+    assert!(rc["NOERROR"].as_u64().unwrap() >= 200, "{}", r[3]);
+    assert_answer(&r[4], ALLOWED4);
+    assert_connected(&r[4]["connect"]);
+    assert!(r[4]["ms"].as_u64().unwrap() < 500, "{}", r[4]);
+    assert_answer(&r[5], ALLOWED4);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
+
+#[test]
+fn docker_style_loopback_resolver_is_reached_only_through_the_filter() {
+    let net = Net::new();
+    // Docker's embedded DNS: 127.0.0.11 in the container's namespace, listening on another
+    // port, with a nat rule sending port 53 there (in Docker's own table).
+    let (ok, _) = net.in_box(&["ip", "addr", "add", "127.0.0.11/32", "dev", "lo"]);
+    assert!(ok);
+    let embedded = Upstream::start(&net.box_ns, "127.0.0.11", 5353, "embedded");
+    let root = rootfs("127.0.0.11");
+    let rules = "table ip nat {\n chain DOCKER_OUTPUT {\n  type nat hook output priority -100; \
+                 policy accept;\n  ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353\n  \
+                 ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:5353\n }\n}\n";
+    let file = root.join("tmp/docker.nft");
+    fs::write(&file, rules).unwrap();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.box_ns,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    #[rustfmt::skip]
+    let s = [
+        "--query", "udp", "127.0.0.11:53", "a.allowed.test", "A",
+        "--query", "tcp", "127.0.0.11:53", "b.allowed.test", "A",
+        "--query", "udp", "127.0.0.11:53", "x.exfil.evil.test", "TXT",
+        "--query", "udp", "127.0.0.11:5353", "y.exfil.evil.test", "A",
+        "--query", "tcp", "127.0.0.11:5353", "z.exfil.evil.test", "A",
+        "--resolve-connect", "127.0.0.11:53", "c.allowed.test", "80",
+    ];
+    let (_, r) = steps(&root, &net, &["*.allowed.test"], &s);
+    assert_answer(&r[0], ALLOWED4);
+    assert_answer(&r[1], ALLOWED4);
+    assert_denied(&r[2]);
+    for v in &r[3..5] {
+        assert_eq!(
+            v["result"], "error",
+            "the child reached the embedded DNS: {v}"
+        );
+        assert!(v["ms"].as_u64().unwrap() < 1000, "{v}");
+    }
+    assert_connected(&r[5]["connect"]);
+    let q = embedded.queries();
+    assert!(q.iter().any(|l| l.contains("a.allowed.test")), "{q:?}");
+    assert!(q.iter().any(|l| l.contains("b.allowed.test")), "{q:?}");
+    assert!(q.iter().all(|l| !l.contains("exfil")), "{q:?}");
+}
+
+#[test]
+fn rotated_addresses_work_at_once_and_old_ones_expire() {
+    let net = Net::new();
+    let up = Upstream::world(&net);
+    let root = rootfs(DNS3);
+    let (a80, o80) = (format!("{ALLOWED4}:80"), format!("{OTHER4}:80"));
+    #[rustfmt::skip]
+    let s = [
+        "--resolve-connect", DNS3_53, "rot.test", "80",   // 0: old address
+        "--connect", &o80,                                // 1: not yet
+        "--wait-file", "/tmp/rotated",                    // 2
+        "--resolve-connect", DNS3_53, "rot.test", "80",   // 3: new address, at once
+        "--connect", &a80,                                // 4: old one, still within its TTL floor
+        "--sleep", "21000",                               // 5: past max(TTL, 10 s) + 10 s
+        "--connect", &a80,                                // 6: expired
+        "--connect", &o80,                                // 7: expired too (no lookup since)
+        "--resolve-connect", DNS3_53, "rot.test", "80",   // 8: learned again
+    ];
+    let args = sandbox_args(&["rot.test"], &s);
+    let mut cmd = root.command(&args, &[NO_PRESETS], Some(&net.box_ns));
+    let sbx = Running::start(&mut cmd);
+    let line = |n: usize| -> Value {
+        let l = sbx.line(Duration::from_secs(40));
+        serde_json::from_str(&l).unwrap_or_else(|_| panic!("step {n}: {l}"))
+    };
+    let r0 = line(0);
+    assert_answer(&r0, ALLOWED4);
+    assert_connected(&r0["connect"]);
+    assert_rejected(&line(1));
+
+    // PID 1 while the command runs: CAP_KILL and CAP_NET_ADMIN, nothing else
+    let status = fs::read_to_string(format!("/proc/{}/status", sbx.init_pid())).unwrap();
+    let cap = |k: &str| {
+        let v = status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap();
+        u64::from_str_radix(v, 16).unwrap()
+    };
+    assert_eq!(cap("CapEff:"), (1 << 5) | (1 << 12), "{status}");
+    assert_eq!(cap("CapPrm:"), (1 << 5) | (1 << 12), "{status}");
+    assert_eq!(cap("CapBnd:"), 0, "{status}");
+
+    up.set_hosts(&format!("{OTHER4} rot.test\n{CDN4} edge.cdn.test\n"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out) = net.in_world(&[
+            "dig",
+            "+short",
+            "+time=1",
+            "+tries=1",
+            &format!("@{DNS3}"),
+            "rot.test",
+        ]);
+        if out.trim() == OTHER4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dnsmasq did not reload: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    root.write("tmp/rotated", "");
+    assert_eq!(line(2)["found"], true);
+    let r3 = line(3);
+    assert_answer(&r3, OTHER4);
+    assert_connected(&r3["connect"]);
+    assert_connected(&line(4));
+    line(5);
+    assert_rejected(&line(6));
+    assert_rejected(&line(7));
+    let r8 = line(8);
+    assert_answer(&r8, OTHER4);
+    assert_connected(&r8["connect"]);
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn filter_mode_table_has_the_redirect_and_expiring_sets() {
+    let net = Net::new();
+    let _up = Upstream::world(&net);
+    let root = rootfs(DNS3);
+    let run = root.run_in(
+        &sandbox_args(
+            &["*.allowed.test", "api.allowed.test:443"],
+            &["--sleep", "0"],
+        ),
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    // (the table outlives the sandbox: it belongs to the namespace)
+    let t = net.nft_json(&["table", "inet", "sandbox_init"]);
+    let items = t["nftables"].as_array().unwrap();
+    let nat = items
+        .iter()
+        .filter_map(|i| i.get("chain"))
+        .find(|c| c["name"] == "dns_redirect")
+        .unwrap_or_else(|| panic!("{t}"));
+    assert_eq!(nat["type"], "nat");
+    assert_eq!(nat["hook"], "output");
+    assert_eq!(nat["prio"], -150);
+    let sets: Vec<&Value> = items.iter().filter_map(|i| i.get("set")).collect();
+    for name in ["dyn_any_v4", "dyn_any_v6", "dyn_tcp443_v4", "dyn_tcp443_v6"] {
+        let s = sets
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no set {name}: {t}"));
+        assert_eq!(s["timeout"], 10, "{s}");
+    }
+    // the start-time answer of the apex is in the dynamic set, not a static one
+    let any_v4 = sets.iter().find(|s| s["name"] == "dyn_any_v4").unwrap();
+    assert!(any_v4.to_string().contains(ALLOWED4), "{any_v4}");
+    assert!(!sets.iter().any(|s| s["name"] == "any_v4"), "{t}");
+}

@@ -1,0 +1,418 @@
+//! Tier 2, reports of what was blocked: sandbox-init as PID 1 in the box namespace (see
+//! common/netns.rs) reads the reject rules' NFLOG group and prints one line per blocked
+//! destination with the exact setting that allows it; the audit log holds every event;
+//! `check` run inside the running sandbox shows the counters and recent destinations.
+
+mod common;
+
+use common::netns::*;
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const NO_PRESETS: (&str, &str) = ("SANDBOX_PRESETS", "");
+const AUDIT: &str = "/var/log/sandbox-init/audit.jsonl";
+
+fn rootfs() -> Rootfs {
+    let r = Rootfs::new();
+    r.write("etc/resolv.conf", &format!("nameserver {DNS1}\n"));
+    std::fs::create_dir_all(r.join("var/log/sandbox-init")).unwrap();
+    r
+}
+
+/// The report lines on stderr (the `blocked` lines of the contract).
+fn blocked_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("sandbox-init: blocked "))
+        .collect()
+}
+
+fn audit(root: &Rootfs) -> Vec<Value> {
+    let text = std::fs::read_to_string(root.join(AUDIT)).expect("audit log exists");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn mode(root: &Rootfs, rel: &str) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(root.join(rel))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn each_blocked_destination_is_one_line_with_the_setting_that_allows_it() {
+    let net = Net::new();
+    let root = rootfs();
+    let v4 = format!("{OTHER4}:80");
+    let v6 = format!("[{OTHER6}]:22");
+    let unnamed6 = "[fd77::99]:8443".to_string();
+    let udp = format!("{DNS2}:53");
+    let flags = [
+        "--allow",
+        "allowed.test",
+        // other.test resolves at start: its addresses are named in the report
+        "--allow",
+        "other.test:443",
+        "--audit-log",
+        AUDIT,
+        "--",
+        PROBE_IN_ROOT,
+        "report",
+        "--timeout-ms",
+        "1500",
+    ];
+    let mut args: Vec<&str> = flags.to_vec();
+    // every destination twice: still one line each
+    for _ in 0..2 {
+        args.extend([
+            "--tcp", &v4, "--tcp", &v6, "--tcp", &unnamed6, "--udp", &udp,
+        ]);
+    }
+    let run = root.run_in(&args, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(0);
+    let r = run.report();
+    for t in r["tcp"].as_array().unwrap() {
+        assert_eq!(t["error"], "ECONNREFUSED", "{t}");
+    }
+    let lines = blocked_lines(&run.stderr);
+    let expect = [
+        (
+            format!("blocked tcp {OTHER4}:80 (other.test); "),
+            "SANDBOX_ALLOW=other.test:80 ".to_string(),
+        ),
+        (
+            format!("blocked tcp [{OTHER6}]:22 (other.test); "),
+            "SANDBOX_ALLOW=other.test:22 ".to_string(),
+        ),
+        (
+            "blocked tcp [fd77::99]:8443; ".to_string(),
+            "SANDBOX_ALLOW=[fd77::99]:8443 ".to_string(),
+        ),
+        (
+            format!("blocked udp {DNS2}:53; "),
+            format!("SANDBOX_ALLOW={DNS2}:53/udp "),
+        ),
+    ];
+    for (what, allow) in &expect {
+        let found: Vec<&&str> = lines.iter().filter(|l| l.contains(what.as_str())).collect();
+        assert_eq!(found.len(), 1, "{what}: {lines:#?}\n{}", run.stderr);
+        assert!(found[0].contains(allow.as_str()), "{}", found[0]);
+    }
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    // the summary at info level on exit
+    assert!(
+        run.stderr
+            .contains("session summary: 8 blocked attempts to 4 destinations"),
+        "{}",
+        run.stderr
+    );
+
+    // The audit log: a new file 0600, one JSON object per attempt, duplicates included.
+    assert_eq!(mode(&root, AUDIT), 0o600);
+    let events = audit(&root);
+    for e in &events {
+        for k in ["event", "proto", "addr", "port", "name", "time"] {
+            assert!(e.get(k).is_some(), "{k} missing: {e}");
+        }
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+    }
+    let count = |addr: &str, port: u64, proto: &str| {
+        events
+            .iter()
+            .filter(|e| e["addr"] == addr && e["port"] == port && e["proto"] == proto)
+            .count()
+    };
+    assert_eq!(count(OTHER4, 80, "tcp"), 2, "{events:#?}");
+    assert_eq!(count(OTHER6, 22, "tcp"), 2);
+    assert_eq!(count("fd77::99", 8443, "tcp"), 2);
+    assert_eq!(count(DNS2, 53, "udp"), 2);
+    let named = events.iter().find(|e| e["addr"] == OTHER4).unwrap();
+    assert_eq!(named["event"], "blocked");
+    assert_eq!(named["name"], "other.test");
+    assert_eq!(named["allow"], "other.test:80");
+
+    // The suggestions are the exact settings: given them, the same destinations connect
+    // (and UDP gets its answer), and nothing is reported.
+    let allow = format!("other.test:80 other.test:22 {DNS2}:53/udp");
+    let run = root.run_in(
+        &[
+            "--allow",
+            "allowed.test",
+            "--",
+            PROBE_IN_ROOT,
+            "report",
+            "--timeout-ms",
+            "1500",
+            "--tcp",
+            &v4,
+            "--tcp",
+            &v6,
+            "--udp",
+            &udp,
+        ],
+        &[NO_PRESETS, ("SANDBOX_ALLOW", &allow)],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    let r = run.report();
+    for t in r["tcp"].as_array().unwrap() {
+        assert_eq!(t["result"], "connected", "{t}");
+    }
+    assert_eq!(r["udp"][0]["result"], "reply", "{}", r["udp"][0]);
+    assert!(blocked_lines(&run.stderr).is_empty(), "{}", run.stderr);
+}
+
+#[test]
+fn the_gateway_is_reported_with_its_own_address() {
+    let net = Net::new();
+    let root = rootfs();
+    let gw = format!("{GATEWAY4}:8443");
+    let run = root.run_in(
+        &[
+            "--allow",
+            "allowed.test",
+            "--",
+            PROBE_IN_ROOT,
+            "report",
+            "--tcp",
+            &gw,
+        ],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    let lines = blocked_lines(&run.stderr);
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains(&format!(
+            "blocked tcp {GATEWAY4}:8443 (the default gateway)"
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("SANDBOX_ALLOW={GATEWAY4}:8443 ")),
+        "{}",
+        lines[0]
+    );
+}
+
+/// A flood of 10,000 blocked connections to distinct ports: a bounded number of lines,
+/// signals still forwarded at once, every event in the audit log, and `check` (run in the
+/// running sandbox, as `docker exec` would) shows the counters and the recent ones.
+#[test]
+fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
+    const N: usize = 10_000;
+    let net = Net::new();
+    let root = rootfs();
+    let n = N.to_string();
+    let mut cmd = root.command(
+        &[
+            "--allow",
+            "allowed.test",
+            "--audit-log",
+            AUDIT,
+            "--",
+            PROBE_IN_ROOT,
+            "flood",
+            &n,
+            OTHER4,
+            "1",
+        ],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    let run = Running::start(&mut cmd);
+    assert_eq!(run.line(Duration::from_secs(20)), "flooding");
+    let sent = Instant::now();
+    run.signal(libc::SIGUSR1);
+    let got = run.line(Duration::from_secs(5));
+    let took = sent.elapsed();
+    let attempts: usize = got
+        .strip_prefix(&format!("got {} after ", libc::SIGUSR1))
+        .and_then(|r| r.strip_suffix(" attempts"))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line: {got}"));
+    assert!(
+        attempts > 0 && attempts < N,
+        "the signal did not arrive during the flood ({attempts} attempts): make the flood longer"
+    );
+    assert!(
+        took < Duration::from_millis(250),
+        "forwarding took {took:?} during the flood"
+    );
+    let done = run.line(Duration::from_secs(60));
+    let done: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
+    assert_eq!(done["refused"], N as u64, "{done}");
+
+    // PID 1 kept no capability to read the NFLOG group: only CAP_KILL.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", run.init_pid())).unwrap();
+    let capeff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(capeff, "0000000000000020", "{status}");
+
+    // `check` in the running sandbox: kernel counters and PID 1's recent destinations.
+    // Give PID 1 its status-file interval to catch up with the last packets.
+    std::thread::sleep(Duration::from_millis(1500));
+    let check = root.run_in(
+        &["check", "--allow", "allowed.test"],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    check.assert_code(0);
+    let out = &check.stdout;
+    assert!(
+        out.contains("blocked so far (this running sandbox):"),
+        "{out}"
+    );
+    let counters = out
+        .lines()
+        .find(|l| l.contains("kernel reject counters: tcp reset "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let tcp: u64 = counters
+        .split("tcp reset ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{counters}"));
+    assert!(tcp >= N as u64, "{counters}");
+    assert!(!counters.contains("do not log"), "{counters}");
+    // every blocked attempt reached PID 1 (its status file is at most a second old)
+    assert!(
+        out.contains(&format!("reported by PID 1: {N} events, 4096+ distinct")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("SANDBOX_ALLOW={OTHER4}:")),
+        "recent destinations missing: {out}"
+    );
+    assert!(
+        out.contains("audit log: /var/log/sandbox-init/audit.jsonl"),
+        "{out}"
+    );
+    // the status file is root's alone
+    assert_eq!(mode(&root, "run/sandbox-init"), 0o700);
+    assert_eq!(mode(&root, "run/sandbox-init/status.json"), 0o600);
+    let st: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("run/sandbox-init/status.json")).unwrap(),
+    )
+    .unwrap();
+    let overruns = st["nflog"]["overruns"].as_u64().unwrap();
+
+    run.signal(libc::SIGTERM);
+    let stderr = run.stderr.clone();
+    let (code, _) = run.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let stderr = stderr.lock().unwrap().clone();
+    let lines = blocked_lines(&stderr);
+    // the burst, at most one line per refill interval, and the "not shown" notes
+    assert!(
+        lines.len() >= 10 && lines.len() <= 30,
+        "{} lines:\n{stderr}",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("more destinations not shown (rate limit)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("session summary: {N} blocked attempts")),
+        "{stderr}"
+    );
+
+    // every event in the audit log (the kernel dropped none: a drop would be counted)
+    assert_eq!(overruns, 0, "the kernel dropped NFLOG messages: {st}");
+    let events = audit(&root);
+    let flood = events
+        .iter()
+        .filter(|e| e["addr"] == OTHER4 && e["proto"] == "tcp" && e["event"] == "blocked")
+        .count();
+    assert_eq!(flood, N);
+}
+
+/// The DNS-aware mode (issue 6) reports a denied name the same way: one line with the
+/// name and the setting, and a `denied_name` event in the audit log.
+#[test]
+fn a_denied_name_is_one_line_and_an_audit_event() {
+    let net = Net::new();
+    let root = rootfs();
+    let run = root.run_in(
+        &[
+            "--allow",
+            "allowed.test",
+            "--dns",
+            "filter",
+            "--audit-log",
+            AUDIT,
+            "--",
+            PROBE_IN_ROOT,
+            "report",
+            "--resolve",
+            "other.test",
+            "--resolve",
+            "other.test",
+            "--resolve",
+            "allowed.test",
+        ],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    let r = run.report();
+    assert_eq!(r["resolve"][0]["result"], "error", "{}", r["resolve"][0]);
+    assert_eq!(r["resolve"][2]["result"], "ok", "{}", r["resolve"][2]);
+    let lines: Vec<&str> = blocked_lines(&run.stderr)
+        .into_iter()
+        .filter(|l| l.contains("blocked dns name other.test"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains("SANDBOX_ALLOW=other.test "),
+        "{}",
+        lines[0]
+    );
+    let events = audit(&root);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "denied_name" && e["name"] == "other.test"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn a_planted_symlink_as_audit_log_is_refused() {
+    let root = rootfs();
+    std::os::unix::fs::symlink("/etc/passwd", root.join(AUDIT)).unwrap();
+    let run = root.run(
+        &[
+            "--no-firewall",
+            "--audit-log",
+            AUDIT,
+            "--",
+            PROBE_IN_ROOT,
+            "exit",
+            "0",
+        ],
+        &[],
+    );
+    run.assert_code(78);
+    assert!(run.stderr.contains("is a symlink"), "{}", run.stderr);
+    assert!(
+        std::fs::read_to_string(root.join("etc/passwd"))
+            .unwrap()
+            .contains("claude:x:1000"),
+        "the target was touched"
+    );
+}
