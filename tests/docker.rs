@@ -325,7 +325,10 @@ fn start_fixtures(clean: &Cleanup) {
         &[
             "sh",
             "-c",
-            &format!("exec {} 2>&1", dnsmasq(&records, DNS_IP)),
+            &format!(
+                "exec {} 2>&1",
+                dnsmasq(&format!("{records} --log-queries"), DNS_IP)
+            ),
         ],
     );
     start_fixture(
@@ -630,6 +633,99 @@ fn case_probe_firewalled() {
             "a secret is visible to the command (env or /proc/1/environ)"
         );
     }
+}
+
+/// Filter mode with Docker's embedded DNS as the upstream: allowed names resolve through
+/// 127.0.0.11 (our forwarder asks Docker's resolver, which asks the fixture); a denied name
+/// gets NXDOMAIN and never reaches the fixture (its query log proves it); a query aimed at
+/// the rogue server is answered by us, not by it (its answer would carry its own address);
+/// the address learned from the allowed name connects, the other host stays rejected.
+fn case_probe_dns_filter() {
+    let label = format!(
+        "exfil{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let leak = format!("{label}.blocked.test");
+    let rogue = format!("{BLOCKED_IP}:53");
+    let allowed_tcp = format!("{ALLOWED_IP}:80");
+    let blocked_tcp = format!("{BLOCKED_IP}:80");
+    let r = run_in_net(
+        &["--cap-add", "NET_ADMIN"],
+        &[
+            PROBE_IMG,
+            "sandbox-probe",
+            "report",
+            "--timeout-ms",
+            "3000",
+            "--tcp",
+            &allowed_tcp,
+            "--tcp",
+            &blocked_tcp,
+            "--dns",
+            "127.0.0.11:53",
+            "allowed.test",
+            "--dns",
+            "127.0.0.11:53",
+            &leak,
+            "--dns-tcp",
+            "127.0.0.11:53",
+            &leak,
+            "--dns",
+            &rogue,
+            "allowed.test",
+        ],
+        &[
+            ("SANDBOX_ALLOW", "allowed.test:80"),
+            ("SANDBOX_PRESETS", ""),
+            ("SANDBOX_DNS", "filter"),
+        ],
+    );
+    r.assert_code(0);
+    let rep = r.report();
+    let allowed = tcp_result(&rep, &allowed_tcp);
+    assert_eq!(allowed["result"], "connected", "{allowed}\n{r}");
+    assert_rejected_fast(tcp_result(&rep, &blocked_tcp));
+
+    let dns = rep["dns"].as_array().expect("dns results");
+    let has_addr = |v: &Value, ip: &str| {
+        v["addrs"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == ip))
+    };
+    assert_eq!(
+        dns[0]["rcode"], "NOERROR",
+        "allowed name via 127.0.0.11: {}",
+        dns[0]
+    );
+    assert!(has_addr(&dns[0], ALLOWED_IP), "{}", dns[0]);
+    for d in &dns[1..3] {
+        assert_eq!(d["rcode"], "NXDOMAIN", "denied name, at once: {d}");
+        assert!(d["ms"].as_u64().unwrap_or(u64::MAX) < 1000, "{d}");
+    }
+    assert_eq!(dns[3]["rcode"], "NOERROR", "{}", dns[3]);
+    assert!(
+        has_addr(&dns[3], ALLOWED_IP) && !has_addr(&dns[3], BLOCKED_IP),
+        "the rogue server answered: {}",
+        dns[3]
+    );
+    assert!(
+        r.stderr.contains(&format!("blocked dns name {leak}")),
+        "the denied name is reported\n{r}"
+    );
+
+    let log = {
+        let out = docker(&["logs", C_DNS]);
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    };
+    assert!(
+        log.contains("allowed.test"),
+        "the fixture logs queries (allowed.test came through Docker's DNS): {log}"
+    );
+    assert!(
+        !log.contains(&label),
+        "the denied name reached the upstream: {log}"
+    );
 }
 
 /// The same probe without the firewall: each target the firewalled case found blocked is
@@ -1049,6 +1145,10 @@ fn docker_end_to_end() {
     type Case<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let cases: Vec<Case> = vec![
         ("probe: firewalled", Box::new(case_probe_firewalled)),
+        (
+            "probe: DNS filter, Docker's DNS upstream",
+            Box::new(case_probe_dns_filter),
+        ),
         (
             "probe: control without the firewall",
             Box::new(case_probe_control_without_firewall),
