@@ -128,8 +128,8 @@ pub struct Options {
     #[arg(long)]
     pub force_credentials: bool,
 
-    /// DNS mode: `resolver` (the child may query the resolvers of /etc/resolv.conf) or
-    /// `filter` (only allowlisted names are answered) [env: SANDBOX_DNS]
+    /// DNS mode: `filter` (PID 1 answers allowlisted names only; the default) or
+    /// `resolver` (the child may query the resolvers of /etc/resolv.conf) [env: SANDBOX_DNS]
     #[arg(long, value_name = "MODE", value_parser = ["filter", "resolver"])]
     pub dns: Option<String>,
 

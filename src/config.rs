@@ -145,7 +145,9 @@ impl Default for Settings {
             firewall: Sourced::default(true),
             strict: Sourced::default(false),
             allow_gateway: Sourced::default(false),
-            dns: Sourced::default(DnsMode::Resolver),
+            // Proven in tiers 2 and 3 (tests/dns.rs, the Docker tier): the default, as the
+            // contract prescribes once the DNS-aware mode holds.
+            dns: Sourced::default(DnsMode::Filter),
             force_credentials: Sourced::default(false),
             host_gitconfig: Sourced::default(PathBuf::from(DEFAULT_HOST_GITCONFIG)),
             audit_log: Sourced::default(None),
@@ -797,7 +799,7 @@ mod tests {
         assert_eq!(s.command.value, DEFAULT_COMMAND);
         assert_eq!(s.presets.value, DEFAULT_PRESETS);
         assert!(s.firewall.value);
-        assert_eq!(s.dns.value, DnsMode::Resolver);
+        assert_eq!(s.dns.value, DnsMode::Filter);
         assert_eq!(s.user.value, None);
         assert_eq!(s.log.value, "info");
         assert_eq!(s.child_env.value.get("DISABLE_AUTOUPDATER").unwrap(), "1");

@@ -111,7 +111,10 @@ fn allowlist_is_reachable_on_both_families_and_nothing_else() {
         "allowed.test",
     ]);
     pa.extend_from_slice(&["--dns-tcp", &dns2, "allowed.test"]);
-    let run = probe(&root, &net, &["--allow", "allowed.test"], &pa);
+    // Resolver mode: the child talks to the configured resolver itself, and nothing else.
+    // (Filter mode answers every port-53 query itself: tests/dns.rs.)
+    let flags = ["--allow", "allowed.test", "--dns", "resolver"];
+    let run = probe(&root, &net, &flags, &pa);
     run.assert_code(0);
     assert!(!run.stderr.contains("FIREWALL OFF"), "{}", run.stderr);
     // the resolver runtime is gone before PID 1 forks

@@ -53,6 +53,10 @@ fn each_blocked_destination_is_one_line_with_the_setting_that_allows_it() {
     let unnamed6 = "[fd77::99]:8443".to_string();
     let udp = format!("{DNS2}:53");
     let flags = [
+        // Resolver mode: in filter mode PID 1 answers every port-53 datagram itself, so the
+        // UDP destination below would never be blocked (tests/dns.rs covers that mode).
+        "--dns",
+        "resolver",
         "--allow",
         "allowed.test",
         // other.test resolves at start: its addresses are named in the report
@@ -141,6 +145,8 @@ fn each_blocked_destination_is_one_line_with_the_setting_that_allows_it() {
     let allow = format!("other.test:80 other.test:22 {DNS2}:53/udp");
     let run = root.run_in(
         &[
+            "--dns",
+            "resolver",
             "--allow",
             "allowed.test",
             "--",
@@ -213,6 +219,10 @@ fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
     let n = N.to_string();
     let mut cmd = root.command(
         &[
+            // Resolver mode: PID 1 then keeps only CAP_KILL, which shows below that reading
+            // the NFLOG group needs no capability once bound (filter mode adds NET_ADMIN).
+            "--dns",
+            "resolver",
             "--allow",
             "allowed.test",
             "--audit-log",
