@@ -1,4 +1,4 @@
-//! The pipeline: preflight, firewall, identity, lockdown, spawn, supervise — in that order,
+//! The pipeline: preflight, firewall, credentials, lockdown, spawn, supervise — in that order,
 //! and nothing after a failed stage. Either the command runs in the full sandbox, or it
 //! does not run and the exit code says why.
 
@@ -260,8 +260,8 @@ fn duties(
             }
         }
     }
-    // Issue 6 pushes the DNS filter here (filter mode); issue 7 the reader of blocked
-    // packets. Both share `reporter`.
+    // The reader of blocked packets always; the DNS filter when it is on. Both feed the
+    // same reporter (names learned, names denied).
     let mut duties: Vec<Box<dyn supervise::Duty>> = vec![report::start(
         &reporter,
         &cx.settings,
