@@ -23,7 +23,8 @@ NS=bench-dns-$$
 TMP=$(mktemp -d /tmp/bench-dns.XXXXXX)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  # SIGKILL: `unshare --fork` ignores SIGTERM while it waits; --kill-child then ends the box.
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$TMP"
 }

@@ -20,7 +20,7 @@ python3 "$here/bench_pid1.py" --init "$init" --probe "$probe" --rootfs "$rootfs"
 if [ -x "$here/bench-firewall.sh" ]; then
   echo
   echo "== firewall setup =="
-  "$here/bench-firewall.sh" "$init" "$probe"
+  "$here/bench-firewall.sh" "$init"
 fi
 
 if [ -x "$here/bench-dns.sh" ]; then

@@ -171,10 +171,16 @@ impl Forwarder {
                     tcp.push(t);
                 }
                 Err(e) if required => {
+                    // Docker lets any process bind low ports in a container
+                    // (ip_unprivileged_port_start=0); other runtimes need the capability.
+                    let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        "add --cap-add NET_BIND_SERVICE"
+                    } else {
+                        "another DNS server in the container?"
+                    };
                     return Err(format!(
-                        "DNS filter: cannot listen on {sa}: {e} (another DNS server in the \
-                         container?); use --dns resolver"
-                    ))
+                        "DNS filter: cannot listen on {sa}: {e} ({why}); or use --dns resolver"
+                    ));
                 }
                 Err(e) => log::debug!("DNS filter: not listening on {sa}: {e}"),
             }
