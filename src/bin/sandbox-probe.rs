@@ -211,6 +211,25 @@ fn dns_parse(resp: &[u8]) -> Value {
     json!({"result": "reply", "rcode": rname, "addrs": addrs})
 }
 
+/// One DNS result in the report: the parsed reply or the error, and how long it took.
+fn dns_result(
+    reply: std::io::Result<Vec<u8>>,
+    server: &str,
+    name: &str,
+    proto: &str,
+    start: Instant,
+) -> Value {
+    let mut v = match reply {
+        Ok(resp) => dns_parse(&resp),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["server"] = json!(server);
+    v["name"] = json!(name);
+    v["proto"] = json!(proto);
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
 fn dns_udp(server: &str, name: &str, timeout: Duration) -> Value {
     let start = Instant::now();
     let run = || -> std::io::Result<Vec<u8>> {
@@ -227,15 +246,7 @@ fn dns_udp(server: &str, name: &str, timeout: Duration) -> Value {
         buf.truncate(n);
         Ok(buf)
     };
-    let mut v = match run() {
-        Ok(resp) => dns_parse(&resp),
-        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
-    };
-    v["server"] = json!(server);
-    v["name"] = json!(name);
-    v["proto"] = json!("udp");
-    v["ms"] = json!(start.elapsed().as_millis() as u64);
-    v
+    dns_result(run(), server, name, "udp", start)
 }
 
 fn dns_tcp(server: &str, name: &str, timeout: Duration) -> Value {
@@ -256,15 +267,7 @@ fn dns_tcp(server: &str, name: &str, timeout: Duration) -> Value {
         s.read_exact(&mut buf)?;
         Ok(buf)
     };
-    let mut v = match run() {
-        Ok(resp) => dns_parse(&resp),
-        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
-    };
-    v["server"] = json!(server);
-    v["name"] = json!(name);
-    v["proto"] = json!("tcp");
-    v["ms"] = json!(start.elapsed().as_millis() as u64);
-    v
+    dns_result(run(), server, name, "tcp", start)
 }
 
 fn udp(addr: &str, timeout: Duration) -> Value {

@@ -172,32 +172,12 @@ pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
         }
     }
     for gw in &plan.blocked_gateways {
-        // TCP gets a reset (the fastest failure for a local connect), the rest icmpx.
-        let mut r = Rule::new(&out).map_err(berr)?;
-        daddr_eq(&mut r, *gw);
-        l4proto(&mut r, libc::IPPROTO_TCP as u8);
-        counted_and_logged(&mut r, w.log_blocked)?;
-        r.add_expr(Reject::default().with_type(RejectType::TcpRst));
-        rule(
+        reject_pair(
             &mut w,
-            &r,
-            false,
-            format!("output: reset TCP to the default gateway {gw}"),
-        );
-        let mut r = Rule::new(&out).map_err(berr)?;
-        daddr_eq(&mut r, *gw);
-        counted_and_logged(&mut r, w.log_blocked)?;
-        r.add_expr(
-            Reject::default()
-                .with_type(RejectType::IcmpxUnreach)
-                .with_icmp_code(IcmpCode::AdminProhibited),
-        );
-        rule(
-            &mut w,
-            &r,
-            false,
-            format!("output: reject the default gateway {gw}"),
-        );
+            &out,
+            |r| daddr_eq(r, *gw),
+            &format!("to the default gateway {gw}"),
+        )?;
     }
 
     group(&mut w, &table, &out, "any", None, &plan.any)?;
@@ -209,24 +189,7 @@ pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
         dynamic_group(&mut w, &table, &out, *port, g)?;
     }
 
-    let mut r = Rule::new(&out).map_err(berr)?;
-    l4proto(&mut r, libc::IPPROTO_TCP as u8);
-    counted_and_logged(&mut r, w.log_blocked)?;
-    r.add_expr(Reject::default().with_type(RejectType::TcpRst));
-    rule(&mut w, &r, false, "output: reject tcp with reset");
-    let mut r = Rule::new(&out).map_err(berr)?;
-    counted_and_logged(&mut r, w.log_blocked)?;
-    r.add_expr(
-        Reject::default()
-            .with_type(RejectType::IcmpxUnreach)
-            .with_icmp_code(IcmpCode::AdminProhibited),
-    );
-    rule(
-        &mut w,
-        &r,
-        false,
-        "output: reject the rest (admin-prohibited)",
-    );
+    reject_pair(&mut w, &out, |_| {}, "to anything else")?;
 
     let expect = Expect {
         marker: marker.to_string(),
@@ -342,6 +305,38 @@ fn add_set_and_rule(
         &r,
         false,
         format!("output: accept {label} to @{set_name}"),
+    );
+    Ok(())
+}
+
+/// Rejects what `matching` selects at once, never leaving it to time out: TCP gets a reset
+/// (the fastest failure for a local connect, on IPv6 too), everything else ICMP
+/// admin-prohibited. Both rules count and report.
+fn reject_pair(
+    w: &mut Writer,
+    out: &Chain,
+    matching: impl Fn(&mut Rule),
+    what: &str,
+) -> BResult<()> {
+    let mut r = Rule::new(out).map_err(berr)?;
+    matching(&mut r);
+    l4proto(&mut r, libc::IPPROTO_TCP as u8);
+    counted_and_logged(&mut r, w.log_blocked)?;
+    r.add_expr(Reject::default().with_type(RejectType::TcpRst));
+    rule(w, &r, false, format!("output: reset TCP {what}"));
+    let mut r = Rule::new(out).map_err(berr)?;
+    matching(&mut r);
+    counted_and_logged(&mut r, w.log_blocked)?;
+    r.add_expr(
+        Reject::default()
+            .with_type(RejectType::IcmpxUnreach)
+            .with_icmp_code(IcmpCode::AdminProhibited),
+    );
+    rule(
+        w,
+        &r,
+        false,
+        format!("output: reject {what} (admin-prohibited)"),
     );
     Ok(())
 }
