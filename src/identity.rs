@@ -200,7 +200,13 @@ pub fn resolve(
             "/".to_string(),
             "/bin/sh".to_string(),
         ),
-        (None, _) => unreachable!("a name that is not found is an error above"),
+        // A name that is not found was an error above; say so rather than panic if the two
+        // ever drift apart.
+        (None, _) => {
+            return Err(Error::Config(
+                "internal: no /etc/passwd entry for the target user".into(),
+            ))
+        }
     };
     let uid = uid_override.unwrap_or(image_uid);
     let gid = gid_override.unwrap_or(image_gid);
