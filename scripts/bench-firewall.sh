@@ -97,6 +97,10 @@ iptables -A INPUT -i lo -j ACCEPT
 iptables -A OUTPUT -o lo -j ACCEPT
 ipset create allowed-domains hash:net
 while read -r domain; do
+  case "$domain" in # addresses and networks go into the set as they are
+    *[a-z]*) ;;
+    *) ipset add allowed-domains "$domain" -exist; continue ;;
+  esac
   ips=$(dig +short A "$domain")
   [ -n "$ips" ] || { echo "failed to resolve $domain" >&2; exit 1; }
   for ip in $ips; do ipset add allowed-domains "$ip" -exist; done
@@ -153,9 +157,10 @@ run_empty() { # what `ip netns exec` + process start cost alone
   echo $((t1 - t0))
 }
 
-bench() { # label count
-  local label=$1 n=$2
-  head -n "$n" <(seq 1 1000 | sed 's/^/n/; s/$/.bench.test/') >"$TMP/names"
+bench() { # label entries-file
+  local label=$1 n
+  cp "$2" "$TMP/names"
+  n=$(wc -l <"$TMP/names")
   local si=() self=() base=() nf=()
   for _ in $(seq "$RUNS"); do
     read -r w s < <(run_sandbox "$TMP/names")
@@ -179,7 +184,13 @@ command -v bc >/dev/null || { echo "bench-firewall: bc missing" >&2; exit 1; }
 empty=$( for _ in $(seq "$RUNS"); do run_empty; done | median )
 echo "firewall setup, median of $RUNS fresh namespaces (wall ms include 'ip netns exec' + exec: ~$(bc -l <<<"scale=1; $empty/1000") ms)"
 printf '%-14s %12s %14s %14s %12s %11s %11s\n' "allowlist" "sandbox-init" "(its own ms)" "dig+ipset+ipt" "nft -f" "script/si" "nft-f/si"
-bench "10 names" 10
-bench "1000 names" 1000
-sed "s/^sandbox-init: /  /" "$TMP/self.log" | sort -u -t";" -k1,1 | head -2
+seq 1 1000 | sed 's/^/n/; s/$/.bench.test/' >"$TMP/names1000"
+head -n 10 "$TMP/names1000" >"$TMP/names10"
+# 1000 literal entries: 900 addresses and 100 networks (IPv4, which the baseline handles)
+{ for i in $(seq 0 899); do echo "10.79.$((i / 250)).$((i % 250 + 1))"; done
+  for i in $(seq 0 99); do echo "10.80.$i.0/24"; done; } >"$TMP/addrs1000"
+bench "10 names" "$TMP/names10"
+bench "1000 names" "$TMP/names1000"
+bench "1000 addresses" "$TMP/addrs1000"
+sed "s/^sandbox-init: /  /" "$TMP/self.log" | sort -u -t";" -k1,1 | head -3
 echo "(nft -f loads the ruleset sandbox-init produced, already resolved; the script baseline resolves A only and filters IPv4 only)"
