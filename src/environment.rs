@@ -185,21 +185,8 @@ pub fn wipe_own(names: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
-    fn id() -> Identity {
-        Identity {
-            name: "claude".into(),
-            uid: 1000,
-            gid: 1000,
-            image_uid: 1000,
-            image_gid: 1000,
-            groups: vec![1000],
-            dropped_groups: vec![],
-            home: PathBuf::from("/home/claude"),
-            shell: "/bin/bash".into(),
-        }
-    }
+    use crate::test_util::claude as id;
 
     fn parent() -> HashMap<String, String> {
         [

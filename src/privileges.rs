@@ -194,21 +194,8 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::FakeKernel;
     use super::*;
-    use std::path::PathBuf;
 
-    fn user() -> Identity {
-        Identity {
-            name: "claude".into(),
-            uid: 1000,
-            gid: 1000,
-            image_uid: 1000,
-            image_gid: 1000,
-            groups: vec![1000, 500],
-            dropped_groups: vec![],
-            home: PathBuf::from("/home/claude"),
-            shell: "/bin/sh".into(),
-        }
-    }
+    use crate::test_util::claude as user;
 
     #[test]
     fn drops_in_the_only_safe_order() {

@@ -380,17 +380,7 @@ fn docker_style_loopback_resolver_is_reached_only_through_the_filter() {
     let rules = "table ip nat {\n chain DOCKER_OUTPUT {\n  type nat hook output priority -100; \
                  policy accept;\n  ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353\n  \
                  ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:5353\n }\n}\n";
-    let file = root.join("tmp/docker.nft");
-    fs::write(&file, rules).unwrap();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.box_ns,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    net.load_nft(rules);
     #[rustfmt::skip]
     let s = [
         "--query", "udp", "127.0.0.11:53", "a.allowed.test", "A",

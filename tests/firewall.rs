@@ -326,17 +326,7 @@ fn foreign_table_untouched_and_apply_twice_leaves_one_table() {
     // like Docker's rules for 127.0.0.11 in the container's namespace
     let docker = "table ip nat {\n chain DOCKER_OUTPUT {\n  type nat hook output priority -100; policy accept;\n  \
                   ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:35511\n }\n}\n";
-    let file = root.join("tmp/docker.nft");
-    std::fs::write(&file, docker).unwrap();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.box_ns,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    net.load_nft(docker);
     let before = net.nft_json(&["table", "ip", "nat"]);
 
     for _ in 0..2 {

@@ -211,16 +211,54 @@ fn dns_parse(resp: &[u8]) -> Value {
     json!({"result": "reply", "rcode": rname, "addrs": addrs})
 }
 
-/// One DNS result in the report: the parsed reply or the error, and how long it took.
-fn dns_result(
-    reply: std::io::Result<Vec<u8>>,
-    server: &str,
-    name: &str,
+/// Sends one query over `proto` ("udp" or "tcp") and returns the raw reply.
+fn dns_exchange(
     proto: &str,
-    start: Instant,
-) -> Value {
+    sa: SocketAddr,
+    name: &str,
+    ty: u16,
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let q = dns_query(name, 0x5a5a, ty);
+    if proto == "tcp" {
+        let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf)?;
+        Ok(buf)
+    } else {
+        let s = udp_socket(&sa)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send(&q)?;
+        let mut buf = vec![0; 65536];
+        let n = s.recv(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+/// One DNS query as a report entry: the parsed reply (rcode, addresses, answer count,
+/// truncation) or the error, and how long it took.
+fn dns_report(proto: &str, server: &str, name: &str, ty: u16, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let reply = server
+        .parse::<SocketAddr>()
+        .map_err(|_| std::io::Error::other("bad server address"))
+        .and_then(|sa| dns_exchange(proto, sa, name, ty, timeout));
     let mut v = match reply {
-        Ok(resp) => dns_parse(&resp),
+        Ok(resp) => {
+            let mut v = dns_parse(&resp);
+            if let (Some(flags), Some(an)) = (resp.get(2), resp.get(6..8)) {
+                v["ancount"] = json!(u16::from_be_bytes([an[0], an[1]]));
+                v["tc"] = json!(flags & 0x02 != 0);
+            }
+            v
+        }
         Err(e) => json!({"result": "error", "error": errno_name(&e)}),
     };
     v["server"] = json!(server);
@@ -230,49 +268,9 @@ fn dns_result(
     v
 }
 
-fn dns_udp(server: &str, name: &str, timeout: Duration) -> Value {
-    let start = Instant::now();
-    let run = || -> std::io::Result<Vec<u8>> {
-        let sa: SocketAddr = server
-            .parse()
-            .map_err(|_| std::io::Error::other("bad server address"))?;
-        let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let s = UdpSocket::bind(bind)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.connect(sa)?;
-        s.send(&dns_query(name, 0x5a5a, 1))?;
-        let mut buf = vec![0; 1500];
-        let n = s.recv(&mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
-    };
-    dns_result(run(), server, name, "udp", start)
-}
-
-fn dns_tcp(server: &str, name: &str, timeout: Duration) -> Value {
-    let start = Instant::now();
-    let run = || -> std::io::Result<Vec<u8>> {
-        let sa: SocketAddr = server
-            .parse()
-            .map_err(|_| std::io::Error::other("bad server address"))?;
-        let mut s = TcpStream::connect_timeout(&sa, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        let q = dns_query(name, 0x5a5b, 1);
-        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
-        msg.extend_from_slice(&q);
-        s.write_all(&msg)?;
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len)?;
-        let mut buf = vec![0; u16::from_be_bytes(len) as usize];
-        s.read_exact(&mut buf)?;
-        Ok(buf)
-    };
-    dns_result(run(), server, name, "tcp", start)
-}
-
 fn udp(addr: &str, timeout: Duration) -> Value {
     // A DNS-shaped datagram: our fixtures answer it, so "reply" proves the path both ways.
-    let mut v = dns_udp(addr, "probe.test", timeout);
+    let mut v = dns_report("udp", addr, "probe.test", 1, timeout);
     v["target"] = json!(addr);
     v
 }
@@ -381,7 +379,7 @@ fn report(args: &[String]) -> i32 {
         "pid1_environ": pid1_environ,
         "tcp": tcp_t.iter().map(|a| tcp(a, timeout)).collect::<Vec<_>>(),
         "udp": udp_t.iter().map(|a| udp(a, timeout)).collect::<Vec<_>>(),
-        "dns": dns_t.iter().map(|(p, s, n)| if *p == "udp" { dns_udp(s, n, timeout) } else { dns_tcp(s, n, timeout) }).collect::<Vec<_>>(),
+        "dns": dns_t.iter().map(|(p, s, n)| dns_report(p, s, n, 1, timeout)).collect::<Vec<_>>(),
         "read": reads.iter().map(|p| read_file(p)).collect::<Vec<_>>(),
         "write": writes.iter().map(|p| write_file(p)).collect::<Vec<_>>(),
         "exec": execs.iter().map(|c| exec(c)).collect::<Vec<_>>(),
@@ -653,48 +651,9 @@ fn udp_socket(server: &SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 fn one_query(proto: &str, server: &str, name: &str, ty: u16, timeout: Duration) -> Value {
-    let start = Instant::now();
-    let run = || -> std::io::Result<Vec<u8>> {
-        let sa: SocketAddr = server
-            .parse()
-            .map_err(|_| std::io::Error::other("bad server address"))?;
-        let q = dns_query(name, 0x4242, ty);
-        if proto == "tcp" {
-            let mut s = TcpStream::connect_timeout(&sa, timeout)?;
-            s.set_read_timeout(Some(timeout))?;
-            let mut msg = (q.len() as u16).to_be_bytes().to_vec();
-            msg.extend_from_slice(&q);
-            s.write_all(&msg)?;
-            let mut len = [0u8; 2];
-            s.read_exact(&mut len)?;
-            let mut buf = vec![0; u16::from_be_bytes(len) as usize];
-            s.read_exact(&mut buf)?;
-            Ok(buf)
-        } else {
-            let s = udp_socket(&sa)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.send(&q)?;
-            let mut buf = vec![0; 65536];
-            let n = s.recv(&mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        }
-    };
-    let mut v = match run() {
-        Ok(resp) => {
-            let mut v = dns_parse(&resp);
-            v["ancount"] = json!(u16::from_be_bytes([resp[6], resp[7]]));
-            v["tc"] = json!(resp[2] & 0x02 != 0);
-            v
-        }
-        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
-    };
+    let mut v = dns_report(proto, server, name, ty, timeout);
     v["step"] = json!("query");
-    v["proto"] = json!(proto);
-    v["server"] = json!(server);
-    v["name"] = json!(name);
     v["type"] = json!(ty);
-    v["ms"] = json!(start.elapsed().as_millis() as u64);
     v
 }
 

@@ -46,9 +46,10 @@ pub fn require_net_tools() {
     }
 }
 
-/// Runs a command to completion; panics with its output when it fails.
-pub fn sh(argv: &[&str]) -> String {
-    let out = {
+/// Runs a command to completion and collects its output (spawns take turns, see
+/// `spawn_guard`).
+fn output(argv: &[&str]) -> std::process::Output {
+    let child = {
         let _turn = spawn_guard();
         Command::new(argv[0])
             .args(&argv[1..])
@@ -56,10 +57,16 @@ pub fn sh(argv: &[&str]) -> String {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-    }
-    .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
-    .wait_with_output()
-    .unwrap();
+    };
+    child
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+        .wait_with_output()
+        .unwrap()
+}
+
+/// Runs a command to completion; panics with its output when it fails.
+pub fn sh(argv: &[&str]) -> String {
+    let out = output(argv);
     assert!(
         out.status.success(),
         "{argv:?} failed: {}{}",
@@ -71,18 +78,7 @@ pub fn sh(argv: &[&str]) -> String {
 
 /// Runs a command and returns (success, stdout) without asserting.
 pub fn try_sh(argv: &[&str]) -> (bool, String) {
-    let out = {
-        let _turn = spawn_guard();
-        Command::new(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-    }
-    .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
-    .wait_with_output()
-    .unwrap();
+    let out = output(argv);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -313,6 +309,16 @@ impl Net {
     }
 
     /// Runs a command in the box namespace (outside any sandbox), as root.
+    /// Loads an nft ruleset into the box, as Docker puts its own nat table there.
+    pub fn load_nft(&self, rules: &str) {
+        let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        let file = std::path::Path::new(&base).join(format!("{}.nft", self.box_ns));
+        std::fs::write(&file, rules).unwrap();
+        let path = file.display().to_string();
+        sh(&["ip", "netns", "exec", &self.box_ns, "nft", "-f", &path]);
+        let _ = std::fs::remove_file(&file);
+    }
+
     pub fn in_box(&self, argv: &[&str]) -> (bool, String) {
         let mut full = vec!["ip", "netns", "exec", &self.box_ns];
         full.extend_from_slice(argv);
