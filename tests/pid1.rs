@@ -433,3 +433,81 @@ fn check_prints_where_each_value_came_from() {
         r.stdout
     );
 }
+
+/// Writes a `security.capability` xattr (VFS_CAP_REVISION_2, effective) granting `caps` as
+/// permitted: what `setcap cap_net_raw+ep FILE` does.
+fn set_file_caps(path: &std::path::Path, caps: u64) {
+    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
+    let mut v = vec![];
+    for word in [
+        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
+        caps as u32,
+        0,
+        (caps >> 32) as u32,
+        0,
+    ] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string and buffer for the call's duration.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"security.capability".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn file_capabilities_in_the_image_raise_nothing() {
+    require_root();
+    let root = Rootfs::new();
+    let cap_net_raw = 1u64 << 13;
+    root.install(PROBE, "usr/local/bin/capprobe", 0o755);
+    set_file_caps(&root.join("usr/local/bin/capprobe"), cap_net_raw);
+
+    // The attack works without the sandbox: an unprivileged user gains CAP_NET_RAW.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(root.join("usr/local/bin/capprobe"))
+        .arg("report")
+        .output()
+        .unwrap();
+    let plain: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(plain["uid"], 1000);
+    assert_eq!(
+        cap(&plain, "CapEff"),
+        cap_net_raw,
+        "the planted file capability must work"
+    );
+
+    // In the sandbox the same file gives nothing. The kernel either refuses the exec (a
+    // file marked effective whose capabilities cannot all be granted: EPERM, our 126), or
+    // runs it with every set empty; it never runs it with CAP_NET_RAW.
+    let run = root.run(&[NO_FW, "--", "/usr/local/bin/capprobe", "report"], &[]);
+    match run.code {
+        Some(126) => assert!(
+            run.stderr.contains("Operation not permitted"),
+            "{}",
+            run.stderr
+        ),
+        _ => {
+            run.assert_code(0);
+            let r = run.report();
+            assert_eq!(r["uid"], 1000);
+            for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+                assert_eq!(
+                    cap(&r, key),
+                    0,
+                    "{key} after exec of a file with capabilities: {r}"
+                );
+            }
+        }
+    }
+}
