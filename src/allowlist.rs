@@ -90,6 +90,88 @@ impl FromStr for Entry {
     }
 }
 
+/// Bytes an entry's text may hold when we print it as advice: the grammar needs no other.
+fn is_entry_byte(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b':' | b'/' | b'[' | b']' | b'*')
+}
+
+/// Bytes no common shell (sh, bash, zsh, fish, PowerShell) treats specially in a word:
+/// `[`, `]` and `*` are glob characters, so a word holding one is quoted.
+fn is_plain_word_byte(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b':' | b'/')
+}
+
+/// An allowlist entry we may print as advice ("to allow it: SANDBOX_ALLOW=..."). The only
+/// way to get one is from an entry that the parser reads back from its own text as exactly
+/// that entry, and whose text holds only the bytes the grammar needs: a suggestion is
+/// always one entry (no comma or space for `SANDBOX_ALLOW` to split on) and never carries
+/// a quote, `$`, backtick, backslash or control byte into the shell it is pasted into,
+/// whatever text (a denied DNS name, say) it was made from. Every report goes through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suggestion {
+    entry: Entry,
+    text: String,
+}
+
+impl Suggestion {
+    /// `None` when `entry` is not one the parser would give back from its own text (a
+    /// name with bytes no host name has, built by hand rather than parsed).
+    pub fn new(entry: Entry) -> Option<Suggestion> {
+        let text = entry.to_string();
+        if !text.bytes().all(is_entry_byte) {
+            return None;
+        }
+        match parse(&text) {
+            Ok(back) if back == entry => Some(Suggestion { entry, text }),
+            _ => None,
+        }
+    }
+
+    /// The entry that allows the DNS name `name` exactly (every port): `None` unless
+    /// `name` is a host name as the parser writes it (lower case, no trailing dot), so
+    /// that what is suggested is the name that was asked for, not a neighbour of it.
+    pub fn for_name(name: &str) -> Option<Suggestion> {
+        let s = Suggestion::new(Entry {
+            target: Target::Host(name.to_string()),
+            port: None,
+        })?;
+        (s.text == name).then_some(s)
+    }
+
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// The entry as the parser reads it (for JSON and other non-shell output).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the entry allows every port and protocol (no port given).
+    pub fn opens_every_port(&self) -> bool {
+        self.entry.port.is_none()
+    }
+
+    /// The entry as one shell word: bare when every byte is inert in common shells, else
+    /// in single quotes (which every one of them takes literally; the text never holds a
+    /// quote or backslash). `SANDBOX_ALLOW='[2001:db8::1]:443'` also keeps a file the agent
+    /// planted in the current directory from turning the glob into another entry.
+    pub fn shell_word(&self) -> String {
+        if self.text.bytes().all(is_plain_word_byte) {
+            self.text.clone()
+        } else {
+            format!("'{}'", self.text)
+        }
+    }
+}
+
+impl fmt::Display for Suggestion {
+    /// The shell word: what a user copies.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shell_word())
+    }
+}
+
 fn parse(s: &str) -> Result<Entry, String> {
     if s.is_empty() {
         return Err("empty entry".into());
@@ -186,7 +268,11 @@ fn parse_target(t: &str) -> Result<Target, String> {
     Ok(Target::Host(parse_hostname(t)?))
 }
 
-/// Validates a DNS name (RFC 1123 labels; `_` tolerated as in service names).
+/// Validates a DNS name: labels of `a-z`, `0-9` and `-` (no `-` at either end; `_`
+/// tolerated, as real names carry it: `_acme-challenge`, legacy bucket names), 1 to 63
+/// bytes each, 253 in all, one trailing dot dropped, not all digits. Nothing else passes:
+/// no comma, space, quote, `$`, backtick, backslash, control or non-ASCII byte, so a
+/// parsed name is always safe to print as one shell word and one `SANDBOX_ALLOW` entry.
 pub fn parse_hostname(name: &str) -> Result<String, String> {
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {
@@ -313,5 +399,132 @@ mod tests {
             .parse::<Entry>()
             .unwrap_err()
             .contains("did you mean 10.0.0.0/8"));
+    }
+
+    /// What the sandboxed command can put into a DNS name (and so into a report) must
+    /// never be a name the parser takes.
+    const HOSTILE: &[&str] = &[
+        "registry.example.org,0.0.0.0/0",
+        "a,b",
+        "a b",
+        "a\tb",
+        "a\nb",
+        "a$(sh<x)",
+        "a$(sh<x).example.org",
+        "$HOME.test",
+        "a`id`.test",
+        "a'b.test",
+        "a\"b.test",
+        "a\\b.test",
+        "a;b.test",
+        "a|b.test",
+        "a&b.test",
+        "a>b.test",
+        "a<b.test",
+        "a(b).test",
+        "a{b}.test",
+        "a~b.test",
+        "a!b.test",
+        "a#b.test",
+        "a%b.test",
+        "a^b.test",
+        "a=b.test",
+        "a+b.test",
+        "a@b.test",
+        "a?b.test",
+        "a\u{1b}[31mred.test",
+        "a\u{0}b.test",
+        "a\u{7f}.test",
+        "\u{e9}t\u{e9}.test",
+        "a\\046b.test",
+        "*",
+        "*.",
+        "*.*.test",
+        "a.*.test",
+        "**.test",
+        "*test",
+        ".a.test",
+        "a..test",
+        "a.-b.test",
+        "a-.test",
+        "-",
+        "123.456",
+        "999.1.1.1",
+    ];
+
+    #[test]
+    fn hostile_names_never_parse() {
+        for bad in HOSTILE {
+            assert!(bad.parse::<Entry>().is_err(), "{bad:?} parsed");
+            assert!(parse_hostname(bad).is_err(), "{bad:?} is a host name?");
+            assert!(Suggestion::for_name(bad).is_none(), "{bad:?} suggested");
+            // also built by hand, bypassing the parser
+            for target in [
+                Target::Host(bad.to_string()),
+                Target::Wildcard(bad.to_string()),
+            ] {
+                assert!(
+                    Suggestion::new(Entry { target, port: None }).is_none(),
+                    "{bad:?}"
+                );
+            }
+        }
+        // the limits: 63 bytes a label, 253 a name
+        let label = "a".repeat(63);
+        assert!(parse_hostname(&format!("{label}.test")).is_ok());
+        assert!(parse_hostname(&format!("{label}a.test")).is_err());
+        let long = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(long.len(), 253);
+        assert!(parse_hostname(&long).is_ok());
+        assert!(parse_hostname(&format!("{long}c")).is_err());
+    }
+
+    #[test]
+    fn suggestions_are_one_entry_and_quoted_for_the_shell_when_they_glob() {
+        let s = Suggestion::for_name("registry.npmjs.org").unwrap();
+        assert_eq!(s.as_str(), "registry.npmjs.org");
+        assert_eq!(s.shell_word(), "registry.npmjs.org");
+        assert!(s.opens_every_port());
+        // a name is suggested only in the form the parser writes
+        assert!(Suggestion::for_name("Registry.npmjs.org").is_none());
+        assert!(Suggestion::for_name("registry.npmjs.org.").is_none());
+        assert!(Suggestion::for_name("registry.npmjs.org:443").is_none());
+        assert!(Suggestion::for_name("10.0.0.1").is_none());
+        let v6 = Suggestion::new(e("[2001:db8::1]:443")).unwrap();
+        assert_eq!(v6.shell_word(), "'[2001:db8::1]:443'");
+        assert_eq!(v6.to_string(), "'[2001:db8::1]:443'");
+        assert_eq!(v6.as_str(), "[2001:db8::1]:443");
+        assert!(!v6.opens_every_port());
+        let wild = Suggestion::new(e("*.example.com")).unwrap();
+        assert_eq!(wild.shell_word(), "'*.example.com'");
+        for plain in ["10.0.0.1:53/udp", "2001:db8::/32", "h.test:80", "a_b.test"] {
+            let s = Suggestion::new(e(plain)).unwrap();
+            assert_eq!(s.shell_word(), plain);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever string parses, its entry prints in the safe alphabet and parses back
+        /// to itself, so it can always become a suggestion.
+        #[test]
+        fn every_parsed_entry_is_a_safe_suggestion(
+            raw in "[ -~]{0,40}|(\\*\\.)?([a-z0-9_,$ '`.:/-]{1,6}\\.){0,3}[a-z0-9:-]{1,8}(/[0-9]{1,3})?(:[0-9]{1,5}(/(udp|tcp))?)?|\\[[0-9a-f:]{2,12}\\](/[0-9]{1,3})?:[0-9]{1,5}"
+        ) {
+            if let Ok(entry) = parse(&raw) {
+                let s = Suggestion::new(entry.clone());
+                proptest::prop_assert!(s.is_some(), "{raw:?} -> {entry}");
+            }
+        }
+
+        /// Random names built from every printable byte: a name becomes a suggestion only
+        /// when it holds nothing but the host-name alphabet.
+        #[test]
+        fn names_with_other_bytes_are_never_suggested(raw in "[a-z0-9._-]{1,20}|[\\x00-\\x7f]{1,30}|[a-z.]{1,8}[\\x00-\\x7f][a-z.]{1,8}") {
+            let clean = raw.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'));
+            if let Some(s) = Suggestion::for_name(&raw) {
+                proptest::prop_assert!(clean, "{raw:?}");
+                proptest::prop_assert_eq!(s.shell_word(), raw);
+            }
+        }
     }
 }

@@ -95,7 +95,8 @@ fn each_blocked_destination_is_one_line_with_the_setting_that_allows_it() {
         ),
         (
             "blocked tcp [fd77::99]:8443; ".to_string(),
-            "SANDBOX_ALLOW=[fd77::99]:8443 ".to_string(),
+            // brackets glob in a shell: the suggestion is quoted
+            "SANDBOX_ALLOW='[fd77::99]:8443' ".to_string(),
         ),
         (
             format!("blocked udp {DNS2}:53; "),

@@ -83,7 +83,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Bad> {
         }
         for &c in label {
             let c = c.to_ascii_lowercase();
-            if c == b'.' || !(0x21..0x7f).contains(&c) {
+            // A backslash too: the text form is then unambiguous (`\DDD` is always an
+            // escape), which the reports rely on to show each byte as it was.
+            if c == b'.' || c == b'\\' || !(0x21..0x7f).contains(&c) {
                 plain = false;
                 // Kept visible for the log line, never matched.
                 name.push_str(&format!("\\{c:03}"));
@@ -152,7 +154,7 @@ fn read_name(msg: &[u8], mut o: usize) -> Option<(String, usize)> {
                 for &c in label {
                     let c = c.to_ascii_lowercase();
                     // Same escaping as queries, so chains compare like for like.
-                    if c == b'.' || !(0x21..0x7f).contains(&c) {
+                    if c == b'.' || c == b'\\' || !(0x21..0x7f).contains(&c) {
                         name.push_str(&format!("\\{c:03}"));
                     } else {
                         name.push(c as char);
@@ -327,19 +329,29 @@ mod tests {
         assert_eq!(q.end, build_query(7, "a.allowed.test", 16).len());
     }
 
+    /// A query whose question has exactly these labels (bytes as given).
+    fn query_with_labels(labels: &[&[u8]]) -> Vec<u8> {
+        let mut m = build_query(1, "x", 1);
+        m.truncate(12);
+        for l in labels {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l);
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        m
+    }
+
     #[test]
     fn a_dot_inside_a_label_is_not_plain() {
         // labels ["a.allowed", "test"]: as text it would read a.allowed.test
-        let mut m = build_query(1, "x", 1);
-        m.truncate(12);
-        m.extend_from_slice(&[9]);
-        m.extend_from_slice(b"a.allowed");
-        m.extend_from_slice(&[4]);
-        m.extend_from_slice(b"test");
-        m.extend_from_slice(&[0, 0, 1, 0, 1]);
-        let q = parse_query(&m).unwrap();
+        let q = parse_query(&query_with_labels(&[b"a.allowed", b"test"])).unwrap();
         assert!(!q.plain);
         assert_ne!(q.name, "a.allowed.test");
+        // a label spelling that escape with a backslash is not plain either, and its text
+        // differs from the dot's
+        let qb = parse_query(&query_with_labels(&[b"a\\046allowed", b"test"])).unwrap();
+        assert!(!qb.plain);
+        assert_ne!(qb.name, q.name);
     }
 
     #[test]

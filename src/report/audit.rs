@@ -8,7 +8,8 @@
 //! root-owned, singly linked file nobody else can write (a planted hard link to a system
 //! file is refused), and a new file is created 0600.
 
-use super::{endpoint, suggestion, Event};
+use super::{endpoint, shown_name, suggestion, Event};
+use crate::allowlist::Suggestion;
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
@@ -44,6 +45,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// The JSON object of one event (also used for the recent list of the status file).
+/// `name` is printed escaped (`shown_name`): the sandboxed command chose it; `allow` is
+/// the entry that would allow the event (a `Suggestion`), or null when no entry can.
 pub fn json(event: &Event, name: Option<&str>, time: SystemTime) -> serde_json::Value {
     use serde_json::json;
     match event {
@@ -53,9 +56,9 @@ pub fn json(event: &Event, name: Option<&str>, time: SystemTime) -> serde_json::
             "proto": proto.to_string(),
             "addr": addr.to_string(),
             "port": port,
-            "name": name,
+            "name": name.map(shown_name),
             "endpoint": endpoint(*addr, *port),
-            "allow": suggestion(*proto, *addr, *port, name),
+            "allow": suggestion(*proto, *addr, *port, name).map(|s| s.as_str().to_string()),
         }),
         Event::DeniedName { name } => json!({
             "time": rfc3339(time),
@@ -63,8 +66,8 @@ pub fn json(event: &Event, name: Option<&str>, time: SystemTime) -> serde_json::
             "proto": "dns",
             "addr": null,
             "port": null,
-            "name": name,
-            "allow": name,
+            "name": shown_name(name),
+            "allow": Suggestion::for_name(name).map(|s| s.as_str().to_string()),
         }),
     }
 }

@@ -1,7 +1,11 @@
 //! Telling the user what the sandbox blocked and exactly how to allow it. People switch
-//! firewalls off when they cannot see what was blocked (peers.md item 11), so every blocked
-//! destination and every denied DNS name becomes one line on stderr with the setting that
-//! would allow it.
+//! firewalls off when they cannot see what was blocked, so every blocked destination and
+//! every denied DNS name becomes one line on stderr with the setting that would allow it.
+//!
+//! The sandboxed command chooses the names in these lines (it sends the DNS queries), and
+//! users paste our advice into a shell on the host: names are printed escaped
+//! (`shown_name`), and advice is only ever an `allowlist::Suggestion`, an entry the parser
+//! reads back as exactly itself.
 //!
 //! The reporter is shared by PID 1's duties (the NFLOG reader sees blocked packets, the DNS
 //! filter sees denied names and learns which name an address came from); all of them run
@@ -12,6 +16,7 @@ pub mod nflog;
 pub mod reader;
 pub mod status;
 
+use crate::allowlist::Suggestion;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -65,20 +70,86 @@ pub fn endpoint(addr: IpAddr, port: Option<u16>) -> String {
     }
 }
 
+/// Text the sandboxed command chose (a DNS name) as we print it: the bytes of host names
+/// (`a-z`, `0-9`, `.`, `-`, `_`) as they are, every other byte as `\xNN`. The forwarder
+/// writes a byte that has no place in a label (a dot inside a label, a space, a control
+/// byte, a backslash) as `\DDD`; that becomes `\xNN` as well, so a dot inside a label
+/// never looks like a label boundary. The result holds no byte a terminal or a shell acts
+/// on.
+pub fn shown_name(name: &str) -> String {
+    let b = name.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(u8::is_ascii_digit))
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u8>().ok());
+        let (byte, len) = match escaped {
+            Some(v) => (v, 4),
+            None => (b[i], 1),
+        };
+        if len == 1 && matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+        i += len;
+    }
+    out
+}
+
 /// The allowlist entry that would let this through: by name when the address came from
-/// one (addresses of names rotate), else by address.
-pub fn suggestion(proto: Proto, addr: IpAddr, port: Option<u16>, name: Option<&str>) -> String {
-    let host = match (name, addr) {
-        (Some(n), _) => n.to_string(),
-        (None, a) => a.to_string(),
-    };
-    match (proto, port) {
-        (Proto::Tcp, Some(p)) if name.is_none() && addr.is_ipv6() => format!("[{host}]:{p}"),
-        (Proto::Tcp, Some(p)) => format!("{host}:{p}"),
-        (Proto::Udp, Some(p)) if name.is_none() && addr.is_ipv6() => format!("[{host}]:{p}/udp"),
-        (Proto::Udp, Some(p)) => format!("{host}:{p}/udp"),
+/// one (addresses of names rotate) and that name is a host name the allowlist accepts,
+/// else by address. `None` only when no entry can express it (port 0).
+pub fn suggestion(
+    proto: Proto,
+    addr: IpAddr,
+    port: Option<u16>,
+    name: Option<&str>,
+) -> Option<Suggestion> {
+    use crate::allowlist::{Entry, Port, Proto as P, Target};
+    let port = match (proto, port) {
+        (Proto::Tcp, Some(number)) => Some(Port {
+            proto: P::Tcp,
+            number,
+        }),
+        (Proto::Udp, Some(number)) => Some(Port {
+            proto: P::Udp,
+            number,
+        }),
         // Other protocols have no port: only a bare entry (every port and protocol) allows them.
-        _ => host,
+        _ => None,
+    };
+    let by_name = name.and_then(|n| {
+        Suggestion::new(Entry {
+            target: Target::Host(n.to_string()),
+            port,
+        })
+    });
+    by_name.or_else(|| {
+        Suggestion::new(Entry {
+            target: Target::Net(ipnet::IpNet::from(addr)),
+            port,
+        })
+    })
+}
+
+/// "to allow it: SANDBOX_ALLOW=... (or --allow...)": the only place advice is worded.
+/// `everything`: the packet had no port (ICMP and the like), so the bare entry we suggest
+/// opens every port and protocol, which the user must know before pasting it.
+fn advice(s: Option<&Suggestion>, everything: Option<Proto>, extra: &str) -> String {
+    match s {
+        None => "; no allowlist entry can allow it".into(),
+        Some(s) => {
+            let wide = match everything {
+                Some(p) if s.opens_every_port() => {
+                    format!("; note: this opens every port and protocol to it, not only {p}")
+                }
+                _ => String::new(),
+            };
+            format!("; to allow it: SANDBOX_ALLOW={s} (or --allow{extra}{wide})")
+        }
     }
 }
 
@@ -88,27 +159,46 @@ pub fn line(event: &Event, name: Option<&str>) -> String {
 }
 
 /// As `line`; `gateway`: the address is a blocked default gateway, which only its own
-/// address (or `SANDBOX_ALLOW_GATEWAY=1`) opens, never a name resolving to it.
+/// address (or `SANDBOX_ALLOW_GATEWAY=1`) opens, never a name resolving to it. Every
+/// piece of text the command chose (a name) goes through `shown_name`, every entry
+/// through `Suggestion`.
 fn describe(event: &Event, name: Option<&str>, gateway: bool) -> String {
     match event {
-        Event::Blocked { proto, addr, port } if gateway => format!(
-            "blocked {proto} {} (the default gateway); to allow it: SANDBOX_ALLOW={} (or \
-             --allow; SANDBOX_ALLOW_GATEWAY=1 opens the whole gateway)",
-            endpoint(*addr, *port),
-            suggestion(*proto, *addr, *port, None)
-        ),
         Event::Blocked { proto, addr, port } => {
-            let from = name.map(|n| format!(" ({n})")).unwrap_or_default();
+            let name = name.filter(|_| !gateway);
+            let s = suggestion(*proto, *addr, *port, name);
+            let by_name = s
+                .as_ref()
+                .is_some_and(|s| matches!(s.entry().target, crate::allowlist::Target::Host(_)));
+            let from = match name {
+                _ if gateway => " (the default gateway)".to_string(),
+                Some(n) if by_name => format!(" ({n})"),
+                Some(n) => format!(" ({}: not a valid host name)", shown_name(n)),
+                None => String::new(),
+            };
+            let everything = port.is_none().then_some(*proto);
+            let extra = if gateway {
+                "; SANDBOX_ALLOW_GATEWAY=1 opens the whole gateway"
+            } else {
+                ""
+            };
             format!(
-                "blocked {proto} {}{from}; to allow it: SANDBOX_ALLOW={} (or --allow)",
+                "blocked {proto} {}{from}{}",
                 endpoint(*addr, *port),
-                suggestion(*proto, *addr, *port, name)
+                advice(s.as_ref(), everything, extra)
             )
         }
-        Event::DeniedName { name } => format!(
-            "blocked dns name {name} (not in the allowlist); to allow it: SANDBOX_ALLOW={name} \
-             (or --allow)"
-        ),
+        Event::DeniedName { name } => match Suggestion::for_name(name) {
+            Some(s) => format!(
+                "blocked dns name {name} (not in the allowlist){}",
+                advice(Some(&s), None, "")
+            ),
+            None => format!(
+                "blocked dns name {} (not in the allowlist): not a valid host name, so no \
+                 allowlist entry can allow it",
+                shown_name(name)
+            ),
+        },
     }
 }
 
@@ -373,7 +463,7 @@ impl Reporter {
                     Event::Blocked { proto, addr, port } => {
                         format!("{proto} {}", endpoint(*addr, *port))
                     }
-                    Event::DeniedName { name } => format!("dns {name}"),
+                    Event::DeniedName { name } => format!("dns {}", shown_name(name)),
                 };
                 (what, *n)
             })
@@ -495,7 +585,8 @@ mod tests {
             })
             .unwrap();
         assert!(l.contains("blocked tcp [2001:db8::5]:22;"), "{l}");
-        assert!(l.contains("SANDBOX_ALLOW=[2001:db8::5]:22 "), "{l}");
+        // brackets glob in a shell: quoted
+        assert!(l.contains("SANDBOX_ALLOW='[2001:db8::5]:22' "), "{l}");
         let l = r
             .record(Event::Blocked {
                 proto: Proto::Udp,
@@ -524,11 +615,162 @@ mod tests {
             (Proto::Icmp, "2001:db8::1", None, None),
             (Proto::Tcp, "1.2.3.4", Some(443), Some("a.test")),
             (Proto::Udp, "2001:db8::1", Some(443), Some("a.test")),
+            (Proto::Tcp, "1.2.3.4", Some(443), Some("a$(sh<x).a.test")),
         ] {
-            let s = suggestion(proto, ip(addr), port, name);
-            s.parse::<crate::allowlist::Entry>()
-                .unwrap_or_else(|e| panic!("{s}: {e}"));
+            let s = suggestion(proto, ip(addr), port, name).unwrap();
+            let e = s.as_str().parse::<crate::allowlist::Entry>().unwrap();
+            assert_eq!(&e, s.entry());
         }
+        assert!(suggestion(Proto::Tcp, ip("1.2.3.4"), Some(0), None).is_none());
+    }
+
+    /// Names the sandboxed command can send in a DNS query, in the forwarder's text form
+    /// (a byte that has no place in a label is `\DDD`).
+    const HOSTILE: &[&str] = &[
+        "registry.example.org,0.0.0.0/0",
+        "a$(sh<x)",
+        "a`id`.test",
+        "a'b\"c.test",
+        "a\\032b.test",
+        "a\\046allowed.test",
+        "a\\027[31mred.test",
+        "a\\092\\036.test",
+        "x.test;rm",
+        "x.test|sh",
+        "x.test&&id",
+        "x.test>f",
+        "*.x.test",
+        "x.test:443",
+        "10.0.0.0/8",
+        "x.test.",
+        "X.TEST",
+        "é.test",
+    ];
+
+    /// No byte a shell, a terminal or the `SANDBOX_ALLOW` split acts on.
+    fn assert_inert(text: &str) {
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|c| ",$`'\"|&<>{}!#*?~\t\n\r".contains(*c) || c.is_control() || !c.is_ascii())
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} in {text:?}");
+    }
+
+    /// The value after `SANDBOX_ALLOW=` as the shell gives it: one entry of the parser.
+    fn pasted_entry(line: &str) -> Option<crate::allowlist::Entry> {
+        let rest = line.split("SANDBOX_ALLOW=").nth(1)?;
+        let word = rest.split(' ').next()?;
+        let value = match word.strip_prefix('\'') {
+            Some(q) => q.strip_suffix('\'').expect("closed quote"),
+            None => word,
+        };
+        assert!(!value.contains([',', ' ', '\'']), "{line}");
+        Some(value.parse().unwrap_or_else(|e| panic!("{line}: {e}")))
+    }
+
+    #[test]
+    fn hostile_names_are_shown_escaped_and_never_suggested() {
+        let mut r = Reporter::default();
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        // past the burst: one token per REFILL
+        let mut tick = 0;
+        let mut at = || {
+            tick += 1;
+            t0 + REFILL * tick
+        };
+        for (i, name) in HOSTILE.iter().enumerate() {
+            let event = Event::DeniedName {
+                name: name.to_string(),
+            };
+            let l = r
+                .record_at(event, at(), wall)
+                .unwrap_or_else(|| panic!("{name}: no line"));
+            let head = l.split(" (not in the allowlist)").next().unwrap();
+            assert_inert(head);
+            assert!(
+                l.contains("not a valid host name, so no allowlist entry"),
+                "{l}"
+            );
+            assert!(!l.contains("SANDBOX_ALLOW"), "{l}");
+            let j = audit::json(
+                &Event::DeniedName {
+                    name: name.to_string(),
+                },
+                None,
+                SystemTime::now(),
+            );
+            assert_inert(j["name"].as_str().unwrap());
+            assert!(j["allow"].is_null(), "{j}");
+
+            // the same name learned from an answer under an allowed wildcard
+            let addr = ip(&format!("10.1.0.{}", i + 1));
+            r.learned(addr, name);
+            let l = r.record_at(tcp(&addr.to_string(), 22), at(), wall).unwrap();
+            let (head, advice) = l.split_once("; to allow it: ").unwrap();
+            assert_inert(head.trim_end_matches(": not a valid host name)"));
+            assert!(head.ends_with(": not a valid host name)"), "{l}");
+            assert_eq!(
+                pasted_entry(advice).unwrap().to_string(),
+                format!("{addr}:22"),
+                "{l}"
+            );
+        }
+        let st = r.status().to_string();
+        for name in HOSTILE.iter().filter(|n| n.contains(['$', ',', '`', '\''])) {
+            assert!(!st.contains(name), "{name} in {st}");
+        }
+        for (what, _) in r.summary() {
+            assert_inert(&what);
+        }
+    }
+
+    #[test]
+    fn names_are_escaped_byte_by_byte() {
+        assert_eq!(shown_name("registry.npmjs.org"), "registry.npmjs.org");
+        assert_eq!(
+            shown_name("registry.example.org,0.0.0.0/0"),
+            "registry.example.org\\x2c0.0.0.0\\x2f0"
+        );
+        assert_eq!(shown_name("a$(sh<x)"), "a\\x24\\x28sh\\x3cx\\x29");
+        // a dot inside a label is not a label boundary
+        assert_eq!(shown_name("a\\046b.test"), "a\\x2eb.test");
+        assert_eq!(shown_name("a\\032\\000\\255"), "a\\x20\\x00\\xff");
+        // a backslash that starts no escape is itself escaped
+        assert_eq!(shown_name("a\\b\\99"), "a\\x5cb\\x5c99");
+        assert_eq!(shown_name("A\u{e9}"), "\\x41\\xc3\\xa9");
+    }
+
+    #[test]
+    fn icmp_advice_says_it_opens_every_port() {
+        let mut r = Reporter::default();
+        let l = r
+            .record(Event::Blocked {
+                proto: Proto::Icmp,
+                addr: ip("10.0.0.9"),
+                port: None,
+            })
+            .unwrap();
+        assert_eq!(
+            l,
+            "blocked icmp 10.0.0.9; to allow it: SANDBOX_ALLOW=10.0.0.9 (or --allow; note: \
+             this opens every port and protocol to it, not only icmp)"
+        );
+        r.learned(ip("10.0.0.8"), "ping.test");
+        let l = r
+            .record(Event::Blocked {
+                proto: Proto::Other(47),
+                addr: ip("10.0.0.8"),
+                port: None,
+            })
+            .unwrap();
+        assert!(l.contains("SANDBOX_ALLOW=ping.test (or --allow; note: this opens every port and protocol to it, not only proto-47)"), "{l}");
+        // with a port, nothing to warn about
+        let l = r.record(tcp("10.0.0.8", 443)).unwrap();
+        assert!(
+            l.ends_with("SANDBOX_ALLOW=ping.test:443 (or --allow)"),
+            "{l}"
+        );
     }
 
     #[test]
