@@ -23,6 +23,9 @@
 //!                                   taken by the benchmark right before it exec'd the chain)
 //!   sandbox-probe dns STEP...       DNS steps in order, one JSON line each as it finishes:
 //!       --query udp|tcp SERVER NAME TYPE   one query (TYPE: A, AAAA, TXT, MX, ANY, ... or a number)
+//!       --query-raw SERVER LABELS TYPE     one UDP query whose labels hold any bytes: LABELS are
+//!                                          separated by '.', and `\xNN` in one is that byte (a dot
+//!                                          inside a label is `\x2e`)
 //!       --connect ADDR:PORT                a TCP connection (as `report --tcp`)
 //!       --resolve-connect SERVER NAME PORT A query over UDP, then TCP to its first address
 //!       --flood udp|tcp SERVER SUFFIX N    N random labels under SUFFIX, rotating record types;
@@ -839,6 +842,66 @@ fn pid1_attacks() -> Value {
            "environ": match mem { Ok(_) => "ok".to_string(), Err(e) => errno_name(&e) }})
 }
 
+/// `a\x2eb.c` -> [b"a.b", b"c"]: labels with arbitrary bytes, for names no resolver
+/// library would send.
+fn raw_labels(escaped: &str) -> Vec<Vec<u8>> {
+    escaped
+        .split('.')
+        .map(|label| {
+            let b = label.as_bytes();
+            let mut out = vec![];
+            let mut i = 0;
+            while i < b.len() {
+                let hex = b
+                    .get(i + 2..i + 4)
+                    .filter(|_| b[i..].starts_with(b"\\x"))
+                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 4;
+                    }
+                    None => {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn raw_query(server: &str, escaped: &str, ty: u16, timeout: Duration) -> Value {
+    let mut q = vec![0x3c, 0x3c, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in raw_labels(escaped) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(&label);
+    }
+    q.push(0);
+    q.extend_from_slice(&ty.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    let reply = server
+        .parse::<SocketAddr>()
+        .map_err(|_| std::io::Error::other("bad server address"))
+        .and_then(|sa| {
+            let s = udp_socket(&sa)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send(&q)?;
+            let mut buf = vec![0; 65536];
+            let n = s.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        });
+    let mut v = match reply {
+        Ok(resp) => dns_parse(&resp),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["step"] = json!("query-raw");
+    v["name"] = json!(escaped);
+    v
+}
+
 fn dns_steps(args: &[String]) -> i32 {
     let timeout = Duration::from_millis(2000);
     let mut it = args.iter();
@@ -849,6 +912,10 @@ fn dns_steps(args: &[String]) -> i32 {
             "--query" => {
                 let (p, s, n, t) = (next(), next(), next(), next());
                 one_query(&p, &s, &n, qtype(&t), timeout)
+            }
+            "--query-raw" => {
+                let (s, labels, t) = (next(), next(), next());
+                raw_query(&s, &labels, qtype(&t), timeout)
             }
             "--connect" => {
                 let mut v = tcp(&next(), timeout);
