@@ -143,6 +143,8 @@ args+=(
     --security-opt no-new-privileges
     --read-only
     --tmpfs /tmp:rw,nosuid,nodev,exec,size=2g  # the CLI writes under /tmp
+    # root-only: the staged .gitconfig below and PID 1's status file for `check`
+    --tmpfs /run/sandbox-init:rw,nosuid,nodev,noexec,mode=0700,size=1m
     --pids-limit "$pids"
     --memory "$memory"
     --hostname claude-sandbox

@@ -463,33 +463,325 @@ fn files_follow_the_host_ids() {
     assert_user_file(&root, STATE, 1234);
 }
 
-#[test]
-fn host_gitconfig_is_copied_with_the_workspace_marked_safe() {
-    require_root();
-    let root = Rootfs::new();
-    let host = "[user]\n\tname = Host User\n\temail = host@example.test\n";
-    root.write("run/sandbox-init/host.gitconfig", host);
+const STAGED: &str = "run/sandbox-init/host.gitconfig";
+
+/// Secrets a real `.gitconfig` holds: a token in `url.*.insteadOf`, bearer and basic
+/// `http.extraHeader`s, a credential helper, userinfo in a remote URL and in a value of a
+/// key we would otherwise copy.
+const GIT_SECRETS: &[&str] = &[
+    "ghp_URLTOKEN0123456789",
+    "BEARERSECRET0123456789",
+    "BASICSECRET0123456789",
+    "HELPERSECRET0123456789",
+    "USERINFOSECRET0123456789",
+    "VALUESECRET0123456789",
+];
+
+fn host_gitconfig() -> String {
+    format!(
+        "[user]\n\tname = Host User\n\temail = host@example.test\n\tsigningkey = 0xDEADBEEF12345678\n\
+         [url \"https://x-access-token:{}@github.com/\"]\n\tinsteadOf = https://github.com/\n\
+         [http]\n\textraHeader = Authorization: Bearer {}\n\
+         [http \"https://git.example.test/\"]\n\textraheader = AUTHORIZATION: basic {}\n\
+         [credential]\n\thelper = store --file /{}\n\
+         [include]\n\tpath = /etc/other.gitconfig\n\
+         [remote \"origin\"]\n\turl = https://me:{}@git.example.test/r.git\n\
+         [init]\n\tdefaultBranch = main\n\
+         [core]\n\tautocrlf = input\n\teol = \"https://me:{}@x.test/\"\n",
+        GIT_SECRETS[0], GIT_SECRETS[1], GIT_SECRETS[2], GIT_SECRETS[3], GIT_SECRETS[4],
+        GIT_SECRETS[5]
+    )
+}
+
+/// The launcher's bind mount, as the tier can make it: the host file at the staging path,
+/// in a directory Docker would create 0755.
+fn stage_gitconfig(root: &Rootfs, text: &str) {
+    root.write(STAGED, text);
+    fs::set_permissions(root.join(STAGED), fs::Permissions::from_mode(0o644)).unwrap();
     fs::set_permissions(
-        root.join("run/sandbox-init/host.gitconfig"),
-        fs::Permissions::from_mode(0o444),
+        root.join("run/sandbox-init"),
+        fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let r = run(&root, &[], &[], &[]);
+}
+
+/// The probe searches everything the sandboxed user can read for the secrets (passed
+/// hex-encoded: its argv must not hold what it searches for); debug logging, and no
+/// secret in it either.
+fn search_readable(root: &Rootfs) -> (Run, Value) {
+    let needles: Vec<String> = GIT_SECRETS
+        .iter()
+        .map(|n| n.bytes().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let needles = needles.join(",");
+    let args = [
+        NO_FW,
+        "--workdir",
+        "/workspace",
+        "--",
+        PROBE_IN_ROOT,
+        "search",
+        &needles,
+        "/",
+    ];
+    let r = root.run(&args, &[("SANDBOX_LOG", "debug")]);
     r.assert_code(0);
-    let copied = fs::read_to_string(root.join("home/claude/.gitconfig")).unwrap();
-    assert!(copied.starts_with(host), "{copied}");
-    assert!(
-        copied.contains("[safe]\n\tdirectory = \"/workspace\"\n"),
-        "{copied}"
-    );
-    let m = fs::metadata(root.join("home/claude/.gitconfig")).unwrap();
-    assert_eq!(m.uid(), 1000);
+    for secret in GIT_SECRETS {
+        assert!(!r.stderr.contains(secret), "{secret} logged:\n{}", r.stderr);
+    }
+    let found = r.report();
+    (r, found)
+}
+
+#[test]
+fn host_gitconfig_secrets_are_readable_nowhere_in_the_sandbox() {
+    require_root();
+    let root = Rootfs::new();
+    let host = host_gitconfig();
+    stage_gitconfig(&root, &host);
+    // Positive control: the probe's search finds a secret wherever the user can read it.
+    write_user(&root, "workspace/planted-by-the-test", GIT_SECRETS[0]);
+    let (_, found) = search_readable(&root);
+    let hits = found["hits"].as_array().unwrap();
     assert_eq!(
-        fs::read_to_string(root.join("run/sandbox-init/host.gitconfig")).unwrap(),
-        host
+        hits,
+        &[serde_json::json!({"needle": GIT_SECRETS[0], "where": "/workspace/planted-by-the-test"})],
+        "{found}"
     );
+    assert!(found["files"].as_u64().unwrap() > 3, "{found}");
+    assert!(found["proc_read"].as_u64().unwrap() > 0, "{found}");
+    fs::remove_file(root.join("workspace/planted-by-the-test")).unwrap();
+
+    // The attack: read the staged file directly, and search everything readable.
+    let r = run(
+        &root,
+        &[],
+        &[],
+        &["--read", "/run/sandbox-init/host.gitconfig"],
+    );
+    r.assert_code(0);
+    let rep = r.report();
+    assert_eq!(rep["read"][0]["error"], "EACCES", "{}", rep["read"][0]);
+    let (r, found) = search_readable(&root);
+    assert_eq!(found["hits"], serde_json::json!([]), "{found}");
+    // the staging directory is root's alone; the staged file itself is untouched
+    let dir = fs::metadata(root.join("run/sandbox-init")).unwrap();
+    assert_eq!((dir.uid(), dir.permissions().mode() & 0o7777), (0, 0o700));
+    assert_eq!(fs::read_to_string(root.join(STAGED)).unwrap(), host);
+
+    // What was copied: the identity and the harmless settings, said in one line.
+    let copied = fs::read_to_string(root.join("home/claude/.gitconfig")).unwrap();
+    for want in [
+        "\tname = \"Host User\"\n",
+        "\temail = \"host@example.test\"\n",
+        "\tsigningKey = \"0xDEADBEEF12345678\"\n",
+        "[init]\n\tdefaultBranch = \"main\"\n",
+        "[core]\n\tautocrlf = \"input\"\n",
+        "[safe]\n\tdirectory = \"/workspace\"\n",
+    ] {
+        assert!(copied.contains(want), "{want:?} missing:\n{copied}");
+    }
+    for gone in ["url", "http", "credential", "include", "remote", "eol"] {
+        assert!(!copied.contains(gone), "{gone} copied:\n{copied}");
+    }
+    assert_user_file(&root, "home/claude/.gitconfig", 1000);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("git configuration: copied"))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert_eq!(
+        line,
+        "sandbox-init: git configuration: copied user.name, user.email, user.signingKey, \
+         init.defaultBranch, core.autocrlf from /run/sandbox-init/host.gitconfig to \
+         /home/claude/.gitconfig; left out 7 other settings (in core, credential, http, \
+         include, remote, url); safe.directory = /workspace"
+    );
+
     // without the staging file nothing is written
     let root = Rootfs::new();
     run(&root, &[], &[], &[]).assert_code(0);
     assert!(!root.join("home/claude/.gitconfig").exists());
+}
+
+#[test]
+fn a_staging_directory_that_cannot_be_sealed_stops_the_start() {
+    require_root();
+    // a custom staging path in a directory everyone can enter: refused, not tightened
+    let root = Rootfs::new();
+    root.write("etc/host.gitconfig", &host_gitconfig());
+    root.write(
+        "etc/sandbox-init/config.toml",
+        "[credentials]\nhost_gitconfig = \"/etc/host.gitconfig\"\n",
+    );
+    let r = run(&root, &[], &[], &[]);
+    r.assert_code(78);
+    assert!(
+        r.stderr.contains(
+            "the host git configuration /etc/host.gitconfig would stay readable by the \
+             sandboxed user: /etc has mode 755"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("\"uid\""), "the command ran");
+    assert_eq!(
+        fs::metadata(root.join("etc")).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+
+    // the default directory on a read-only file system (docker run --read-only without a
+    // tmpfs there): the start fails and says what to mount
+    let root = Rootfs::new();
+    let dir = root.join("run/sandbox-init");
+    fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let mount = |args: &[&str]| {
+        let st = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {args:?}");
+    };
+    mount(&["-t", "tmpfs", "-o", "mode=0755", "sbx-test", &d]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(d.clone());
+    root.write(STAGED, &host_gitconfig());
+    mount(&["-o", "remount,ro", &d]);
+    let r = run(&root, &[], &[], &[]);
+    r.assert_code(78);
+    assert!(
+        r.stderr
+            .contains("/run/sandbox-init has mode 755 and cannot be made 0700"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("docker run --tmpfs /run/sandbox-init:mode=0700"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("\"uid\""), "the command ran");
+}
+
+/// How git itself reads a config text: `name[\nvalue]` per setting, or `None` when git
+/// refuses the file.
+fn git_reads(text: &str) -> Option<Vec<String>> {
+    let dir = std::env::temp_dir().join(format!("sbx-gitcfg-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(format!(
+        "{:x}.cfg",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    fs::write(&f, text).unwrap();
+    let out = std::process::Command::new("git")
+        .args(["config", "--file"])
+        .arg(&f)
+        .args(["--list", "-z", "--no-includes"])
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&f);
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_terminator('\0')
+            .map(String::from)
+            .collect()
+    })
+}
+
+/// The same, as sandbox-init's reader sees it.
+fn we_read(text: &str) -> Option<Vec<String>> {
+    use sandbox_init::credentials::gitconfig::parse;
+    parse(text).ok().map(|settings| {
+        settings
+            .iter()
+            .map(|s| {
+                let mut name = s.section.clone();
+                if let Some(sub) = &s.subsection {
+                    name = format!("{name}.{sub}");
+                }
+                // a key before any section header: git lists it alone
+                name = if name.is_empty() && s.subsection.is_none() {
+                    s.key.clone()
+                } else {
+                    format!("{name}.{}", s.key)
+                };
+                match &s.value {
+                    Some(v) => format!("{name}\n{v}"),
+                    None => name,
+                }
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn the_gitconfig_reader_agrees_with_git() {
+    assert!(which("git"), "git is missing: apt-get install -y git");
+    let cases = [
+        "[user]\n\tname = Host User\n",
+        "[User]\n\tNAME = x\n",
+        "[url \"https://Tok@X/\"] insteadOf = y",
+        "[remote \"a\\\"b\\\\c\\d\"]\nurl=1",
+        "[Branch.Main]\nremote = o",
+        "\u{feff}# c\r\n; c\r\n[a] k = 1 # c\r\n[b]k2=2;c\r\n",
+        "[a]k",
+        "[a]k=",
+        "[a]k =   x  y \t ",
+        "[a]k = \" x \" ",
+        "[a]k = a\"#;\"b # c",
+        "[a]k = a\\tb\\nc\\\\d\\\"e\\bf",
+        "[a]k = one \\\n  two",
+        "[a]k = \"one \\\ntwo\"",
+        "[a]k = x # c \\\nj = y",
+        "[a \"\"]k = v",
+        "[a.]k = v",
+        "[.a]k = v",
+        "[a.b.c]k = v",
+        "[a \"b\"]k\n[a \"b\"] k2 = \"\"",
+        "k = v",
+        "[a\n]",
+        "[a \"b]",
+        "[a \"b\" ]",
+        "[a]k = \"open",
+        "[a]k = \\q",
+        "[a]k v",
+        "[a]1k = v",
+        "[a_b]k = v",
+        "[]k = v",
+        "[a]k = v\n%",
+        "[a]k = v\r",
+        "[a]\rk = v",
+        "[a]k\t=\tv\t",
+        "[a]k-1 = v",
+        "[.]k=v",
+        "[ \"x\"]k=v",
+        "[a.b \"x\"]k=v",
+        "k\n[a]\tk2",
+    ];
+    for text in cases {
+        assert_eq!(we_read(text), git_reads(text), "{text:?}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// Random texts from the bytes that matter to the grammar: both readers agree on every
+    /// setting, and on refusing.
+    #[test]
+    fn random_gitconfigs_read_as_git_reads_them(
+        text in "(\\[(a|B|x\\.y|a \"[a\\\\\" .]{0,4}\")\\]|[aK1-]{1,3}|[ =\"\\\\#;\\t\\r\\n.xb]){0,14}"
+    ) {
+        proptest::prop_assert_eq!(we_read(&text), git_reads(&text), "{:?}", text);
+    }
 }

@@ -21,6 +21,12 @@
 //!   sandbox-probe ids               print {"uid","euid","gid","egid"} (run as a set-uid copy)
 //!   sandbox-probe stamp             print the microseconds since $BENCH_T0 (CLOCK_MONOTONIC ns,
 //!                                   taken by the benchmark right before it exec'd the chain)
+//!   sandbox-probe search NEEDLES ROOT...  every file it can read under each ROOT (links not
+//!                                   followed; /proc, /sys and /dev skipped), its own
+//!                                   environment and every /proc/*/environ and cmdline it can
+//!                                   open, searched for each of the comma-separated NEEDLES
+//!                                   (hex-encoded, so that argv does not hold them);
+//!                                   prints {"hits": [{"needle","where"}], "files", "denied"}
 //!   sandbox-probe dns STEP...       DNS steps in order, one JSON line each as it finishes:
 //!       --query udp|tcp SERVER NAME TYPE   one query (TYPE: A, AAAA, TXT, MX, ANY, ... or a number)
 //!       --query-raw SERVER LABELS TYPE     one UDP query whose labels hold any bytes: LABELS are
@@ -39,6 +45,7 @@
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -60,6 +67,7 @@ fn main() {
         Some("stamp") => stamp(),
         Some("dns") => dns_steps(&args[1..]),
         Some("flood") => flood(&args[1..]),
+        Some("search") => search(&args[1..]),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -900,6 +908,84 @@ fn raw_query(server: &str, escaped: &str, ty: u16, timeout: Duration) -> Value {
     v["step"] = json!("query-raw");
     v["name"] = json!(escaped);
     v
+}
+
+/// Looks for secrets wherever the sandboxed user can read (see the usage above).
+fn search(args: &[String]) -> i32 {
+    let unhex = |h: &str| -> String {
+        let b: Vec<u8> = (0..h.len() / 2)
+            .filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let needles: Vec<String> = args
+        .first()
+        .map(|n| n.split(',').filter(|s| !s.is_empty()).map(unhex).collect())
+        .unwrap_or_default();
+    let mut hits = vec![];
+    let (mut files, mut denied) = (0u64, 0u64);
+    let look = |bytes: &[u8], place: &str, hits: &mut Vec<Value>| {
+        for n in &needles {
+            if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                hits.push(json!({"needle": n, "where": place}));
+            }
+        }
+    };
+    let mut stack: Vec<std::path::PathBuf> = args[1.min(args.len())..]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            denied += 1;
+            continue;
+        };
+        if meta.is_dir() {
+            if ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|s| p == std::path::Path::new(s))
+            {
+                continue;
+            }
+            match std::fs::read_dir(&p) {
+                Ok(d) => stack.extend(d.flatten().map(|e| e.path())),
+                Err(_) => denied += 1,
+            }
+        } else if meta.is_file() {
+            // never block on a FIFO, never read more than a few MiB of one file
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(&p);
+            let mut bytes = vec![];
+            match f.and_then(|f| f.take(8 << 20).read_to_end(&mut bytes)) {
+                Ok(_) => {
+                    files += 1;
+                    look(&bytes, &p.display().to_string(), &mut hits);
+                }
+                Err(_) => denied += 1,
+            }
+        }
+    }
+    for (k, v) in std::env::vars_os() {
+        let kv = format!("{}={}", k.to_string_lossy(), v.to_string_lossy());
+        look(kv.as_bytes(), "env", &mut hits);
+    }
+    let mut environs = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        for what in ["environ", "cmdline"] {
+            let p = e.path().join(what);
+            if let Ok(b) = std::fs::read(&p) {
+                environs += 1;
+                look(&b, &p.display().to_string(), &mut hits);
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"hits": hits, "files": files, "denied": denied, "proc_read": environs})
+    );
+    0
 }
 
 fn dns_steps(args: &[String]) -> i32 {

@@ -240,24 +240,6 @@ pub fn render(v: &Value) -> Vec<u8> {
     out
 }
 
-/// The host's git configuration with the workspace marked safe (the workspace belongs to
-/// the host's uid, which git would otherwise refuse as "dubious ownership").
-pub fn gitconfig_with_safe_directory(host: &str, workdir: &str) -> Result<String, String> {
-    if workdir.contains(['\n', '\0']) {
-        return Err(
-            "the working directory name holds a newline; not added to safe.directory".into(),
-        );
-    }
-    let quoted = workdir.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut out = host.to_string();
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
-    }
-    out.push_str("# added by sandbox-init: the workspace is mounted from the host\n");
-    out.push_str(&format!("[safe]\n\tdirectory = \"{quoted}\"\n"));
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,19 +411,5 @@ mod tests {
         ));
         let doc = json!({"a": [1, {"b": null}]});
         assert_eq!(serde_json::from_slice::<Value>(&render(&doc)).unwrap(), doc);
-    }
-
-    #[test]
-    fn gitconfig_gets_the_workspace_as_safe_directory() {
-        let g = gitconfig_with_safe_directory("[user]\n\tname = A\n", "/workspace").unwrap();
-        assert_eq!(
-            g,
-            "[user]\n\tname = A\n# added by sandbox-init: the workspace is mounted from the \
-             host\n[safe]\n\tdirectory = \"/workspace\"\n"
-        );
-        let g = gitconfig_with_safe_directory("[user]", "/w \"q\"\\x").unwrap();
-        assert!(g.starts_with("[user]\n#"));
-        assert!(g.ends_with("directory = \"/w \\\"q\\\"\\\\x\"\n"), "{g}");
-        assert!(gitconfig_with_safe_directory("", "/a\nb").is_err());
     }
 }

@@ -10,6 +10,7 @@
 pub mod as_user;
 pub mod doc;
 pub mod files;
+pub mod gitconfig;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -85,14 +86,20 @@ impl Layout {
     }
 }
 
+/// The host's git configuration as root read it from its staging path.
+struct HostGit {
+    shown: PathBuf,
+    text: String,
+}
+
 /// Everything the as-user writer needs, prepared by root beforehand.
-struct Job<'a> {
+struct Job {
     plan: Plan,
     layout: Layout,
     uid: u32,
     force: bool,
     workdir: String,
-    gitconfig: Option<&'a Path>,
+    gitconfig: Option<HostGit>,
 }
 
 /// Writes the credentials given in `env` and Claude's first-run state into the user's home.
@@ -120,10 +127,9 @@ pub fn install(
         );
     }
     let layout = Layout::new(&identity.home, env, &settings.child_env.value)?;
-    let host_git = settings.host_gitconfig.value.as_path();
-    let gitconfig = std::fs::symlink_metadata(host_git)
-        .is_ok()
-        .then_some(host_git);
+    // Before anything else can return: the staged file must be out of the user's reach
+    // whether or not a home exists to copy it into.
+    let gitconfig = stage_host_gitconfig(&settings.host_gitconfig.value)?;
 
     if let Err(e) = std::fs::symlink_metadata(&identity.home) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -186,7 +192,7 @@ fn write_as_user(job: &Job) -> Result<()> {
         doc::merge_settings(existing)
     })?;
 
-    if let Some(host) = job.gitconfig {
+    if let Some(host) = &job.gitconfig {
         // Optional: a problem here is worth a warning, not a refused start.
         if let Err(e) = copy_gitconfig(home.as_fd(), &job.layout.home, host, &job.workdir) {
             log::warn!("host git configuration not copied: {e}");
@@ -372,29 +378,167 @@ fn write_state(dir: BorrowedFd<'_>, shown: &Path, job: &Job) -> Result<()> {
 /// Size limit for the host's git configuration.
 const GITCONFIG_LIMIT: u64 = 1 << 20;
 
+/// Reads the host's git configuration at its staging path (a read-only bind mount the
+/// launcher puts at `credentials.host_gitconfig`) as root, and makes sure the sandboxed
+/// user can never read it there: the mount cannot be removed, so its directory must be
+/// root's alone (0700) before the command starts. The default directory is ours and is
+/// tightened; any other must already be root-only, else the start is refused. `None`
+/// when nothing is staged, or when what is staged cannot be used (with a warning).
+fn stage_host_gitconfig(path: &Path) -> Result<Option<HostGit>> {
+    use nix::errno::Errno;
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{fchmod, fstat, Mode};
+    let (Some(dir_path), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(None);
+    };
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = match open(dir_path, dir_flags, Mode::empty()) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
+        Err(e) => {
+            return Err(Error::Sandbox(format!(
+                "cannot open {}: {e}",
+                dir_path.display()
+            )))
+        }
+    };
+    let file_flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let file = match openat(&dir, name, file_flags, Mode::empty()) {
+        Err(Errno::ENOENT) => return Ok(None),
+        other => other,
+    };
+    // Something is staged: its directory is sealed first, whatever it turns out to be.
+    let st =
+        fstat(&dir).map_err(|e| Error::Sandbox(format!("stat {}: {e}", dir_path.display())))?;
+    let exposed = |why: String| {
+        Error::Config(format!(
+            "the host git configuration {} would stay readable by the sandboxed user: {why}. \
+             Stage it in a directory only root can enter (the default {}; with a read-only \
+             root file system mount one there: docker run --tmpfs {}:mode=0700), or mount \
+             no .gitconfig",
+            path.display(),
+            crate::config::DEFAULT_HOST_GITCONFIG,
+            default_staging_dir().display()
+        ))
+    };
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(exposed(format!(
+            "{} is owned by uid {}",
+            dir_path.display(),
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o077 != 0 {
+        if dir_path != default_staging_dir() {
+            return Err(exposed(format!(
+                "{} has mode {:o}",
+                dir_path.display(),
+                st.st_mode & 0o7777
+            )));
+        }
+        fchmod(&dir, Mode::S_IRWXU).map_err(|e| {
+            exposed(format!(
+                "{} has mode {:o} and cannot be made 0700 ({e})",
+                dir_path.display(),
+                st.st_mode & 0o7777
+            ))
+        })?;
+    }
+    let unusable = |why: &str| {
+        log::warn!(
+            "host git configuration {} not copied: {why}",
+            path.display()
+        );
+        Ok(None)
+    };
+    let file = match file {
+        Ok(f) => f,
+        Err(Errno::ELOOP) => return unusable("it is a symlink"),
+        Err(e) => return unusable(&format!("cannot open it: {e}")),
+    };
+    let fst = fstat(&file).map_err(|e| Error::Sandbox(format!("stat {}: {e}", path.display())))?;
+    if fst.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return unusable("it is not a regular file");
+    }
+    if fst.st_size as u64 > GITCONFIG_LIMIT {
+        return unusable(&format!("it is larger than {} KiB", GITCONFIG_LIMIT >> 10));
+    }
+    let mut bytes = vec![];
+    use std::io::Read;
+    if let Err(e) = std::fs::File::from(file)
+        .take(GITCONFIG_LIMIT)
+        .read_to_end(&mut bytes)
+    {
+        return unusable(&format!("cannot read it: {e}"));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Some(HostGit {
+            shown: path.to_path_buf(),
+            text,
+        })),
+        Err(_) => unusable("it is not UTF-8 text"),
+    }
+}
+
+fn default_staging_dir() -> &'static Path {
+    Path::new(crate::config::DEFAULT_HOST_GITCONFIG)
+        .parent()
+        .unwrap_or(Path::new("/run"))
+}
+
+/// Writes the reduced copy (see `gitconfig`) as `~/.gitconfig`, and says in one line what
+/// went into it (names only, never a value).
 fn copy_gitconfig(
     home: BorrowedFd<'_>,
     home_path: &Path,
-    host: &Path,
+    host: &HostGit,
     workdir: &str,
 ) -> Result<()> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(host)
-        .and_then(|f| f.take(GITCONFIG_LIMIT).read_to_string(&mut text))
-        .map_err(|e| Error::Config(format!("cannot read {} as the user: {e}", host.display())))?;
-    let content = doc::gitconfig_with_safe_directory(&text, workdir).map_err(Error::Config)?;
+    let reduced = match gitconfig::reduce(&host.text, workdir) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!(
+                "host git configuration {}: {e}; nothing of it copied",
+                host.shown.display()
+            );
+            gitconfig::reduce("", workdir).map_err(Error::Config)?
+        }
+    };
     let shown = home_path.join(GITCONFIG_FILE);
     files::write_atomic(
         home,
         OsStr::new(GITCONFIG_FILE),
-        content.as_bytes(),
+        reduced.text.as_bytes(),
         SECRET_MODE,
         &shown,
     )?;
+    let copied = if reduced.copied.is_empty() {
+        "nothing".to_string()
+    } else {
+        reduced.copied.join(", ")
+    };
+    let left_out = if reduced.left_out == 0 {
+        String::new()
+    } else {
+        let sections: Vec<&str> = reduced
+            .left_out_sections
+            .iter()
+            .map(String::as_str)
+            .collect();
+        format!(
+            "; left out {} other setting{} (in {})",
+            reduced.left_out,
+            if reduced.left_out == 1 { "" } else { "s" },
+            sections.join(", ")
+        )
+    };
     log::info!(
-        "copied the host git configuration {} to {} (safe.directory = {workdir})",
-        host.display(),
+        "git configuration: copied {copied} from {} to {}{left_out}; safe.directory = {workdir}",
+        host.shown.display(),
         shown.display()
     );
     Ok(())
