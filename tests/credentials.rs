@@ -26,6 +26,21 @@ fn blob(scopes: &[&str]) -> String {
     .to_string()
 }
 
+/// sandbox-init's arguments to run `sandbox-probe SUBCOMMAND ARGS...` as the command, in
+/// /workspace, without the firewall (this tier is about files).
+fn probe_command<'a>(subcommand: &'a str, probe_args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        NO_FW,
+        "--workdir",
+        "/workspace",
+        "--",
+        PROBE_IN_ROOT,
+        subcommand,
+    ];
+    args.extend_from_slice(probe_args);
+    args
+}
+
 /// Runs the probe as the command, in /workspace, with debug logging (so that any secret
 /// that reached a log line would show up in stderr).
 fn run(root: &Rootfs, extra: &[&str], env: &[(&str, &str)], probe: &[&str]) -> Run {
@@ -514,16 +529,7 @@ fn search_readable(root: &Rootfs) -> (Run, Value) {
         .map(|n| n.bytes().map(|b| format!("{b:02x}")).collect())
         .collect();
     let needles = needles.join(",");
-    let args = [
-        NO_FW,
-        "--workdir",
-        "/workspace",
-        "--",
-        PROBE_IN_ROOT,
-        "search",
-        &needles,
-        "/",
-    ];
+    let args = probe_command("search", &[&needles, "/"]);
     let r = root.run(&args, &[("SANDBOX_LOG", "debug")]);
     r.assert_code(0);
     for secret in GIT_SECRETS {
@@ -633,26 +639,9 @@ fn a_staging_directory_that_cannot_be_sealed_stops_the_start() {
     // the default directory on a read-only file system (docker run --read-only without a
     // tmpfs there): the start fails and says what to mount
     let root = Rootfs::new();
-    let dir = root.join("run/sandbox-init");
-    fs::create_dir_all(&dir).unwrap();
-    let d = dir.display().to_string();
-    let mount = |args: &[&str]| {
-        let st = std::process::Command::new("mount")
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount {args:?}");
-    };
-    mount(&["-t", "tmpfs", "-o", "mode=0755", "sbx-test", &d]);
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(d.clone());
+    let tmpfs = Tmpfs::mount(&root.join("run/sandbox-init"), "mode=0755");
     root.write(STAGED, &host_gitconfig());
-    mount(&["-o", "remount,ro", &d]);
+    tmpfs.remount("remount,ro");
     let r = run(&root, &[], &[], &[]);
     r.assert_code(78);
     assert!(
@@ -784,4 +773,275 @@ proptest::proptest! {
     ) {
         proptest::prop_assert_eq!(we_read(&text), git_reads(&text), "{:?}", text);
     }
+}
+
+const HOME: &str = "/home/claude";
+
+/// A first start whose command is the attacker: it plants `specs` (see `sandbox-probe
+/// plant`) in the home that the next start finds on the same volume.
+fn plant(root: &Rootfs, specs: &[String]) {
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let args = probe_command("plant", &specs);
+    let r = root.run(&args, &[]);
+    r.assert_code(0);
+}
+
+/// Entries of `dir` (in the rootfs) whose names start with `prefix`: (name, file type).
+fn aside(root: &Rootfs, dir: &str, prefix: &str) -> Vec<(String, fs::FileType)> {
+    fs::read_dir(root.join(dir))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix)
+                .then(|| (name, e.file_type().unwrap()))
+        })
+        .collect()
+}
+
+/// The one entry kept aside under `prefix` in `dir`, of the type `is`; its name.
+fn aside_one(root: &Rootfs, dir: &str, prefix: &str, is: fn(&fs::FileType) -> bool) -> String {
+    let found = aside(root, dir, prefix);
+    assert!(
+        found.len() == 1 && is(&found[0].1),
+        "{dir}/{prefix}*: {found:?}"
+    );
+    found[0].0.clone()
+}
+
+/// A tmpfs mounted over a path of the rootfs for one test (as root, on the host side),
+/// unmounted on drop.
+struct Tmpfs(String);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let t = Tmpfs(at.display().to_string());
+        t.run(&["-t", "tmpfs", "-o", options, "sbx-test", &t.0]);
+        t
+    }
+
+    fn remount(&self, options: &str) {
+        self.run(&["-o", options, &self.0]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let st = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {args:?}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn warned_aside(stderr: &str, path: &str, what: &str) {
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("warning")
+                && l.contains(&format!("{path} {what}: moved it aside as "))),
+        "no warning for {path} ({what}):\n{stderr}"
+    );
+}
+
+#[test]
+fn things_planted_in_the_home_never_stop_the_next_start() {
+    require_root();
+    let root = Rootfs::new();
+    let mut specs: Vec<String> = [
+        "fifo:/home/claude/.claude.json",
+        "dir:/home/claude/.claude/settings.json",
+        "file:/home/claude/.claude/settings.json/kept:x",
+        "socket:/home/claude/.claude/.credentials.json",
+        "fifo:/home/claude/.gitconfig",
+    ]
+    .map(String::from)
+    .to_vec();
+    // directories at every temporary name the writer used to use (pids are small in a
+    // fresh pid namespace)
+    for n in 1..=40 {
+        for (dir, name) in [
+            (HOME, ".claude.json"),
+            ("/home/claude/.claude", ".credentials.json"),
+            ("/home/claude/.claude", "settings.json"),
+            (HOME, ".gitconfig"),
+        ] {
+            specs.push(format!("dir:{dir}/.{name}.sandbox-init-{n}.tmp"));
+        }
+    }
+    plant(&root, &specs);
+    assert!(fs::symlink_metadata(root.join(STATE))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    stage_gitconfig(&root, "[user]\n\tname = Host User\n");
+    let r = run(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    assert!(r.report()["uid"] == 1000, "the command did not run");
+    for (path, what) in [
+        ("/home/claude/.claude.json", "is a FIFO"),
+        ("/home/claude/.claude/settings.json", "is a directory"),
+        ("/home/claude/.claude/.credentials.json", "is a socket"),
+        ("/home/claude/.gitconfig", "is a FIFO"),
+    ] {
+        warned_aside(&r.stderr, path, what);
+    }
+    // everything written as it should be
+    assert_eq!(json_at(&root, STATE)["hasCompletedOnboarding"], true);
+    assert_eq!(
+        json_at(&root, SETTINGS)["skipDangerousModePermissionPrompt"],
+        true
+    );
+    assert_eq!(json_at(&root, CREDS)["claudeAiOauth"]["accessToken"], TOKEN);
+    for f in [STATE, SETTINGS, CREDS, "home/claude/.gitconfig"] {
+        assert_user_file(&root, f, 1000);
+    }
+    // and what was planted kept aside, not destroyed
+    use std::os::unix::fs::FileTypeExt as _;
+    aside_one(&root, "home/claude", ".claude.json.invalid-", |t| {
+        t.is_fifo()
+    });
+    let dir = aside_one(
+        &root,
+        "home/claude/.claude",
+        "settings.json.invalid-",
+        |t| t.is_dir(),
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("home/claude/.claude").join(dir).join("kept")).unwrap(),
+        "x"
+    );
+    aside_one(
+        &root,
+        "home/claude/.claude",
+        ".credentials.json.invalid-",
+        |t| t.is_socket(),
+    );
+    aside_one(&root, "home/claude", ".gitconfig.invalid-", |t| t.is_fifo());
+
+    // the start after that is an ordinary one
+    let r = run(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    assert!(!r.stderr.contains("moved it aside"), "{}", r.stderr);
+}
+
+/// Runs with a data-segment limit (RLIMIT_DATA: heap and private mappings) for
+/// sandbox-init and everything it starts, like a container's memory limit.
+fn run_with_memory_limit(root: &Rootfs, bytes: u64, env: &[(&str, &str)]) -> Run {
+    use std::os::unix::process::CommandExt;
+    let args = probe_command("ids", &[]);
+    let mut cmd = root.command(&args, env, None);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    run_bounded(&mut cmd, std::time::Duration::from_secs(60))
+}
+
+#[test]
+fn a_huge_state_file_is_moved_aside_not_parsed() {
+    require_root();
+    let root = Rootfs::new();
+    plant(
+        &root,
+        &["json-mib:/home/claude/.claude.json:62".to_string()],
+    );
+    assert!(fs::metadata(root.join(STATE)).unwrap().len() > 60 << 20);
+    // 64 MiB of data for the whole start: parsing 62 MiB of JSON needs many times that
+    let r = run_with_memory_limit(&root, 64 << 20, &[("ANTHROPIC_API_KEY", API_KEY)]);
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains("\"uid\":1000"),
+        "the command did not run: {}",
+        r.stdout
+    );
+    warned_aside(
+        &r.stderr,
+        "/home/claude/.claude.json",
+        "is larger than the 4 MiB sandbox-init reads (62 MiB)",
+    );
+    let state = json_at(&root, STATE);
+    assert_eq!(state["primaryApiKey"], API_KEY);
+    assert_eq!(state["hasCompletedOnboarding"], true);
+    let kept = aside(&root, "home/claude", ".claude.json.invalid-");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        fs::metadata(root.join("home/claude").join(&kept[0].0))
+            .unwrap()
+            .len()
+            > 60 << 20
+    );
+}
+
+#[test]
+fn files_and_directories_closed_to_their_owner_are_reopened() {
+    require_root();
+    let root = Rootfs::new();
+    run(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]).assert_code(0);
+    plant(
+        &root,
+        &[
+            "mode:/home/claude/.claude/.credentials.json:0",
+            "mode:/home/claude/.claude/settings.json:0",
+            "mode:/home/claude/.claude.json:0",
+            "mode:/home/claude/.claude:0",
+            "mode:/home/claude:0",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(
+        fs::metadata(root.join("home/claude"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0
+    );
+    let r = run(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    assert!(r.stderr.contains("kept the existing"), "{}", r.stderr);
+    for d in ["home/claude", "home/claude/.claude"] {
+        let m = fs::metadata(root.join(d)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o700, "{d}");
+    }
+    for f in [STATE, SETTINGS, CREDS] {
+        assert_user_file(&root, f, 1000);
+    }
+    assert_eq!(json_at(&root, STATE)["hasCompletedOnboarding"], true);
+}
+
+#[test]
+fn what_cannot_be_moved_aside_is_named_for_removal() {
+    require_root();
+    let root = Rootfs::new();
+    // a mount point at ~/.claude.json: rename(2) refuses to move it (EBUSY)
+    let _tmpfs = Tmpfs::mount(&root.join(STATE), "mode=0755");
+    let r = run(&root, &[], &[], &[]);
+    r.assert_code(78);
+    assert!(
+        r.stderr.contains(
+            "/home/claude/.claude.json is a directory; cannot move /home/claude/.claude.json \
+             aside (EBUSY: Device or resource busy); remove /home/claude/.claude.json and \
+             start again"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("\"uid\""), "the command ran");
 }

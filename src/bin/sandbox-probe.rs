@@ -27,6 +27,10 @@
 //!                                   open, searched for each of the comma-separated NEEDLES
 //!                                   (hex-encoded, so that argv does not hold them);
 //!                                   prints {"hits": [{"needle","where"}], "files", "denied"}
+//!   sandbox-probe plant SPEC...     leaves things where the next start looks, as an agent could;
+//!                                   SPEC is KIND:PATH[:ARG], KIND one of fifo, dir, socket,
+//!                                   file (ARG: content), json-mib (a valid JSON object of ARG
+//!                                   MiB), mode (ARG: octal); prints one JSON result per SPEC
 //!   sandbox-probe dns STEP...       DNS steps in order, one JSON line each as it finishes:
 //!       --query udp|tcp SERVER NAME TYPE   one query (TYPE: A, AAAA, TXT, MX, ANY, ... or a number)
 //!       --query-raw SERVER LABELS TYPE     one UDP query whose labels hold any bytes: LABELS are
@@ -68,6 +72,7 @@ fn main() {
         Some("dns") => dns_steps(&args[1..]),
         Some("flood") => flood(&args[1..]),
         Some("search") => search(&args[1..]),
+        Some("plant") => plant(&args[1..]),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -908,6 +913,63 @@ fn raw_query(server: &str, escaped: &str, ty: u16, timeout: Duration) -> Value {
     v["step"] = json!("query-raw");
     v["name"] = json!(escaped);
     v
+}
+
+fn plant(specs: &[String]) -> i32 {
+    use std::os::unix::fs::PermissionsExt;
+    let mut code = 0;
+    for spec in specs {
+        let mut parts = spec.splitn(3, ':');
+        let (kind, path, arg) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        if kind != "mode" {
+            // whatever was there goes first, as an agent would do it
+            let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
+        }
+        let r: std::io::Result<()> = match kind {
+            "fifo" => mkfifo(path),
+            "dir" => std::fs::create_dir(path),
+            "socket" => std::os::unix::net::UnixListener::bind(path).map(drop),
+            "file" => std::fs::write(path, arg),
+            "json-mib" => {
+                let mib: usize = arg.parse().unwrap_or(1);
+                // [0,0,...]: two bytes per value, the costliest shape to parse
+                let mut body = String::with_capacity(mib << 20);
+                body.push_str("{\"a\":[0");
+                while body.len() < (mib << 20) - 2 {
+                    body.push_str(",0");
+                }
+                body.push_str("]}");
+                std::fs::write(path, body)
+            }
+            "mode" => u32::from_str_radix(arg, 8)
+                .map_err(std::io::Error::other)
+                .and_then(|m| std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))),
+            other => Err(std::io::Error::other(format!("unknown kind {other}"))),
+        };
+        let v = match r {
+            Ok(()) => json!({"plant": spec, "result": "ok"}),
+            Err(e) => {
+                code = 1;
+                json!({"plant": spec, "result": "error", "error": e.to_string()})
+            }
+        };
+        println!("{v}");
+    }
+    code
+}
+
+fn mkfifo(path: &str) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(std::io::Error::other)?;
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Looks for secrets wherever the sandboxed user can read (see the usage above).

@@ -262,7 +262,8 @@ fn write_credentials(
     force: bool,
 ) -> Result<()> {
     let name = OsStr::new(CREDENTIALS_FILE);
-    let verb = match files::read_existing(dir, name, shown)? {
+    // Its content is never needed (a kept file is kept whatever it holds): not read.
+    let verb = match files::read_or_set_aside(dir, name, shown, None)? {
         Found::File(_, fd) if !force => {
             tighten(&fd, shown);
             log::info!(
@@ -290,11 +291,12 @@ fn write_credentials(
 /// An existing state file's object (if any) and its open descriptor (to fix its mode).
 type Loaded = (Option<Map<String, Value>>, Option<OwnedFd>);
 
-/// Reads an existing JSON state file: `(object, open file)`. A malformed one is moved
-/// aside (kept, named in a warning); a symlink is reported and will be replaced.
+/// Reads an existing JSON state file: `(object, open file)`. A malformed one, or one that
+/// is not a regular file or too big to parse, is moved aside (kept, named in a warning);
+/// a symlink is reported and will be replaced.
 fn load_json(dir: BorrowedFd<'_>, shown: &Path) -> Result<Loaded> {
     let name = shown.file_name().unwrap_or_default();
-    match files::read_existing(dir, name, shown)? {
+    match files::read_or_set_aside(dir, name, shown, Some(files::PARSE_LIMIT))? {
         Found::Absent => Ok((None, None)),
         Found::Symlink => {
             log::warn!(
@@ -509,6 +511,8 @@ fn copy_gitconfig(
         }
     };
     let shown = home_path.join(GITCONFIG_FILE);
+    // Replaced whole: only what is in the way (a directory, a FIFO) needs moving.
+    files::read_or_set_aside(home, OsStr::new(GITCONFIG_FILE), &shown, None)?;
     files::write_atomic(
         home,
         OsStr::new(GITCONFIG_FILE),

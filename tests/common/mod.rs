@@ -186,17 +186,7 @@ impl Rootfs {
     }
 
     pub fn run_in(&self, args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Run {
-        let mut cmd = self.command(args, env, netns);
-        cmd.stdin(Stdio::null());
-        let turn = spawn_guard();
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start unshare");
-        drop(turn);
-        let out = wait_bounded(child, Duration::from_secs(60));
-        Run::from(out)
+        run_bounded(&mut self.command(args, env, netns), Duration::from_secs(60))
     }
 }
 
@@ -204,6 +194,19 @@ impl Drop for Rootfs {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// Runs `cmd` (stdin closed, output collected) to completion, killed after `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Run {
+    let child = {
+        let _turn = spawn_guard();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start unshare")
+    };
+    Run::from(wait_bounded(child, limit))
 }
 
 /// Waits for a child, killing it after `limit` (a hung sandbox must fail the test, not CI).
