@@ -170,9 +170,10 @@ fn describe(event: &Event, name: Option<&str>, gateway: bool) -> String {
             let by_name = s
                 .as_ref()
                 .is_some_and(|s| matches!(s.entry().target, crate::allowlist::Target::Host(_)));
+            // (for a valid host name, `shown_name` changes nothing)
             let from = match name {
                 _ if gateway => " (the default gateway)".to_string(),
-                Some(n) if by_name => format!(" ({n})"),
+                Some(n) if by_name => format!(" ({})", shown_name(n)),
                 Some(n) => format!(" ({}: not a valid host name)", shown_name(n)),
                 None => String::new(),
             };
@@ -190,7 +191,8 @@ fn describe(event: &Event, name: Option<&str>, gateway: bool) -> String {
         }
         Event::DeniedName { name } => match Suggestion::for_name(name) {
             Some(s) => format!(
-                "blocked dns name {name} (not in the allowlist){}",
+                "blocked dns name {} (not in the allowlist){}",
+                shown_name(name),
                 advice(Some(&s), None, "")
             ),
             None => format!(
