@@ -252,6 +252,8 @@ fn duties(
     applied: Option<&firewall::Applied>,
 ) -> Result<Vec<Box<dyn supervise::Duty>>> {
     let reporter = report::Reporter::shared();
+    // Names resolved at start (resolver or strict mode) name the addresses in reports from
+    // the first packet on; in filter mode the DNS filter teaches the reporter each answer.
     if let Some(a) = applied {
         let mut r = reporter.borrow_mut();
         for (name, addrs) in &a.resolved {
