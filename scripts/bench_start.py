@@ -221,7 +221,7 @@ def main():
                 drop_box(a.lib, box)
             n += 1
             keep = [l for l in err.splitlines()
-                    if "firewall applied" in l or "lockdown" in l or "strip" in l]
+                    if "firewall applied" in l or "lockdown" in l or "built in" in l or "ready in" in l]
             print(f"  (no_new_privs={str(nnp).lower()}) " + "\n  ".join(keep))
     finally:
         subprocess.run(["umount", "-l", os.path.join(a.tmp, "tmpfs")], check=False)

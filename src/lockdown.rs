@@ -8,18 +8,22 @@
 //! unless the container has no_new_privs, could gain root through sudo or a set-uid program,
 //! or capabilities (CAP_NET_ADMIN: the firewall) through a file that carries them.
 //!
-//! When it is skipped. When PID 1 starts with no_new_privs, the runtime set it for the
-//! container (`docker run --security-opt no-new-privileges`), and Docker gives every
-//! `docker exec` process the container's process settings, no_new_privs included (verified
-//! with Docker 20.10: NoNewPrivs 1 in exec sessions as root and as a user). No process of
-//! the container can then gain anything through exec: set-uid and set-gid bits and file
-//! capabilities are ignored, and sudo (itself set-uid) cannot become root. The walk and the
-//! sudo reset would remove nothing that could still be used, so both are skipped. Not
-//! covered by either, in any case: a `docker exec --privileged` session, which Docker hands
-//! every capability itself, and root sessions, which hold the container's capabilities
-//! already. The check needs no_new_privs on PID 1 *and* on this process (they are the same
+//! What no_new_privs on the container changes. When PID 1 starts with no_new_privs, the
+//! runtime set it for the container (`docker run --security-opt no-new-privileges`), and
+//! Docker gives every `docker exec` process the container's process settings, no_new_privs
+//! included (verified with Docker 20.10: NoNewPrivs 1 in exec sessions as root and as a
+//! user). Set-uid and set-gid bits are then ignored by every exec in the container, and sudo
+//! (itself set-uid) cannot become root: the set-uid strip and the sudo reset would remove
+//! nothing that could still be used, and both are skipped. File capabilities are NOT inert
+//! there: no_new_privs only stops an exec from gaining capabilities the process did not
+//! hold, and runc starts an exec session (as any user) holding the container's capability
+//! set until its exec, so a file with, say, CAP_NET_ADMIN keeps it for a session as the
+//! user, no_new_privs or not (the Docker tier shows it). The walk therefore still runs for
+//! file capabilities. The check needs no_new_privs on PID 1 *and* on this process (the same
 //! in entrypoint mode): in `apply` mode, run by `docker exec`, both come from the
 //! container's settings, and a wrapper that set it on one of them alone does not count.
+//! Nothing here concerns root sessions (they hold the container's capabilities already) or
+//! a `docker exec --privileged` session (Docker hands it every capability itself).
 //! A root filesystem mounted nosuid makes set-uid bits and file capabilities inert on it:
 //! the walk is skipped, the sudo reset is not (sudo may sit on another mount).
 //!
@@ -74,13 +78,14 @@ const CAPS_XATTR: &CStr = c"security.capability";
 
 pub fn apply(settings: &Settings, identity: &Identity) -> Result<()> {
     let _ = identity; // the user's sudo group is already withheld by identity::resolve
-    if let Some(why) = container_no_new_privs() {
+    let nnp = container_no_new_privs();
+    if let Some(why) = nnp {
         log::debug!(
-            "lockdown: {why}: no process of this container can gain privileges through exec \
-             (set-user-ID bits, file capabilities and sudo are inert for all of them); the \
-             walk for set-user-ID files and the sudo reset are skipped"
+            "lockdown: {why}: set-user-ID/set-group-ID bits and sudo cannot raise any process \
+             of this container; the set-user-ID strip and the sudo reset are skipped (file \
+             capabilities are still removed: an exec session holds the container's \
+             capabilities until its exec, and no_new_privs lets a file keep those)"
         );
-        return Ok(());
     }
     let root = root_flags();
     if settings.strip_suid.value {
@@ -96,7 +101,10 @@ pub fn apply(settings: &Settings, identity: &Identity) -> Result<()> {
                  file capabilities are inert for every process; walk skipped"
             );
         } else {
-            strip(Path::new("/"), &prune_list(&settings.workdir.value))?;
+            let what = Strip {
+                suid: nnp.is_none(),
+            };
+            strip(Path::new("/"), &prune_list(&settings.workdir.value), what)?;
         }
     } else {
         log::info!(
@@ -104,19 +112,24 @@ pub fn apply(settings: &Settings, identity: &Identity) -> Result<()> {
              keep them (no_new_privs still keeps them from raising the command)"
         );
     }
-    if settings.remove_sudo.value {
-        if root.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-            log::info!(
-                "root filesystem is read-only: sudo configuration left as it is (no_new_privs \
-                 already keeps sudo from gaining root)"
-            );
-        } else {
-            remove_sudo(Path::new("/etc"))?;
-        }
-    } else {
+    if !settings.remove_sudo.value {
         log::info!("lockdown.remove_sudo = false: sudo rules in the image stay");
+    } else if root.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        log::info!(
+            "root filesystem is read-only: sudo configuration left as it is (no_new_privs \
+             already keeps sudo from gaining root)"
+        );
+    } else if nnp.is_none() {
+        remove_sudo(Path::new("/etc"))?;
     }
     Ok(())
+}
+
+/// What the walk removes: file capabilities always, set-uid/set-gid bits unless every
+/// process of the container runs with no_new_privs.
+#[derive(Clone, Copy)]
+pub struct Strip {
+    pub suid: bool,
 }
 
 /// Why every process of the container runs with no_new_privs, or `None` when that is not
@@ -243,8 +256,9 @@ pub struct Stripped {
     pub caps: usize,
 }
 
-/// Clears set-user-ID/set-group-ID bits and file capabilities under `root`, on every core.
-pub fn strip(root: &Path, prune: &HashSet<PathBuf>) -> Result<Stripped> {
+/// Clears set-user-ID/set-group-ID bits (when `what.suid`) and file capabilities under
+/// `root`, on every core.
+pub fn strip(root: &Path, prune: &HashSet<PathBuf>, what: Strip) -> Result<Stripped> {
     let start = Instant::now();
     let fd = nix::fcntl::open(
         root,
@@ -256,6 +270,7 @@ pub fn strip(root: &Path, prune: &HashSet<PathBuf>) -> Result<Stripped> {
         .map_err(|e| Error::Sandbox(format!("cannot stat {}: {e}", root.display())))?;
     let walk = Walk {
         base: root,
+        what,
         mount,
         prune,
         queue: Mutex::new(Queue::default()),
@@ -435,6 +450,7 @@ struct Queue {
 struct Walk<'a> {
     /// The walk's root as the process sees it; the walk's own paths start at "/" there.
     base: &'a Path,
+    what: Strip,
     mount: Mount,
     prune: &'a HashSet<PathBuf>,
     queue: Mutex<Queue>,
@@ -565,7 +581,7 @@ impl Walk<'_> {
         if !self.mount.holds_file(&e) {
             return false;
         }
-        let suid = without_suid(e.mode).is_some();
+        let suid = self.what.suid && without_suid(e.mode).is_some();
         let caps = executable_by_non_root(e.mode, e.uid)
             && match self.has_caps(dir, name, path) {
                 Ok(has) => has,
@@ -585,7 +601,7 @@ impl Walk<'_> {
         if self.prune.contains(&full) {
             return false; // a file bind-mounted from elsewhere
         }
-        match neutralize(dir, name, &e, caps) {
+        match neutralize(dir, name, &e, caps, suid) {
             Ok(()) => {
                 if suid {
                     w.tally.suid.push(full.clone());
@@ -679,10 +695,17 @@ fn getxattrat_size(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<usize> {
     }
 }
 
-/// Clears the set-uid/set-gid bits and (when `caps`) the capabilities of the file `name`,
-/// through a descriptor of the very file checked: O_NOFOLLOW, O_NONBLOCK|O_NOCTTY so that
-/// nothing swapped in meanwhile can block or grab a tty, and the same inode as checked.
-fn neutralize(dir: BorrowedFd<'_>, name: &CStr, checked: &Entry, caps: bool) -> nix::Result<()> {
+/// Clears the capabilities (when `caps`) and the set-uid/set-gid bits (when `suid`) of the
+/// file `name`, through a descriptor of the very file checked: O_NOFOLLOW,
+/// O_NONBLOCK|O_NOCTTY so that nothing swapped in meanwhile can block or grab a tty, and
+/// the same inode as checked.
+fn neutralize(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    checked: &Entry,
+    caps: bool,
+    suid: bool,
+) -> nix::Result<()> {
     let flags = OFlag::O_RDONLY
         | OFlag::O_NOFOLLOW
         | OFlag::O_NONBLOCK
@@ -716,6 +739,9 @@ fn neutralize(dir: BorrowedFd<'_>, name: &CStr, checked: &Entry, caps: bool) -> 
             }
             (_, e) => return Err(e),
         }
+    }
+    if !suid {
+        return Ok(());
     }
     // The mode as it is now (changing the owner above may have cleared the bits already).
     let mode = statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?.mode;
@@ -866,6 +892,8 @@ pub fn remove_sudo(etc: &Path) -> Result<bool> {
 mod tests {
     use super::*;
 
+    const ALL: Strip = Strip { suid: true };
+
     #[test]
     fn mountinfo_mount_points_are_decoded() {
         let text = "22 1 0:21 / / rw,relatime - overlay overlay rw\n\
@@ -919,14 +947,14 @@ mod tests {
         // paths are seen from the walk's root, which the walk calls "/"
         let prune: HashSet<PathBuf> = [PathBuf::from("/work")].into();
         // outside/ is part of the tree too; walk only bin/ to prove links are not followed
-        let n = strip(&d.join("bin"), &HashSet::new()).unwrap();
+        let n = strip(&d.join("bin"), &HashSet::new(), ALL).unwrap();
         assert_eq!((n.suid, n.caps), (2, 0));
         assert_eq!(mode(&d.join("bin/s")), 0o755);
         assert_eq!(mode(&d.join("bin/g")), 0o755);
         assert_eq!(mode(&d.join("bin/plain")), 0o755);
         assert_eq!(mode(&target), 0o4755, "a link's target is never touched");
         // the whole tree, with /work pruned
-        let n = strip(&d, &prune).unwrap();
+        let n = strip(&d, &prune, ALL).unwrap();
         assert_eq!(n.suid, 1, "only outside/s is left to clear");
         assert_eq!(
             mode(&d.join("work/s")),
@@ -956,9 +984,12 @@ mod tests {
                 planted += 1;
             }
         }
-        let n = strip(&d, &HashSet::new()).unwrap();
+        let caps_only = Strip { suid: false };
+        let n = strip(&d, &HashSet::new(), caps_only).unwrap();
+        assert_eq!(n.suid, 0, "set-uid bits are left when they are inert");
+        let n = strip(&d, &HashSet::new(), ALL).unwrap();
         assert_eq!(n.suid, planted);
-        let n = strip(&d, &HashSet::new()).unwrap();
+        let n = strip(&d, &HashSet::new(), ALL).unwrap();
         assert_eq!(n.suid, 0, "a second walk finds nothing left");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -596,8 +596,9 @@ fn attacks(session: &dyn Fn(&[&str]) -> std::process::Output) -> Gains {
 
 /// What `docker exec -u claude` starts: a process in the container's namespaces and root,
 /// with its capability bounding set, as uid/gid 1000 with claude's groups from the
-/// container's /etc/group, no capabilities, and no_new_privs only when the container has
-/// it. Not a descendant of the sandboxed command.
+/// container's /etc/group, holding the container's capabilities until it execs the command
+/// (none after an exec of a plain file), and no_new_privs only when the container has it.
+/// Not a descendant of the sandboxed command.
 fn exec_session(
     target_pid: i32,
     bounding: &str,
@@ -618,10 +619,9 @@ fn exec_session(
     if no_new_privs {
         cmd.arg("--no-new-privs");
     }
-    // setpriv keeps its permitted capabilities across the uid change until the next exec;
-    // an exec of env (a file without capabilities) empties them, as runc does for a
-    // non-root exec session, before the attack runs
-    cmd.args(["--", "/usr/bin/env"]).args(argv);
+    // setpriv keeps its permitted capabilities (the bounding set) across the uid change
+    // until it execs the attack, as runc does for an exec session as any user
+    cmd.arg("--").args(argv);
     output_of(cmd)
 }
 
@@ -699,8 +699,31 @@ fn a_docker_exec_session_without_no_new_privs_gains_nothing() {
 }
 
 #[test]
-fn with_container_no_new_privs_the_walk_is_skipped_and_a_session_still_gains_nothing() {
+fn with_container_no_new_privs_set_uid_bits_stay_inert_and_file_capabilities_still_go() {
     require_root();
+    // control: no_new_privs does not stop a file capability. An exec session holds the
+    // container's capabilities until its exec, and the file keeps those: with the strip
+    // off, a session that has no_new_privs still gets CAP_NET_ADMIN.
+    let o = debian_overlay();
+    let root = &o.root;
+    root.write(
+        "etc/sandbox-init/config.toml",
+        "[lockdown]\nstrip_suid = false\n",
+    );
+    let running = sandbox(root, DOCKER_CAPS, true);
+    let pid = running.init_pid();
+    let got = attacks(&|argv| exec_session(pid, DOCKER_CAPS, true, argv));
+    assert_eq!(
+        got,
+        Gains {
+            file_caps: CAP_NET_ADMIN,
+            ..NOTHING
+        },
+        "control"
+    );
+    drop(running);
+    drop(o);
+
     let o = debian_overlay();
     let root = &o.root;
     let running = sandbox(root, DOCKER_CAPS, true);
@@ -708,20 +731,28 @@ fn with_container_no_new_privs_the_walk_is_skipped_and_a_session_still_gains_not
     let log = running.stderr.lock().unwrap().clone();
     assert!(
         log.contains("PID 1 started with no_new_privs")
-            && log.contains("the walk for set-user-ID files and the sudo reset are skipped"),
+            && log.contains("the set-user-ID strip and the sudo reset are skipped")
+            && log.contains("removed file capabilities from 1 files"),
         "{log}"
     );
-    // every way up is still on disk ...
+    // the set-uid bits and the sudo rule are still on disk, the file capability is not ...
     assert_eq!(mode(root, SUID_PROBE), 0o4755);
     assert_eq!(mode(root, "usr/bin/sudo"), 0o4755);
-    assert!(has_file_caps(&root.join(CAP_PROBE)));
     assert!(root.join("etc/sudoers.d/claude").exists());
-    // ... and gives nothing to a session of this container, which has no_new_privs too
+    assert!(!has_file_caps(&root.join(CAP_PROBE)));
+    // ... and a session of this container, which has no_new_privs too, gains nothing
     let got = attacks(&|argv| exec_session(pid, DOCKER_CAPS, true, argv));
     assert_eq!(got, NOTHING, "{log}");
-    // control: what holds them is no_new_privs. A session without it (which neither the
-    // runtime nor the agent can start here: a host root entering the namespaces) still
-    // gets root and the capability from the very same files.
+    // control: what holds the set-uid bits and sudo is no_new_privs. A session without it
+    // (which neither the runtime nor the agent can start here: a host root entering the
+    // namespaces) still gets root from the very same files.
     let got = attacks(&|argv| exec_session(pid, DOCKER_CAPS, false, argv));
-    assert_eq!(got, EVERYTHING, "control");
+    assert_eq!(
+        got,
+        Gains {
+            file_caps: 0,
+            ..EVERYTHING
+        },
+        "control"
+    );
 }
