@@ -7,6 +7,8 @@
   exec as `docker run --security-opt no-new-privileges` does; firewall with 10 names in DNS
   `filter` mode (the default), credentials, lockdown on.
 - sandbox-init: the same without no_new_privs (plain `docker run`).
+- sandbox-init with no_new_privs and `lockdown.strip_suid = false`: what an image built
+  without set-uid files and file capabilities may choose (no walk of the root filesystem).
 - the peers' entrypoint: `ip netns exec` + the dig + ipset + iptables script in a fresh
   network namespace, then `setpriv` to the user and exec of the command.
 
@@ -37,6 +39,7 @@ PR_SET_NO_NEW_PRIVS = 38
 
 INIT = "/usr/local/sbin/sandbox-init"
 PROBE = "/usr/local/bin/sandbox-probe"
+NO_WALK = "etc/sandbox-init/no-walk.toml"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -70,6 +73,10 @@ def image_layer(tmp, init, probe, dns, lower):
     os.chmod(os.path.join(layer, "etc/sudoers.d/claude"), 0o440)
     with open(os.path.join(layer, "etc/resolv.conf"), "w") as f:
         f.write(f"nameserver {dns}\n")
+    # An image that was built without set-uid files and file capabilities may skip the walk.
+    os.makedirs(os.path.join(layer, "etc/sandbox-init"), exist_ok=True)
+    with open(os.path.join(layer, NO_WALK), "w") as f:
+        f.write("[lockdown]\nstrip_suid = false\n")
     for src, dst in ((init, INIT), (probe, PROBE)):
         shutil.copy(src, layer + dst)
         os.chmod(layer + dst, 0o755)
@@ -95,7 +102,7 @@ def stamp_of(out, what):
     return int(lines[-1])
 
 
-def sandbox_once(a, layer, box, nnp, n, env):
+def sandbox_once(a, layer, box, nnp, n, env, flags=()):
     """One sandbox-init start as PID 1 in a fresh overlay root; returns microseconds."""
     upper = os.path.join(a.tmp, "tmpfs", f"c{n}")
     merged = os.path.join(a.tmp, f"merged{n}")
@@ -130,7 +137,7 @@ def sandbox_once(a, layer, box, nnp, n, env):
                     os.dup2(null, 0)
                     if nnp:
                         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-                    argv = [INIT, "--", PROBE, "stamp"]
+                    argv = [INIT, *flags, "--", PROBE, "stamp"]
                     os.execve(INIT, argv, dict(env, BENCH_T0=str(time.monotonic_ns())))
                 finally:
                     os._exit(127)
@@ -196,6 +203,8 @@ def main():
     variants = [
         ("sandbox-init, no_new_privs", lambda n, b: sandbox_once(a, layer, b, True, n, env)[0]),
         ("sandbox-init", lambda n, b: sandbox_once(a, layer, b, False, n, env)[0]),
+        ("  no_new_privs, strip_suid off",
+         lambda n, b: sandbox_once(a, layer, b, True, n, env, ("--config", "/" + NO_WALK))[0]),
         ("dig+ipset+iptables script", lambda n, b: script_once(a, b)),
     ]
     times = {name: [] for name, _ in variants}

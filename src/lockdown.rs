@@ -92,8 +92,10 @@ pub fn apply(settings: &Settings, identity: &Identity) -> Result<()> {
         if root.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
             log::info!(
                 "root filesystem is read-only: set-user-ID/set-group-ID bits and file \
-                 capabilities left as they are (no_new_privs already keeps them from raising \
-                 the command)"
+                 capabilities left as they are (no_new_privs keeps them from raising the \
+                 command; for `docker exec` sessions set-uid bits are inert only under \
+                 --security-opt no-new-privileges, file capabilities not even then: build \
+                 the image without them)"
             );
         } else if root.contains(nix::sys::statvfs::FsFlags::ST_NOSUID) {
             log::debug!(
