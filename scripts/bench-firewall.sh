@@ -20,41 +20,9 @@ for t in ip nft dnsmasq iptables ipset dig unshare chroot; do
   command -v "$t" >/dev/null || { echo "bench-firewall: $t missing" >&2; exit 1; }
 done
 
-ID=$$
-WORLD=bench-world-$ID
-TMP=$(mktemp -d /tmp/bench-firewall.XXXXXX)
-DNS=10.78.0.53
-DNSMASQ_PID=
-
-cleanup() {
-  [ -n "$DNSMASQ_PID" ] && kill "$DNSMASQ_PID" 2>/dev/null && wait "$DNSMASQ_PID" 2>/dev/null
-  for b in $(ip netns list | awk '{print $1}' | grep "^bench-box-$ID-" || true); do
-    ip netns del "$b" 2>/dev/null || true
-    rm -rf "/etc/netns/$b"
-  done
-  ip netns del "$WORLD" 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-ip netns add "$WORLD"
-ip -n "$WORLD" link set lo up
-ip -n "$WORLD" link add br0 type bridge
-ip -n "$WORLD" addr add 10.78.0.1/16 dev br0
-ip -n "$WORLD" addr add "$DNS/32" dev br0
-ip -n "$WORLD" link set br0 up
-
-# 1000 names, each with one A and one AAAA record.
-: >"$TMP/hosts"
-for i in $(seq 1 1000); do
-  echo "10.78.$((i / 250 + 1)).$((i % 250 + 1)) n$i.bench.test" >>"$TMP/hosts"
-  echo "fd78::$(printf %x "$i") n$i.bench.test" >>"$TMP/hosts"
-done
-ip netns exec "$WORLD" dnsmasq --no-daemon --no-resolv --no-hosts --addn-hosts="$TMP/hosts" \
-  --bind-interfaces --listen-address=$DNS --user=root --group=root --pid-file= \
-  --cache-size=10000 --log-facility="$TMP/dnsmasq.log" &
-DNSMASQ_PID=$!
-for _ in $(seq 100); do grep -q started "$TMP/dnsmasq.log" 2>/dev/null && break; sleep 0.05; done
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/bench-lib.sh"
+bench_setup firewall 1000
 
 # A rootfs for sandbox-init (it runs chrooted, as in its image).
 ROOT=$TMP/root
@@ -65,52 +33,10 @@ echo "nameserver $DNS" >"$ROOT/etc/resolv.conf"
 chown 1000:1000 "$ROOT/home/claude"
 cp "$BIN" "$ROOT/usr/local/sbin/sandbox-init"
 
-new_box() { # a fresh box namespace on the world bridge; prints its name
-  # Called in $(...): the subshell's pid makes the names unique.
-  local n=$BASHPID
-  local b=bench-box-$ID-$n
-  ip netns add "$b"
-  ip -n "$b" link set lo up
-  ip link add eth0 netns "$b" type veth peer name "p$n" netns "$WORLD"
-  ip -n "$WORLD" link set "p$n" master br0 up
-  ip -n "$b" addr add "10.78.200.$((n % 250 + 2))/16" dev eth0
-  ip -n "$b" link set eth0 up
-  ip -n "$b" route add default via 10.78.0.1
-  mkdir -p "/etc/netns/$b"
-  echo "nameserver $DNS" >"/etc/netns/$b/resolv.conf"
-  echo "$b"
-}
-drop_box() { ip netns del "$1"; rm -rf "/etc/netns/$1"; }
-
 now_us() { echo $(($(date +%s%N) / 1000)); }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# The peer scripts' way (Anthropic's init-firewall.sh, ClaudeBox): dig per name, ipset,
-# iptables, DROP policies, REJECT at the end.
-cat >"$TMP/baseline.sh" <<'EOF'
-set -e
-iptables -F; iptables -X
-ipset destroy allowed-domains 2>/dev/null || true
-iptables -A OUTPUT -p udp --dport 53 -j ACCEPT
-iptables -A INPUT -p udp --sport 53 -j ACCEPT
-iptables -A INPUT -i lo -j ACCEPT
-iptables -A OUTPUT -o lo -j ACCEPT
-ipset create allowed-domains hash:net
-while read -r domain; do
-  case "$domain" in # addresses and networks go into the set as they are
-    *[a-z]*) ;;
-    *) ipset add allowed-domains "$domain" -exist; continue ;;
-  esac
-  ips=$(dig +short A "$domain")
-  [ -n "$ips" ] || { echo "failed to resolve $domain" >&2; exit 1; }
-  for ip in $ips; do ipset add allowed-domains "$ip" -exist; done
-done <"$1"
-iptables -P INPUT DROP; iptables -P FORWARD DROP; iptables -P OUTPUT DROP
-iptables -A INPUT -m state --state ESTABLISHED,RELATED -j ACCEPT
-iptables -A OUTPUT -m state --state ESTABLISHED,RELATED -j ACCEPT
-iptables -A OUTPUT -m set --match-set allowed-domains dst -j ACCEPT
-iptables -A OUTPUT -j REJECT --reject-with icmp-admin-prohibited
-EOF
+write_baseline "$TMP/baseline.sh"
 
 # Prints "wall_us self_ms" for one sandbox-init run in a fresh box; keeps the ruleset.
 run_sandbox() { # names-file

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: sandbox-init's own setup time and memory beside what users run today, as
 # ratios from one run. Needs root. Uses only public tools (python3, debootstrap, and for the
-# firewall part nft, iptables, ipset, dig).
+# firewall and full-start parts nft, iptables, ipset, dig; overlayfs for the full start).
 #
 #   scripts/bench.sh INIT_BIN PROBE_BIN
 set -euo pipefail
@@ -22,6 +22,11 @@ if [ -x "$here/bench-firewall.sh" ]; then
   echo "== firewall setup =="
   "$here/bench-firewall.sh" "$init"
 fi
+
+echo
+echo "== full start: overlayfs Debian root, firewall with 10 names, lockdown, with and without no_new_privs =="
+debian=$("$here/debian-rootfs.sh")
+"$here/bench-start.sh" "$init" "$probe" "$debian" "${RUNS:-30}"
 
 if [ -x "$here/bench-dns.sh" ]; then
   echo

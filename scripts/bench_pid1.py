@@ -101,13 +101,8 @@ def launch(root, argv, stdout):
 
 def once(root, argv):
     pid, r = launch(root, argv + [PROBE, "stamp"], stdout=True)
-    out = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        out += chunk
-    os.close(r)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv}: exit {os.waitstatus_to_exitcode(status)}")

@@ -209,7 +209,9 @@ fn refuse_agent_writable(path: &Path, id: &Identity) -> Result<()> {
 /// Every stage that changes the container, in order. Shared by entrypoint and `apply`.
 /// Returns what the firewall was built from (`None` when it is off).
 fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
+    let started = std::time::Instant::now();
     let applied = firewall::setup(&cx.settings, &cx.env)?;
+    let firewall_done = started.elapsed();
     if cx.identity.remapped() {
         let change = home::Reown {
             from_uid: cx.identity.image_uid,
@@ -226,7 +228,17 @@ fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
         );
     }
     credentials::install(&cx.settings, &cx.identity, &cx.env, &cx.workdir)?;
+    let credentials_done = started.elapsed();
     lockdown::apply(&cx.settings, &cx.identity)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    log::debug!(
+        "sandbox built in {:.1} ms: firewall {:.1} ms, home and credentials {:.1} ms, lockdown \
+         {:.1} ms",
+        ms(started.elapsed()),
+        ms(firewall_done),
+        ms(credentials_done - firewall_done),
+        ms(started.elapsed() - credentials_done),
+    );
     Ok(applied)
 }
 
@@ -252,6 +264,8 @@ fn duties(
     applied: Option<&firewall::Applied>,
 ) -> Result<Vec<Box<dyn supervise::Duty>>> {
     let reporter = report::Reporter::shared();
+    // Names resolved at start (resolver or strict mode) name the addresses in reports from
+    // the first packet on; in filter mode the DNS filter teaches the reporter each answer.
     if let Some(a) = applied {
         let mut r = reporter.borrow_mut();
         for (name, addrs) in &a.resolved {
@@ -277,7 +291,12 @@ fn duties(
 }
 
 fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Result<i32> {
+    let started = std::time::Instant::now();
     let duties = duties(cx, applied)?;
+    log::debug!(
+        "reports and DNS filter ready in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     let env = environment::child_env(
         &cx.env,
         &cx.identity,

@@ -21,6 +21,8 @@
 //! All cases share the fixtures, so they run in one test function, each in its own
 //! `catch_unwind`: every case runs and every failure is listed at the end.
 
+mod common;
+
 use serde_json::Value;
 use std::io::Read;
 use std::net::TcpListener;
@@ -639,7 +641,8 @@ fn case_probe_firewalled() {
 /// 127.0.0.11 (our forwarder asks Docker's resolver, which asks the fixture); a denied name
 /// gets NXDOMAIN and never reaches the fixture (its query log proves it); a query aimed at
 /// the rogue server is answered by us, not by it (its answer would carry its own address);
-/// the address learned from the allowed name connects, the other host stays rejected.
+/// the address learned from the allowed name connects (nothing is resolved at start: the
+/// answer opens it), the other host stays rejected.
 fn case_probe_dns_filter() {
     let label = format!(
         "exfil{}x{}",
@@ -650,31 +653,20 @@ fn case_probe_dns_filter() {
     let rogue = format!("{BLOCKED_IP}:53");
     let allowed_tcp = format!("{ALLOWED_IP}:80");
     let blocked_tcp = format!("{BLOCKED_IP}:80");
+    let query = |proto: &'static str, server: &str, name: &str| {
+        ["--query", proto, server, name, "A"].map(String::from)
+    };
+    let mut steps: Vec<String> = ["sandbox-probe", "dns"].map(String::from).to_vec();
+    steps.extend(query("udp", "127.0.0.11:53", "allowed.test"));
+    steps.extend(query("udp", "127.0.0.11:53", &leak));
+    steps.extend(query("tcp", "127.0.0.11:53", &leak));
+    steps.extend(query("udp", &rogue, "allowed.test"));
+    steps.extend(["--connect", &allowed_tcp, "--connect", &blocked_tcp].map(String::from));
+    let mut image_and_cmd = vec![PROBE_IMG];
+    image_and_cmd.extend(steps.iter().map(String::as_str));
     let r = run_in_net(
         &["--cap-add", "NET_ADMIN"],
-        &[
-            PROBE_IMG,
-            "sandbox-probe",
-            "report",
-            "--timeout-ms",
-            "3000",
-            "--tcp",
-            &allowed_tcp,
-            "--tcp",
-            &blocked_tcp,
-            "--dns",
-            "127.0.0.11:53",
-            "allowed.test",
-            "--dns",
-            "127.0.0.11:53",
-            &leak,
-            "--dns-tcp",
-            "127.0.0.11:53",
-            &leak,
-            "--dns",
-            &rogue,
-            "allowed.test",
-        ],
+        &image_and_cmd,
         &[
             ("SANDBOX_ALLOW", "allowed.test:80"),
             ("SANDBOX_PRESETS", ""),
@@ -682,12 +674,16 @@ fn case_probe_dns_filter() {
         ],
     );
     r.assert_code(0);
-    let rep = r.report();
-    let allowed = tcp_result(&rep, &allowed_tcp);
-    assert_eq!(allowed["result"], "connected", "{allowed}\n{r}");
-    assert_rejected_fast(tcp_result(&rep, &blocked_tcp));
+    let lines: Vec<Value> = r
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(lines.len(), 6, "one line per step\n{r}");
+    let (dns, connects) = lines.split_at(4);
+    assert_eq!(connects[0]["result"], "connected", "{}\n{r}", connects[0]);
+    assert_rejected_fast(&connects[1]);
 
-    let dns = rep["dns"].as_array().expect("dns results");
     let has_addr = |v: &Value, ip: &str| {
         v["addrs"]
             .as_array()
@@ -1134,6 +1130,178 @@ fn case_devcontainer(clean: &Cleanup) {
 }
 
 // ---------------------------------------------------------------------------------------
+// `docker exec` sessions and the lockdown
+
+const SUDO_BASE: &str = "sandbox-init-test/debian-sudo:bookworm";
+const EXEC_IMG: &str = "sandbox-init-test/exec-lockdown";
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+/// Debian with sudo (the privileged tier's cached debootstrap rootfs, imported once), the
+/// user claude in group sudo with a NOPASSWD rule, a set-uid root copy of the probe, and a
+/// copy carrying CAP_NET_ADMIN as file capability. The latter comes in through `ADD` of a
+/// tar made with --xattrs: the builder's COPY drops the attribute, ADD's unpacking keeps it.
+fn build_exec_image(clean: &Cleanup) {
+    if !docker(&["image", "inspect", SUDO_BASE]).status.success() {
+        let dir = script("scripts/debian-rootfs.sh", &[]);
+        let st = Command::new("sh")
+            .args([
+                "-c",
+                "tar -C \"$1\" -c . | docker import -c \"ENV PATH=$2\" - \"$3\" >/dev/null",
+                "sh",
+                dir.trim(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                SUDO_BASE,
+            ])
+            .status()
+            .expect("sh");
+        assert!(st.success(), "importing {} as {SUDO_BASE}", dir.trim());
+    }
+    let ctx = temp_dir("exec-ctx");
+    clean.dir(&ctx);
+    std::fs::copy(INIT, ctx.join("sandbox-init")).unwrap();
+    std::fs::copy(PROBE, ctx.join("sandbox-probe")).unwrap();
+    let caps = ctx.join("caps/usr/local/bin");
+    std::fs::create_dir_all(&caps).unwrap();
+    std::fs::copy(PROBE, caps.join("capprobe")).unwrap();
+    common::set_file_caps(&caps.join("capprobe"), CAP_NET_ADMIN);
+    let st = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=security.capability", "-C"])
+        .arg(ctx.join("caps"))
+        .arg("-cf")
+        .arg(ctx.join("caps.tar"))
+        .arg("usr")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar --xattrs");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {SUDO_BASE}\n\
+             COPY sandbox-init /usr/local/sbin/sandbox-init\n\
+             COPY sandbox-probe /usr/local/bin/sandbox-probe\n\
+             COPY sandbox-probe /usr/local/bin/suid-probe\n\
+             ADD caps.tar /\n\
+             RUN useradd -m -u 1000 -G sudo -s /bin/bash claude \\\n\
+             && echo 'claude ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/claude \\\n\
+             && chmod 0440 /etc/sudoers.d/claude && chmod 4755 /usr/local/bin/suid-probe \\\n\
+             && mkdir /workspace && chown claude:claude /workspace\n\
+             WORKDIR /workspace\n\
+             ENTRYPOINT [\"/usr/local/sbin/sandbox-init\"]\n"
+        ),
+    )
+    .unwrap();
+    docker_ok(&["build", "-q", "-t", EXEC_IMG, ctx.to_str().unwrap()]);
+}
+
+/// What `docker exec -u claude` sessions get from sudo, the set-uid root probe and the
+/// file-capability probe: (sudo made them root, the set-uid probe's euid, the capabilities
+/// the capability probe ran with), and the sessions' NoNewPrivs.
+fn exec_gains(id: &str) -> ((bool, u64, u64), String) {
+    let exec = |argv: &[&str]| {
+        let mut a = vec!["exec", "-u", "claude", id];
+        a.extend_from_slice(argv);
+        docker(&a)
+    };
+    let sudo = exec(&["/usr/bin/sudo", "-n", "/usr/bin/id", "-u"]);
+    let sudo_root = sudo.status.success() && text(&sudo.stdout).trim() == "0";
+    let suid = exec(&["/usr/local/bin/suid-probe", "ids"]);
+    let suid: Value = serde_json::from_slice(&suid.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&suid.stderr)));
+    let caps = exec(&["/usr/local/bin/capprobe", "report"]);
+    let (file_caps, nnp) = match serde_json::from_slice::<Value>(&caps.stdout) {
+        Ok(r) => (
+            u64::from_str_radix(r["status"]["CapEff"].as_str().unwrap(), 16).unwrap(),
+            r["status"]["NoNewPrivs"].as_str().unwrap().to_string(),
+        ),
+        // The kernel may refuse to exec a file whose capabilities it will not grant.
+        Err(_) => {
+            let err = text(&caps.stderr);
+            assert!(err.contains("not permitted"), "{err}");
+            let st = exec(&["/usr/bin/grep", "NoNewPrivs", "/proc/self/status"]);
+            let line = text(&st.stdout);
+            (0, line.split_whitespace().last().unwrap_or("").to_string())
+        }
+    };
+    ((sudo_root, suid["euid"].as_u64().unwrap(), file_caps), nnp)
+}
+
+fn start_detached(clean: &Cleanup, args: &[&str]) -> String {
+    let mut a = vec!["run", "-d", "--network", "none", "--cap-add", "NET_ADMIN"];
+    a.extend_from_slice(args);
+    let id = docker_ok(&a).trim().to_string();
+    clean.container(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text(&docker(&["top", &id]).stdout).contains("sandbox-probe sleep") {
+        assert!(
+            Instant::now() < deadline,
+            "the container never ran its command:\n{}",
+            text(&docker(&["logs", &id]).stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    id
+}
+
+/// A `docker exec` session as the user cannot gain privileges through sudo, a set-uid root
+/// program or a file with capabilities, with container-wide no_new_privs (set-uid bits and
+/// sudo are inert and stay, the file capability goes) and without it (all of them go).
+/// The controls: the same image without sandbox-init gives the session root and
+/// CAP_NET_ADMIN, and with no_new_privs still CAP_NET_ADMIN (runc starts the session
+/// holding the container's capabilities, and no_new_privs lets the file keep them).
+fn case_exec_sessions_gain_nothing(clean: &Cleanup) {
+    build_exec_image(clean);
+    let sleep = ["/usr/local/bin/sandbox-probe", "sleep", "120"];
+    for (no_new_privs, want) in [
+        (false, (true, 0, CAP_NET_ADMIN)),
+        (true, (false, 1000, CAP_NET_ADMIN)),
+    ] {
+        let mut control = vec!["--entrypoint", sleep[0]];
+        if no_new_privs {
+            control.extend(["--security-opt", "no-new-privileges"]);
+        }
+        control.push(EXEC_IMG);
+        control.extend_from_slice(&sleep[1..]);
+        let id = start_detached(clean, &control);
+        let (got, _) = exec_gains(&id);
+        assert_eq!(got, want, "control, no_new_privs {no_new_privs}");
+    }
+
+    for no_new_privs in [false, true] {
+        let mut args = vec!["-e", "SANDBOX_PRESETS=", "-e", "SANDBOX_LOG=debug"];
+        if no_new_privs {
+            args.extend(["--security-opt", "no-new-privileges"]);
+        }
+        args.extend([EXEC_IMG, "--"]);
+        args.extend(sleep);
+        let id = start_detached(clean, &args);
+        // docker's log copy may trail the container by a moment
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            let log = text(&docker(&["logs", &id]).stderr);
+            if log.contains("sandbox built in") || Instant::now() > deadline {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (got, nnp) = exec_gains(&id);
+        assert_eq!(got, (false, 1000, 0), "no_new_privs {no_new_privs}\n{log}");
+        assert_eq!(nnp, if no_new_privs { "1" } else { "0" }, "{log}");
+        assert!(
+            log.contains("removed file capabilities from 1 files"),
+            "{log}"
+        );
+        // with no_new_privs the set-uid bit stays (inert) and gives nothing all the same
+        let mode = docker_ok(&["exec", &id, "stat", "-c", "%a", "/usr/local/bin/suid-probe"]);
+        let skipped = log.contains("the set-user-ID strip and the sudo reset are skipped");
+        let want = if no_new_privs { "4755" } else { "755" };
+        assert!(
+            skipped == no_new_privs && mode.trim() == want,
+            "{mode}\n{log}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 
 #[test]
 fn docker_end_to_end() {
@@ -1176,6 +1344,10 @@ fn docker_end_to_end() {
             Box::new(|| case_claude_tool_use_is_sandboxed(&clean)),
         ),
         ("devcontainer", Box::new(|| case_devcontainer(&clean))),
+        (
+            "docker exec sessions gain nothing",
+            Box::new(|| case_exec_sessions_gain_nothing(&clean)),
+        ),
     ];
     let mut failed = vec![];
     for (name, case) in &cases {

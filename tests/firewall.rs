@@ -219,17 +219,44 @@ fn gateway_blocked_unless_allow_gateway_which_opens_only_the_gateway() {
     assert_connected(&r, &tcp4(OTHER4, 80));
 }
 
+/// Resolution at start: every name in resolver mode (an unresolvable one warns), every name
+/// in strict mode (an unresolvable one is fatal, DNS filter or not), none in filter mode.
 #[test]
 fn unresolvable_name_warns_and_strict_refuses_to_start() {
     let net = Net::new();
     let root = rootfs();
     let targets = [tcp4(ALLOWED4, 80)];
     let flags = ["--allow", "gone.test", "--allow", "allowed.test"];
+    let queried = |name: &str| {
+        net.dns_queries("dns1")
+            .iter()
+            .filter(|l| l.contains(name))
+            .count()
+    };
+
+    // filter mode (the default), first: the command starts without a single upstream query
+    let run = probe(&root, &net, &flags, &args(&[]));
+    run.assert_code(0);
+    assert!(!run.stderr.contains("cannot resolve"), "{}", run.stderr);
+    assert_eq!(run.report()["uid"], 1000);
+    assert_eq!(
+        (queried("gone.test"), queried("allowed.test")),
+        (0, 0),
+        "names were resolved at start: {:?}",
+        net.dns_queries("dns1")
+    );
+    net.in_box(&["nft", "delete", "table", "inet", "sandbox_init"]);
+
     let mut strict = flags.to_vec();
     strict.push("--strict");
     let run = probe(&root, &net, &strict, &args(&targets));
     run.assert_code(70);
     assert!(run.stderr.contains("gone.test"), "{}", run.stderr);
+    assert!(
+        queried("gone.test") > 0 && queried("allowed.test") > 0,
+        "strict mode must check every name: {:?}",
+        net.dns_queries("dns1")
+    );
     assert!(
         !run.stdout.contains("\"uid\""),
         "the command ran: {}",
@@ -239,7 +266,9 @@ fn unresolvable_name_warns_and_strict_refuses_to_start() {
     let (_, tables) = net.in_box(&["nft", "list", "tables"]);
     assert!(!tables.contains("sandbox_init"), "{tables}");
 
-    let run = probe(&root, &net, &flags, &args(&targets));
+    let mut resolver = flags.to_vec();
+    resolver.extend(["--dns", "resolver"]);
+    let run = probe(&root, &net, &resolver, &args(&targets));
     run.assert_code(0);
     assert!(
         run.stderr.contains("cannot resolve gone.test") && run.stderr.contains("NXDOMAIN"),
@@ -272,6 +301,9 @@ fn cidr_and_port_entries() {
             "allowed.test:8443",
             "--allow",
             "[fd77::11]:8443",
+            // names resolved at start, into static sets (filter mode: tests/dns.rs)
+            "--dns",
+            "resolver",
         ],
         &args(&targets),
     );

@@ -1,9 +1,12 @@
-//! Tier 2, lockdown: set-user-ID programs and sudo rules of the image give the command
-//! nothing. Each check has a control run from the host (no sandbox, no no_new_privs) that
-//! shows the same program *does* give root before the lockdown, so the test can fail.
+//! Tier 2, lockdown: set-user-ID programs, files with capabilities and sudo rules of the
+//! image give nothing to the command, nor to a `docker exec` session as the user (entered
+//! here from outside into the running sandbox's namespaces and root, with and without
+//! container-wide no_new_privs). Each check has a control run that shows the same program
+//! *does* give root or the capability where nothing stops it, so the test can fail.
 //!
 //! The sudo tests need a real Debian root filesystem with sudo: scripts/debian-rootfs.sh
-//! builds it once into .cache/ (debootstrap required) and every test works on a copy.
+//! builds it once into .cache/ (debootstrap required); every test works on a copy, or on an
+//! overlayfs with the cache as its read-only lower layer.
 
 mod common;
 
@@ -32,14 +35,19 @@ fn as_user_without_sandbox(root: &Rootfs, argv: &[&str]) -> std::process::Output
     cmd.arg("--userspec=1000:1000")
         .arg("--groups=1000")
         .arg(&root.path)
-        .args(argv)
-        .env_clear()
+        .args(argv);
+    output_of(cmd)
+}
+
+/// Runs `cmd` with a clean environment and no input, bounded; its output.
+fn output_of(mut cmd: Command) -> std::process::Output {
+    cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let turn = spawn_guard();
-    let child = cmd.spawn().expect("start chroot");
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
     drop(turn);
     wait_bounded(child, std::time::Duration::from_secs(30))
 }
@@ -271,9 +279,8 @@ fn debian_cache() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/debian-rootfs"))
 }
 
-/// A private copy of the cached Debian rootfs (built on first use), with the user claude
-/// (1000, in group sudo, locked password), a NOPASSWD sudo rule for it, and our binaries.
-fn debian_root() -> Rootfs {
+/// The cached Debian rootfs (built on first use), never written by any test.
+fn debian_cache_built() -> PathBuf {
     let cache = debian_cache();
     let done = PathBuf::from(format!("{}.done", cache.display()));
     if !done.exists() || !cache.join("usr/bin/sudo").exists() {
@@ -292,12 +299,68 @@ fn debian_root() -> Rootfs {
         .expect("run scripts/debian-rootfs.sh");
         assert!(st.success(), "scripts/debian-rootfs.sh failed");
     }
+    cache
+}
+
+fn scratch_path(tag: &str) -> PathBuf {
     let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let path = PathBuf::from(base).join(format!("debian-{}-{n}", std::process::id()));
+    PathBuf::from(base).join(format!("{tag}-{}-{n}", std::process::id()))
+}
+
+/// Writes into `dst` what the image adds to Debian (`base`): the user claude (1000, in group
+/// sudo, locked password), a NOPASSWD sudo rule for it, the home, the workspace and our
+/// binaries.
+fn add_user_layer(base: &Path, layer: &Rootfs) {
+    let dst = layer.path.as_path();
+    let extend = |rel: &str, edit: &dyn Fn(String) -> String, line: &str| {
+        let mut text = edit(fs::read_to_string(base.join(rel)).unwrap());
+        text.push_str(line);
+        fs::write(dst.join(rel), text).unwrap();
+    };
+    fs::create_dir_all(dst.join("etc/sudoers.d")).unwrap();
+    let same = |t: String| t;
+    extend(
+        "etc/passwd",
+        &same,
+        "claude:x:1000:1000:Claude:/home/claude:/bin/bash\n",
+    );
+    extend("etc/shadow", &same, "claude:!:19000:0:99999:7:::\n");
+    extend(
+        "etc/group",
+        &|t: String| t.replace("\nsudo:x:27:\n", "\nsudo:x:27:claude\n"),
+        "claude:x:1000:\n",
+    );
+    fs::set_permissions(dst.join("etc/shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(
+        dst.join("etc/sudoers.d/claude"),
+        "claude ALL=(ALL:ALL) NOPASSWD: ALL\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        dst.join("etc/sudoers.d/claude"),
+        fs::Permissions::from_mode(0o440),
+    )
+    .unwrap();
+    for d in ["home/claude", "workspace"] {
+        fs::create_dir_all(dst.join(d)).unwrap();
+        std::os::unix::fs::chown(dst.join(d), Some(1000), Some(1000)).unwrap();
+    }
+    fs::create_dir_all(dst.join("etc/sandbox-init")).unwrap();
+    for d in ["usr/local/sbin", "usr/local/bin"] {
+        fs::create_dir_all(dst.join(d)).unwrap();
+    }
+    layer.install(INIT, INIT_IN_ROOT, 0o755);
+    layer.install(PROBE, PROBE_IN_ROOT, 0o755);
+}
+
+/// A private copy of the cached Debian rootfs with the user layer.
+fn debian_root() -> Rootfs {
+    let cache = debian_cache_built();
+    let path = scratch_path("debian");
     let st = Command::new("cp")
         .arg("-a")
         .arg(&cache)
@@ -306,37 +369,7 @@ fn debian_root() -> Rootfs {
         .expect("cp");
     assert!(st.success(), "cp -a {}", cache.display());
     let root = Rootfs { path };
-    let append = |rel: &str, line: &str| {
-        let mut text = fs::read_to_string(root.join(rel)).unwrap();
-        text.push_str(line);
-        fs::write(root.join(rel), text).unwrap();
-    };
-    append(
-        "etc/passwd",
-        "claude:x:1000:1000:Claude:/home/claude:/bin/bash\n",
-    );
-    append("etc/shadow", "claude:!:19000:0:99999:7:::\n");
-    append("etc/group", "claude:x:1000:\n");
-    let group = fs::read_to_string(root.join("etc/group"))
-        .unwrap()
-        .replace("\nsudo:x:27:\n", "\nsudo:x:27:claude\n");
-    fs::write(root.join("etc/group"), group).unwrap();
-    root.write(
-        "etc/sudoers.d/claude",
-        "claude ALL=(ALL:ALL) NOPASSWD: ALL\n",
-    );
-    fs::set_permissions(
-        root.join("etc/sudoers.d/claude"),
-        fs::Permissions::from_mode(0o440),
-    )
-    .unwrap();
-    for d in ["home/claude", "workspace"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-        std::os::unix::fs::chown(root.join(d), Some(1000), Some(1000)).unwrap();
-    }
-    fs::create_dir_all(root.join("etc/sandbox-init")).unwrap();
-    root.install(INIT, INIT_IN_ROOT, 0o755);
-    root.install(PROBE, PROBE_IN_ROOT, 0o755);
+    add_user_layer(&root.path, &root);
     root
 }
 
@@ -391,7 +424,7 @@ fn sudo_with_a_nopasswd_rule_gives_nothing() {
 }
 
 #[test]
-fn debian_defaults_clear_every_set_uid_program_quickly() {
+fn debian_defaults_clear_every_set_uid_program() {
     require_root();
     let root = debian_root();
     let suid_before: Vec<String> = find_suid(&root);
@@ -412,15 +445,8 @@ fn debian_defaults_clear_every_set_uid_program_quickly() {
         line.contains(&format!("on {} files", suid_before.len())),
         "{line}"
     );
-    // "... in N ms": the walk of a whole Debian must not slow the start down
-    let ms: f64 = line
-        .split(" in ")
-        .nth(1)
-        .and_then(|s| s.split(" ms").next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    eprintln!("SUID walk of the Debian rootfs: {line}");
-    assert!(ms < 1500.0, "{line}");
+    // (how long the walk takes is measured by `make bench`, not here)
+    eprintln!("set-uid walk of the Debian rootfs: {line}");
     let (ok, _) = sudo_works_without_sandbox(&root);
     assert!(!ok, "sudo still works after lockdown");
 }
@@ -439,4 +465,294 @@ fn find_suid(root: &Rootfs) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+// ---- `docker exec` sessions: processes that do not descend from the sandboxed command ----
+
+const CAP_PROBE: &str = "/usr/local/bin/capprobe";
+const CAP_NET_ADMIN: u64 = 1 << 12;
+/// Docker's default set plus NET_ADMIN, without SETFCAP: removing a file's capability
+/// attribute is then refused, and the lockdown must still get rid of it.
+const DOCKER_CAPS_NO_SETFCAP: &str = "-all,+chown,+dac_override,+fowner,+fsetid,+kill,+setgid,\
++setuid,+setpcap,+net_bind_service,+net_raw,+sys_chroot,+mknod,+audit_write,+net_admin";
+
+/// A container's root: an overlayfs whose lower layers are the image (the cached Debian,
+/// never written, under a layer with the user, the NOPASSWD rule, our binaries, a set-uid
+/// root copy of the probe and a copy with CAP_NET_ADMIN as file capability) and whose upper
+/// layer is a tmpfs, as a container's writable layer. The layers sit on different
+/// filesystems: files then report their layer's device, not the overlay's.
+struct Overlay {
+    // Dropped in this order: unmount, then remove the layer and the scratch directory.
+    _mounts: Mounts,
+    root: Rootfs,
+    _layer: Rootfs,
+}
+
+fn debian_overlay() -> Overlay {
+    let cache = debian_cache_built();
+    let base = scratch_path("overlay");
+    let layer = Rootfs {
+        path: base.join("layer"),
+    };
+    fs::create_dir_all(&layer.path).unwrap();
+    add_user_layer(&cache, &layer);
+    layer.install(PROBE, SUID_PROBE, 0o4755);
+    layer.install(PROBE, CAP_PROBE, 0o755);
+    set_file_caps(&layer.join(CAP_PROBE), CAP_NET_ADMIN);
+    let root = Rootfs {
+        path: base.join("root"),
+    };
+    let rw = base.join("rw");
+    fs::create_dir_all(&root.path).unwrap();
+    fs::create_dir_all(&rw).unwrap();
+    let mut mounts = Mounts(vec![]);
+    mounts.mount(&["-t", "tmpfs", "tmpfs"], &rw);
+    fs::create_dir_all(rw.join("upper")).unwrap();
+    fs::create_dir_all(rw.join("work")).unwrap();
+    let opts = format!(
+        "lowerdir={}:{},upperdir={}/upper,workdir={}/work",
+        layer.path.display(),
+        cache.display(),
+        rw.display(),
+        rw.display()
+    );
+    mounts.mount(&["-t", "overlay", "overlay", "-o", &opts], &root.path);
+    assert_ne!(
+        fs::metadata(root.join(SUID_PROBE)).unwrap().dev(),
+        fs::metadata(&root.path).unwrap().dev(),
+        "the fixture must have files whose device is not the root's"
+    );
+    Overlay {
+        _mounts: mounts,
+        root,
+        _layer: layer,
+    }
+}
+
+fn has_file_caps(path: &Path) -> bool {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings; a zero size asks for the length only.
+    let rc = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    rc > 0
+}
+
+/// What a session got out of each way up.
+#[derive(Debug, PartialEq)]
+struct Gains {
+    /// `sudo -n id -u` printed 0.
+    sudo_root: bool,
+    /// The set-uid root probe's effective uid.
+    suid_euid: u64,
+    /// The effective capabilities the file-capability probe ran with (0 when the kernel
+    /// refused to exec it).
+    file_caps: u64,
+}
+
+const NOTHING: Gains = Gains {
+    sudo_root: false,
+    suid_euid: 1000,
+    file_caps: 0,
+};
+
+/// Every way up works: what a session gets from the planted files with nothing in its way.
+const EVERYTHING: Gains = Gains {
+    sudo_root: true,
+    suid_euid: 0,
+    file_caps: CAP_NET_ADMIN,
+};
+
+/// Runs the three attacks in sessions started by `session` (each given the attack's argv).
+fn attacks(session: &dyn Fn(&[&str]) -> std::process::Output) -> Gains {
+    let sudo = session(&["/usr/bin/sudo", "-n", "/usr/bin/id", "-u"]);
+    let suid = session(&[SUID_PROBE, "ids"]);
+    let suid: Value = serde_json::from_slice(&suid.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&suid.stderr)));
+    let caps = session(&[CAP_PROBE, "report"]);
+    let file_caps = match serde_json::from_slice::<Value>(&caps.stdout) {
+        Ok(r) => {
+            assert_eq!(r["uid"], 1000, "{r}");
+            cap(&r, "CapEff")
+        }
+        // A file marked effective whose capabilities cannot all be granted: EPERM.
+        Err(_) => {
+            let err = String::from_utf8_lossy(&caps.stderr);
+            assert!(err.contains("Operation not permitted"), "{err}");
+            0
+        }
+    };
+    Gains {
+        sudo_root: sudo.status.success() && String::from_utf8_lossy(&sudo.stdout).trim() == "0",
+        suid_euid: suid["euid"].as_u64().unwrap(),
+        file_caps,
+    }
+}
+
+/// What `docker exec -u claude` starts: a process in the container's namespaces and root,
+/// with its capability bounding set, as uid/gid 1000 with claude's groups from the
+/// container's /etc/group, holding the container's capabilities until it execs the command
+/// (none after an exec of a plain file), and no_new_privs only when the container has it.
+/// Not a descendant of the sandboxed command.
+fn exec_session(
+    target_pid: i32,
+    bounding: &str,
+    no_new_privs: bool,
+    argv: &[&str],
+) -> std::process::Output {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--target={target_pid}"))
+        .args(["--mount", "--pid", "--net", "--root", "--wd", "--"])
+        .arg("/usr/bin/setpriv")
+        .arg(format!("--bounding-set={bounding}"))
+        .args([
+            "--inh-caps=-all",
+            "--reuid=1000",
+            "--regid=1000",
+            "--init-groups",
+        ]);
+    if no_new_privs {
+        cmd.arg("--no-new-privs");
+    }
+    // setpriv keeps its permitted capabilities (the bounding set) across the uid change
+    // until it execs the attack, as runc does for an exec session as any user
+    cmd.arg("--").args(argv);
+    output_of(cmd)
+}
+
+/// A container of this root whose PID 1 is a sleeping probe: no sandbox-init at all.
+fn plain_container(root: &Rootfs) -> Running {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount", "--kill-child"])
+        .arg(format!("--mount-proc={}", root.join("proc").display()))
+        .arg("chroot")
+        .arg(&root.path)
+        .args([PROBE_IN_ROOT, "sleep", "60"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    Running::start(&mut cmd)
+}
+
+/// sandbox-init as PID 1 of this root; returns once the command (a probe waiting for a
+/// signal) runs, so the lockdown is done.
+fn sandbox(root: &Rootfs, bounding: &str, no_new_privs: bool) -> Running {
+    let mut cmd = root.command_full(
+        &[
+            NO_FW,
+            "--workdir",
+            "/workspace",
+            "--",
+            PROBE_IN_ROOT,
+            "signals",
+            "1",
+        ],
+        &[("SANDBOX_LOG", "debug")],
+        None,
+        bounding,
+        no_new_privs,
+    );
+    let run = Running::start(&mut cmd);
+    assert_eq!(run.line(std::time::Duration::from_secs(30)), "ready");
+    run
+}
+
+#[test]
+fn a_docker_exec_session_without_no_new_privs_gains_nothing() {
+    require_root();
+    for bounding in [DOCKER_CAPS, DOCKER_CAPS_NO_SETFCAP] {
+        let o = debian_overlay();
+        let root = &o.root;
+        // control: in a container of the same image without sandbox-init, the session
+        // becomes root through sudo and the set-uid probe, and gets CAP_NET_ADMIN (enough
+        // to flush any firewall) from the file capability
+        let plain = plain_container(root);
+        let pid = plain.init_pid();
+        let got = attacks(&|argv| exec_session(pid, bounding, false, argv));
+        assert_eq!(got, EVERYTHING, "control ({bounding})");
+        drop(plain);
+
+        let running = sandbox(root, bounding, false);
+        let pid = running.init_pid();
+        let got = attacks(&|argv| exec_session(pid, bounding, false, argv));
+        let log = running.stderr.lock().unwrap().clone();
+        assert_eq!(got, NOTHING, "{bounding}\n{log}");
+        assert!(
+            log.contains("cleared set-user-ID/set-group-ID bits on")
+                && log.contains("removed file capabilities from 1 files"),
+            "{log}"
+        );
+        assert_eq!(mode(root, SUID_PROBE), 0o755);
+        assert!(!has_file_caps(&root.join(CAP_PROBE)));
+        assert!(!root.join("etc/sudoers.d/claude").exists());
+    }
+    // the image itself (the overlay's lower layer) is never written
+    let cache = debian_cache();
+    assert_eq!(
+        fs::metadata(cache.join("usr/bin/sudo")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+}
+
+#[test]
+fn with_container_no_new_privs_set_uid_bits_stay_inert_and_file_capabilities_still_go() {
+    require_root();
+    // control: no_new_privs does not stop a file capability. An exec session holds the
+    // container's capabilities until its exec, and the file keeps those: with the strip
+    // off, a session that has no_new_privs still gets CAP_NET_ADMIN.
+    let o = debian_overlay();
+    let root = &o.root;
+    root.write(
+        "etc/sandbox-init/config.toml",
+        "[lockdown]\nstrip_suid = false\n",
+    );
+    let running = sandbox(root, DOCKER_CAPS, true);
+    let pid = running.init_pid();
+    let got = attacks(&|argv| exec_session(pid, DOCKER_CAPS, true, argv));
+    assert_eq!(
+        got,
+        Gains {
+            file_caps: CAP_NET_ADMIN,
+            ..NOTHING
+        },
+        "control"
+    );
+    drop(running);
+    drop(o);
+
+    let o = debian_overlay();
+    let root = &o.root;
+    let running = sandbox(root, DOCKER_CAPS, true);
+    let pid = running.init_pid();
+    let log = running.stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("PID 1 started with no_new_privs")
+            && log.contains("the set-user-ID strip and the sudo reset are skipped")
+            && log.contains("removed file capabilities from 1 files"),
+        "{log}"
+    );
+    // the set-uid bits and the sudo rule are still on disk, the file capability is not ...
+    assert_eq!(mode(root, SUID_PROBE), 0o4755);
+    assert_eq!(mode(root, "usr/bin/sudo"), 0o4755);
+    assert!(root.join("etc/sudoers.d/claude").exists());
+    assert!(!has_file_caps(&root.join(CAP_PROBE)));
+    // ... and a session of this container, which has no_new_privs too, gains nothing
+    let got = attacks(&|argv| exec_session(pid, DOCKER_CAPS, true, argv));
+    assert_eq!(got, NOTHING, "{log}");
+    // control: what holds the set-uid bits and sudo is no_new_privs. A session without it
+    // (which neither the runtime nor the agent can start here: a host root entering the
+    // namespaces) still gets root from the very same files.
+    let got = attacks(&|argv| exec_session(pid, DOCKER_CAPS, false, argv));
+    assert_eq!(
+        got,
+        Gains {
+            file_caps: 0,
+            ..EVERYTHING
+        },
+        "control"
+    );
 }

@@ -434,35 +434,6 @@ fn check_prints_where_each_value_came_from() {
     );
 }
 
-/// Writes a `security.capability` xattr (VFS_CAP_REVISION_2, effective) granting `caps` as
-/// permitted: what `setcap cap_net_raw+ep FILE` does.
-fn set_file_caps(path: &std::path::Path, caps: u64) {
-    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
-    const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
-    let mut v = vec![];
-    for word in [
-        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
-        caps as u32,
-        0,
-        (caps >> 32) as u32,
-        0,
-    ] {
-        v.extend_from_slice(&word.to_le_bytes());
-    }
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid C string and buffer for the call's duration.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            c"security.capability".as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
-}
-
 #[test]
 fn file_capabilities_in_the_image_raise_nothing() {
     require_root();

@@ -402,6 +402,51 @@ fn a_denied_name_is_one_line_and_an_audit_event() {
     );
 }
 
+/// In filter mode no name is resolved at start: the DNS filter's answer is what names the
+/// address, from the moment the command has it.
+#[test]
+fn in_filter_mode_the_answer_names_the_blocked_address() {
+    let net = Net::new();
+    let root = rootfs();
+    let dns1 = format!("{DNS1}:53");
+    let blocked = format!("{OTHER4}:80");
+    let run = root.run_in(
+        &[
+            "--allow",
+            "other.test:443",
+            "--dns",
+            "filter",
+            "--",
+            PROBE_IN_ROOT,
+            "dns",
+            "--query",
+            "udp",
+            &dns1,
+            "other.test",
+            "A",
+            "--connect",
+            &blocked,
+        ],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains(OTHER4),
+        "the filter answered: {}",
+        run.stdout
+    );
+    let line = blocked_lines(&run.stderr)
+        .into_iter()
+        .find(|l| l.contains(&format!("blocked tcp {blocked}")))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(
+        line.contains(&format!("blocked tcp {blocked} (other.test); "))
+            && line.contains("SANDBOX_ALLOW=other.test:80 "),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_planted_symlink_as_audit_log_is_refused() {
     let root = rootfs();

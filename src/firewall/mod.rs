@@ -20,7 +20,9 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub struct Applied {
     pub entries: Vec<Entry>,
-    /// Each allowlisted name and the addresses it resolved to at start.
+    /// Each allowlisted name and the addresses it resolved to at start: every name in
+    /// resolver mode, none in filter mode (the DNS filter learns them as the command asks),
+    /// unless strict mode checked them.
     pub resolved: BTreeMap<String, Vec<IpAddr>>,
     pub plan: plan::Plan,
 }
@@ -37,7 +39,25 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     let started = Instant::now();
     let entries = entries(settings)?;
     let names = names(&entries);
-    let answers = resolve::resolve_all(&names);
+    let filter = settings.dns.value == DnsMode::Filter;
+    // In filter mode the sets are filled by the DNS filter: an allowlisted name's addresses
+    // enter them before its answer reaches the command. Resolving at start would only
+    // pre-fill them, at the cost of a round trip (seconds with a slow or absent resolver).
+    // Strict mode still checks every name now, and what resolves pre-fills the sets.
+    let at_start = !filter || settings.strict.value;
+    let answers = if at_start {
+        resolve::resolve_all(&names)
+    } else {
+        if !names.is_empty() {
+            log::debug!(
+                "DNS filter mode: the {} allowlisted names are resolved when the command asks \
+                 for them (their addresses are allowed before the answer is released), none at \
+                 start",
+                names.len()
+            );
+        }
+        resolve::Answers::new()
+    };
     let resolved_in = started.elapsed();
     let (resolved, failed) = split_answers(&answers);
     if settings.strict.value && !failed.is_empty() {
@@ -60,7 +80,6 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     }
 
     let host = hostnet::HostNet::read();
-    let filter = settings.dns.value == DnsMode::Filter;
     let plan = plan::build_mode(
         &entries,
         &resolved,
@@ -81,11 +100,17 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     let v4 = plan.any.v4.len() + groups().map(|g| g.v4.len()).sum::<usize>();
     let v6 = plan.any.v6.len() + groups().map(|g| g.v6.len()).sum::<usize>();
     let nets = plan.any.nets.len() + plan.ports.values().map(|g| g.nets.len()).sum::<usize>();
+    let names_said = if at_start {
+        format!("{} names ({} unresolved)", names.len(), failed.len())
+    } else {
+        format!(
+            "{} names (resolved on demand by the DNS filter)",
+            names.len()
+        )
+    };
     log::info!(
-        "firewall applied: {} names ({} unresolved), {v4} IPv4 + {v6} IPv6 addresses, {nets} \
-         networks, {} rules; {} ms (resolve {} ms, kernel {} ms, read-back {} ms)",
-        names.len(),
-        failed.len(),
+        "firewall applied: {names_said}, {v4} IPv4 + {v6} IPv6 addresses, {nets} networks, {} \
+         rules; {} ms (resolve {} ms, kernel {} ms, read-back {} ms)",
         built.expect.output_rules + built.expect.input_rules,
         started.elapsed().as_millis(),
         resolved_in.as_millis(),

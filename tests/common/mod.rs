@@ -143,6 +143,19 @@ impl Rootfs {
         netns: Option<&str>,
         caps: &str,
     ) -> Command {
+        self.command_full(args, env, netns, caps, false)
+    }
+
+    /// As `command_with_caps`; `no_new_privs` sets it before sandbox-init's exec, as
+    /// `docker run --security-opt no-new-privileges` has the runtime do.
+    pub fn command_full(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        caps: &str,
+        no_new_privs: bool,
+    ) -> Command {
         let proc_dir = self.join("proc");
         let mut argv: Vec<String> = vec![];
         if let Some(ns) = netns {
@@ -159,11 +172,13 @@ impl Rootfs {
                 "setpriv",
                 &format!("--bounding-set={caps}"),
                 "--inh-caps=-all",
-                "chroot",
-                &self.path.display().to_string(),
             ]
             .map(String::from),
         );
+        if no_new_privs {
+            argv.push("--no-new-privs".into());
+        }
+        argv.extend(["chroot".to_string(), self.path.display().to_string()]);
         argv.push(INIT_IN_ROOT.into());
         argv.extend(args.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(&argv[0]);
@@ -386,6 +401,35 @@ pub fn env_map(report: &Value) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect()
+}
+
+/// Writes a `security.capability` xattr (VFS_CAP_REVISION_2, effective) granting `caps` as
+/// permitted: what `setcap cap_net_raw+ep FILE` does.
+pub fn set_file_caps(path: &std::path::Path, caps: u64) {
+    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
+    let mut v = vec![];
+    for word in [
+        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
+        caps as u32,
+        0,
+        (caps >> 32) as u32,
+        0,
+    ] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string and buffer for the call's duration.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"security.capability".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 pub mod netns;
