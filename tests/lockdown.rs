@@ -635,7 +635,24 @@ fn plain_container(root: &Rootfs) -> Running {
         .args([PROBE_IN_ROOT, "sleep", "60"])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    Running::start(&mut cmd)
+    let running = Running::start(&mut cmd);
+    // unshare's child exists before it has chrooted and exec'd the probe: a session entered
+    // into it earlier would land in the host's root. Wait until it is the probe, in `root`.
+    let pid = running.init_pid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let in_root = fs::read_link(format!("/proc/{pid}/root")).ok() == Some(root.path.clone());
+        if in_root && exe.ends_with(PROBE_IN_ROOT.trim_start_matches('/')) {
+            return running;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control container's PID 1 never became the probe in {}",
+            root.path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// sandbox-init as PID 1 of this root; returns once the command (a probe waiting for a
@@ -679,13 +696,11 @@ fn a_docker_exec_session_without_no_new_privs_gains_nothing() {
         let running = sandbox(root, bounding, false);
         let pid = running.init_pid();
         let got = attacks(&|argv| exec_session(pid, bounding, false, argv));
-        let log = running.stderr.lock().unwrap().clone();
-        assert_eq!(got, NOTHING, "{bounding}\n{log}");
-        assert!(
+        let log = running.stderr_until(std::time::Duration::from_secs(10), |log| {
             log.contains("cleared set-user-ID/set-group-ID bits on")
-                && log.contains("removed file capabilities from 1 files"),
-            "{log}"
-        );
+                && log.contains("removed file capabilities from 1 files")
+        });
+        assert_eq!(got, NOTHING, "{bounding}\n{log}");
         assert_eq!(mode(root, SUID_PROBE), 0o755);
         assert!(!has_file_caps(&root.join(CAP_PROBE)));
         assert!(!root.join("etc/sudoers.d/claude").exists());
@@ -728,13 +743,11 @@ fn with_container_no_new_privs_set_uid_bits_stay_inert_and_file_capabilities_sti
     let root = &o.root;
     let running = sandbox(root, DOCKER_CAPS, true);
     let pid = running.init_pid();
-    let log = running.stderr.lock().unwrap().clone();
-    assert!(
+    let log = running.stderr_until(std::time::Duration::from_secs(10), |log| {
         log.contains("PID 1 started with no_new_privs")
             && log.contains("the set-user-ID strip and the sudo reset are skipped")
-            && log.contains("removed file capabilities from 1 files"),
-        "{log}"
-    );
+            && log.contains("removed file capabilities from 1 files")
+    });
     // the set-uid bits and the sudo rule are still on disk, the file capability is not ...
     assert_eq!(mode(root, SUID_PROBE), 0o4755);
     assert_eq!(mode(root, "usr/bin/sudo"), 0o4755);

@@ -337,6 +337,24 @@ impl Running {
         })
     }
 
+    /// The stderr captured so far once `done` holds for it, or a panic after `limit`. The
+    /// reader of stderr is its own thread: a line written before the command's first
+    /// stdout line may still be on its way when that line arrives.
+    pub fn stderr_until(&self, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.stderr.lock().unwrap().clone();
+            if done(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr did not show what was expected within {limit:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Host pid of sandbox-init: the only child of `unshare --fork`.
     pub fn init_pid(&self) -> i32 {
         let unshare = self.child.id();
