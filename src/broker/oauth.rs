@@ -288,7 +288,7 @@ impl Refresher {
                 st.failures = 0;
                 st.retry_at_ms = None;
                 if st.reported {
-                    (self.report)("the OAuth login was refreshed after all; nothing to do");
+                    log::info!("the OAuth login was refreshed after all; nothing to do");
                     st.reported = false;
                 }
                 log::info!(
@@ -486,6 +486,256 @@ mod tests {
         assert_eq!(st.refresh.as_ref().unwrap().expose(), "R1");
         assert_eq!(st.expires_at_ms, Some(99));
         assert_eq!(st.scopes.len(), 2, "empty saved scopes keep the login's");
+    }
+
+    use super::super::proxy::Body;
+    use super::super::testkit::*;
+    use hyper::body::Incoming;
+    use hyper::http::Response;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex as StdMutex;
+
+    type Requests = Arc<StdMutex<Vec<Value>>>;
+
+    /// A token endpoint that records each request body and answers with the next of
+    /// `answers` (status, JSON), repeating the last.
+    async fn token_endpoint(answers: Vec<(u16, Value)>) -> (String, Requests) {
+        let seen: Requests = Arc::default();
+        let s = seen.clone();
+        let answers = Arc::new(answers);
+        let (addr, _) = server(move |req: Request<Incoming>| {
+            let (s, answers) = (s.clone(), answers.clone());
+            async move {
+                let ct = req.headers()["content-type"].to_str().unwrap().to_string();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let mut v: Value = serde_json::from_slice(&body).unwrap();
+                v["_content_type"] = Value::String(ct);
+                let n = {
+                    let mut s = s.lock().unwrap();
+                    s.push(v);
+                    s.len()
+                };
+                let (code, answer) = answers[(n - 1).min(answers.len() - 1)].clone();
+                let mut r: Response<Body> = Response::new(full(answer.to_string()));
+                *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                r
+            }
+        })
+        .await;
+        (format!("http://{addr}/v1/oauth/token"), seen)
+    }
+
+    fn refresher(
+        login: &OAuth,
+        url: &str,
+        clock: Arc<FakeClock>,
+        store: Option<Store>,
+    ) -> (Refresher, Arc<StdMutex<Vec<String>>>) {
+        let (report, got) = reporter();
+        let r = Refresher::new(login, url.parse().unwrap(), client(), store, clock, report);
+        (r, got)
+    }
+
+    const T0: u64 = 1_900_000_000_000;
+
+    fn store_in(dir: &std::path::Path) -> Store {
+        // SAFETY: plain getters.
+        let me = unsafe {
+            super::super::account::Account {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+            }
+        };
+        Store::open(super::super::store::prepare(dir, me).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refreshes_before_expiry_keeps_and_saves_the_new_pair() {
+        let (url, seen) = token_endpoint(vec![(
+            200,
+            serde_json::json!({"access_token": "A1", "refresh_token": "R1", "expires_in": 3600,
+                               "scope": "user:inference user:profile"}),
+        )])
+        .await;
+        let home = std::env::temp_dir().join(format!("broker-refresh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let clock = Arc::new(FakeClock(AtomicU64::new(T0)));
+        let login = oauth_login(Some(T0 + 10 * 60_000), Some("R0"));
+        let (r, reports) = refresher(&login, &url, clock.clone(), Some(store_in(&home)));
+
+        r.tick(false).await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "refreshed 10 min before expiry"
+        );
+        clock
+            .0
+            .store(T0 + 10 * 60_000 - MARGIN_MS, Ordering::SeqCst);
+        r.tick(false).await;
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 1);
+            let req = &seen[0];
+            assert_eq!(req["grant_type"], "refresh_token");
+            assert_eq!(req["refresh_token"], "R0");
+            assert_eq!(req["client_id"], DEFAULT_CLIENT_ID);
+            assert_eq!(req["scope"], "user:inference user:profile");
+            assert_eq!(req["_content_type"], "application/json");
+        }
+        let now = clock.now_ms();
+        let (access, expires, refresh) = r.snapshot().await;
+        assert_eq!(access.expose(), "A1");
+        assert_eq!(refresh.unwrap().expose(), "R1");
+        assert_eq!(expires, Some(now + 3_600_000));
+        assert_eq!(r.access_token().await.expose(), "A1");
+        assert!(reports.lock().unwrap().is_empty());
+
+        // The next start, with the same (now rotated) input login, uses the saved pair;
+        // a new login given at that start wins over it.
+        let (again, _) = refresher(&login, &url, clock.clone(), Some(store_in(&home)));
+        assert_eq!(again.access_token().await.expose(), "A1");
+        let new_login = oauth_login(Some(T0 + 99 * 60_000), Some("R-new"));
+        let (fresh, _) = refresher(&new_login, &url, clock.clone(), Some(store_in(&home)));
+        assert_eq!(fresh.access_token().await.expose(), REAL_TOKEN);
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_refreshed_before_the_request_uses_it() {
+        let (url, seen) = token_endpoint(vec![(
+            200,
+            serde_json::json!({"access_token": "A2", "expires_in": 60}),
+        )])
+        .await;
+        let clock = Arc::new(FakeClock(AtomicU64::new(T0)));
+        let (r, _) = refresher(&oauth_login(Some(T0 - 1), Some("R0")), &url, clock, None);
+        assert_eq!(r.access_token().await.expose(), "A2");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // No rotation in the answer: the refresh token stays.
+        assert_eq!(r.snapshot().await.2.unwrap().expose(), "R0");
+    }
+
+    #[tokio::test]
+    async fn a_refused_refresh_token_is_reported_once_and_not_retried() {
+        let (url, seen) = token_endpoint(vec![(
+            400,
+            serde_json::json!({"error": "invalid_grant", "error_description": "Refresh token not found"}),
+        )])
+        .await;
+        let clock = Arc::new(FakeClock(AtomicU64::new(T0)));
+        let (r, reports) = refresher(
+            &oauth_login(Some(T0 + 60_000), Some("R0")),
+            &url,
+            clock.clone(),
+            None,
+        );
+        for step in 0..4 {
+            clock.0.fetch_add(step * 120_000, Ordering::SeqCst);
+            r.tick(false).await;
+            r.tick(true).await;
+            let _ = r.access_token().await;
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "a refused refresh token was sent again"
+        );
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(
+            reports[0].contains("invalid_grant") && reports[0].contains("/login"),
+            "{}",
+            reports[0]
+        );
+        assert!(!reports[0].contains("R0") && !reports[0].contains(REAL_TOKEN));
+    }
+
+    #[tokio::test]
+    async fn a_passing_outage_is_retried_with_backoff_and_reported_once() {
+        let (url, seen) = token_endpoint(vec![
+            (503, serde_json::json!({})),
+            (503, serde_json::json!({})),
+            (
+                200,
+                serde_json::json!({"access_token": "A3", "expires_in": 3600}),
+            ),
+        ])
+        .await;
+        let clock = Arc::new(FakeClock(AtomicU64::new(T0)));
+        let (r, reports) = refresher(
+            &oauth_login(Some(T0 + 60_000), Some("R0")),
+            &url,
+            clock.clone(),
+            None,
+        );
+        r.tick(false).await;
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Not before the backoff is over.
+        clock.0.fetch_add(FIRST_RETRY_MS - 1, Ordering::SeqCst);
+        r.tick(false).await;
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        clock.0.fetch_add(1, Ordering::SeqCst);
+        r.tick(false).await;
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert_eq!(
+            r.state.lock().await.next(clock.now_ms()),
+            Next::At(clock.now_ms() + 2 * FIRST_RETRY_MS)
+        );
+        clock.0.fetch_add(2 * FIRST_RETRY_MS, Ordering::SeqCst);
+        r.tick(false).await;
+        assert_eq!(r.access_token().await.expose(), "A3");
+        assert_eq!(
+            reports.lock().unwrap().len(),
+            1,
+            "{:?}",
+            reports.lock().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_401_wakes_the_refresher() {
+        let (url, seen) = token_endpoint(vec![(
+            200,
+            serde_json::json!({"access_token": "A4", "expires_in": 3600}),
+        )])
+        .await;
+        let (up, _) = server(|_req| async {
+            let mut r: Response<Body> = Response::new(full("{\"type\":\"error\"}"));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r
+        })
+        .await;
+        // Far from expiry: only the 401 can cause a refresh.
+        let far = SystemClock.now_ms() + 3_600_000 * 24;
+        let (b, refresher) = broker(
+            &format!("http://{up}"),
+            oauth_login(Some(far), Some("R0")),
+            &url,
+        )
+        .await;
+        tokio::spawn(refresher.clone().run());
+        let answer = raw(
+            b,
+            format!(
+                "GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {OAUTH_PH}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let start = std::time::Instant::now();
+        while seen.lock().unwrap().is_empty() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no refresh after a 401"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        while refresher.snapshot().await.0.expose() != "A4" {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[test]
