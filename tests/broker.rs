@@ -796,3 +796,135 @@ fn a_broker_that_cannot_start_says_why() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("started by sandbox-init itself"));
 }
+
+/// The Claude Code CLI's native executable, fetched once into .cache (npm registry).
+fn claude_cli() -> PathBuf {
+    let version = std::env::var("BROKER_CLI_VERSION").unwrap_or_else(|_| "2.1.333".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-claude-cli.sh");
+    let out = Command::new(script).args([&version, "amd64"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cannot fetch Claude Code {version}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The sandboxed user of the real-CLI runs (not in /etc/passwd, like a remapped uid).
+const CLI_USER: u32 = 64_322;
+
+/// Runs `claude -p hello` as CLI_USER with a fresh home holding `files` (path, JSON),
+/// against the broker at `base_url`. Returns (exit code, stdout, stderr).
+fn run_cli(cli: &Path, base_url: &str, files: &[(&str, Value)]) -> (i32, String, String) {
+    let home = scratch(&format!("cli-home-{}", base_url.rsplit(':').next().unwrap()));
+    fs::create_dir_all(home.join(".claude")).unwrap();
+    fs::create_dir_all(home.join("work")).unwrap();
+    let mut state = json!({"hasCompletedOnboarding": true,
+        "projects": {home.join("work").display().to_string(): {"hasTrustDialogAccepted": true}}});
+    for (rel, doc) in files {
+        if *rel == ".claude.json" {
+            for (k, v) in doc.as_object().unwrap() {
+                state[k] = v.clone();
+            }
+        } else {
+            fs::write(home.join(rel), doc.to_string()).unwrap();
+        }
+    }
+    fs::write(home.join(".claude.json"), state.to_string()).unwrap();
+    fs::write(home.join(".claude/settings.json"), r#"{"skipDangerousModePermissionPrompt":true}"#).unwrap();
+    Command::new("chown").args(["-R", &format!("{CLI_USER}:{CLI_USER}")]).arg(&home).status().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &CLI_USER.to_string(), "--regid", &CLI_USER.to_string(), "--clear-groups"])
+        .arg(cli)
+        .args(["-p", "hello"])
+        .current_dir(home.join("work"))
+        .env_clear()
+        .env("HOME", &home)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("ANTHROPIC_BASE_URL", base_url)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_INSTALLATION_CHECKS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir_all(&home);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_real_secret() {
+    require();
+    let cli = claude_cli();
+    let dir = scratch("cli-tls");
+    let (ca, cert, key) = test_ca(&dir);
+    for tls in [false, true] {
+        let mock = if tls {
+            Mock::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()], &[])
+        } else {
+            Mock::start(&[], &[])
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let upstream = format!("{scheme}://127.0.0.1:{}", mock.port);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let keychain = json!({"claudeAiOauth": {"accessToken": real_secret("oat01"), "refreshToken": real_secret("ort01"),
+            "expiresAt": now_ms + 6 * 3_600_000, "scopes": ["user:inference", "user:profile", "user:sessions:claude_code"],
+            "subscriptionType": "max", "rateLimitTier": "default_claude_max_20x"}, "mcpOAuth": {}});
+        let token = real_secret("oat01");
+        let api_key = real_secret("api03");
+        let inputs: Vec<(&str, Spec, Vec<(&str, Value)>, String, String)> = {
+            let mut v = Vec::new();
+            for input in ["CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CREDENTIALS", "ANTHROPIC_API_KEY"] {
+                let (spec, files, real, ph) = match input {
+                    "ANTHROPIC_API_KEY" => {
+                        let ph = placeholder::api_key().unwrap();
+                        let spec = Spec::new(None, Some(ApiKeyBinding { real: Secret::new(api_key.clone()), placeholder: ph.clone() }));
+                        (spec, vec![(".claude.json", json!({"primaryApiKey": ph}))], api_key.clone(), ph)
+                    }
+                    _ => {
+                        let real = if input == "CLAUDE_CREDENTIALS" {
+                            placeholder::oauth_from_keychain(&keychain).unwrap()
+                        } else {
+                            placeholder::oauth_from_token(&token)
+                        };
+                        let ph = placeholder::oauth_token().unwrap();
+                        let doc = placeholder::credentials_document(&real, &ph);
+                        let secret = real.access.expose().to_string();
+                        let spec = Spec::new(Some(OAuthBinding { real, placeholder: ph.clone() }), None);
+                        (spec, vec![(".claude/.credentials.json", doc)], secret, ph)
+                    }
+                };
+                v.push((input, spec, files, real, ph));
+            }
+            v
+        };
+        for (input, mut spec, files, real, ph) in inputs {
+            spec.upstream = upstream.clone();
+            if tls {
+                spec.ca_file = Some(ca.clone());
+            }
+            let before = mock.log().len();
+            let running = spawn(&spec, None).unwrap();
+            let (code, stdout, stderr) = run_cli(&cli, &running.base_url(), &files);
+            running.stop();
+            let seen: Vec<Value> = mock.log()[before..].to_vec();
+            assert_eq!(code, 0, "{input} over {scheme}: claude -p failed\nstdout: {stdout}\nstderr: {stderr}\nmock: {seen:?}");
+            assert!(stdout.contains("MOCK-ANSWER-42"), "{input} over {scheme}: {stdout}");
+            let messages: Vec<&Value> = seen.iter().filter(|v| v["path"].as_str().is_some_and(|p| p.starts_with("/v1/messages"))).collect();
+            assert!(!messages.is_empty(), "{input}: the mock saw no Messages API request: {seen:?}");
+            for m in &messages {
+                let header = if input == "ANTHROPIC_API_KEY" { &m["x-api-key"] } else { &m["authorization"] };
+                let want = if input == "ANTHROPIC_API_KEY" { real.clone() } else { format!("Bearer {real}") };
+                assert_eq!(header.as_str(), Some(want.as_str()), "{input} over {scheme}: {m}");
+            }
+            let all = serde_json::to_string(&seen).unwrap();
+            assert!(!all.contains(&ph), "{input} over {scheme}: the placeholder reached the API");
+            eprintln!("{input} over {scheme}: claude -p printed {:?}; the mock saw {} Messages API requests, each with the real secret", stdout.trim(), messages.len());
+        }
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
