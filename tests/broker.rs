@@ -801,7 +801,10 @@ fn a_broker_that_cannot_start_says_why() {
 fn claude_cli() -> PathBuf {
     let version = std::env::var("BROKER_CLI_VERSION").unwrap_or_else(|_| "2.1.333".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-claude-cli.sh");
-    let out = Command::new(script).args([&version, "amd64"]).output().unwrap();
+    let out = Command::new(script)
+        .args([&version, "amd64"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "cannot fetch Claude Code {version}: {}",
@@ -816,7 +819,10 @@ const CLI_USER: u32 = 64_322;
 /// Runs `claude -p hello` as CLI_USER with a fresh home holding `files` (path, JSON),
 /// against the broker at `base_url`. Returns (exit code, stdout, stderr).
 fn run_cli(cli: &Path, base_url: &str, files: &[(&str, Value)]) -> (i32, String, String) {
-    let home = scratch(&format!("cli-home-{}", base_url.rsplit(':').next().unwrap()));
+    let home = scratch(&format!(
+        "cli-home-{}",
+        base_url.rsplit(':').next().unwrap()
+    ));
     fs::create_dir_all(home.join(".claude")).unwrap();
     fs::create_dir_all(home.join("work")).unwrap();
     let mut state = json!({"hasCompletedOnboarding": true,
@@ -831,10 +837,24 @@ fn run_cli(cli: &Path, base_url: &str, files: &[(&str, Value)]) -> (i32, String,
         }
     }
     fs::write(home.join(".claude.json"), state.to_string()).unwrap();
-    fs::write(home.join(".claude/settings.json"), r#"{"skipDangerousModePermissionPrompt":true}"#).unwrap();
-    Command::new("chown").args(["-R", &format!("{CLI_USER}:{CLI_USER}")]).arg(&home).status().unwrap();
+    fs::write(
+        home.join(".claude/settings.json"),
+        r#"{"skipDangerousModePermissionPrompt":true}"#,
+    )
+    .unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("{CLI_USER}:{CLI_USER}")])
+        .arg(&home)
+        .status()
+        .unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid", &CLI_USER.to_string(), "--regid", &CLI_USER.to_string(), "--clear-groups"])
+        .args([
+            "--reuid",
+            &CLI_USER.to_string(),
+            "--regid",
+            &CLI_USER.to_string(),
+            "--clear-groups",
+        ])
         .arg(cli)
         .args(["-p", "hello"])
         .current_dir(home.join("work"))
@@ -864,13 +884,24 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
     let (ca, cert, key) = test_ca(&dir);
     for tls in [false, true] {
         let mock = if tls {
-            Mock::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()], &[])
+            Mock::start(
+                &[
+                    "--tls-cert",
+                    cert.to_str().unwrap(),
+                    "--tls-key",
+                    key.to_str().unwrap(),
+                ],
+                &[],
+            )
         } else {
             Mock::start(&[], &[])
         };
         let scheme = if tls { "https" } else { "http" };
         let upstream = format!("{scheme}://127.0.0.1:{}", mock.port);
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let keychain = json!({"claudeAiOauth": {"accessToken": real_secret("oat01"), "refreshToken": real_secret("ort01"),
             "expiresAt": now_ms + 6 * 3_600_000, "scopes": ["user:inference", "user:profile", "user:sessions:claude_code"],
             "subscriptionType": "max", "rateLimitTier": "default_claude_max_20x"}, "mcpOAuth": {}});
@@ -878,12 +909,27 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
         let api_key = real_secret("api03");
         let inputs: Vec<(&str, Spec, Vec<(&str, Value)>, String, String)> = {
             let mut v = Vec::new();
-            for input in ["CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CREDENTIALS", "ANTHROPIC_API_KEY"] {
+            for input in [
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "CLAUDE_CREDENTIALS",
+                "ANTHROPIC_API_KEY",
+            ] {
                 let (spec, files, real, ph) = match input {
                     "ANTHROPIC_API_KEY" => {
                         let ph = placeholder::api_key().unwrap();
-                        let spec = Spec::new(None, Some(ApiKeyBinding { real: Secret::new(api_key.clone()), placeholder: ph.clone() }));
-                        (spec, vec![(".claude.json", json!({"primaryApiKey": ph}))], api_key.clone(), ph)
+                        let spec = Spec::new(
+                            None,
+                            Some(ApiKeyBinding {
+                                real: Secret::new(api_key.clone()),
+                                placeholder: ph.clone(),
+                            }),
+                        );
+                        (
+                            spec,
+                            vec![(".claude.json", json!({"primaryApiKey": ph}))],
+                            api_key.clone(),
+                            ph,
+                        )
                     }
                     _ => {
                         let real = if input == "CLAUDE_CREDENTIALS" {
@@ -894,7 +940,13 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
                         let ph = placeholder::oauth_token().unwrap();
                         let doc = placeholder::credentials_document(&real, &ph);
                         let secret = real.access.expose().to_string();
-                        let spec = Spec::new(Some(OAuthBinding { real, placeholder: ph.clone() }), None);
+                        let spec = Spec::new(
+                            Some(OAuthBinding {
+                                real,
+                                placeholder: ph.clone(),
+                            }),
+                            None,
+                        );
                         (spec, vec![(".claude/.credentials.json", doc)], secret, ph)
                     }
                 };
@@ -913,16 +965,44 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
             running.stop();
             let seen: Vec<Value> = mock.log()[before..].to_vec();
             assert_eq!(code, 0, "{input} over {scheme}: claude -p failed\nstdout: {stdout}\nstderr: {stderr}\nmock: {seen:?}");
-            assert!(stdout.contains("MOCK-ANSWER-42"), "{input} over {scheme}: {stdout}");
-            let messages: Vec<&Value> = seen.iter().filter(|v| v["path"].as_str().is_some_and(|p| p.starts_with("/v1/messages"))).collect();
-            assert!(!messages.is_empty(), "{input}: the mock saw no Messages API request: {seen:?}");
+            assert!(
+                stdout.contains("MOCK-ANSWER-42"),
+                "{input} over {scheme}: {stdout}"
+            );
+            let messages: Vec<&Value> = seen
+                .iter()
+                .filter(|v| {
+                    v["path"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("/v1/messages"))
+                })
+                .collect();
+            assert!(
+                !messages.is_empty(),
+                "{input}: the mock saw no Messages API request: {seen:?}"
+            );
             for m in &messages {
-                let header = if input == "ANTHROPIC_API_KEY" { &m["x-api-key"] } else { &m["authorization"] };
-                let want = if input == "ANTHROPIC_API_KEY" { real.clone() } else { format!("Bearer {real}") };
-                assert_eq!(header.as_str(), Some(want.as_str()), "{input} over {scheme}: {m}");
+                let header = if input == "ANTHROPIC_API_KEY" {
+                    &m["x-api-key"]
+                } else {
+                    &m["authorization"]
+                };
+                let want = if input == "ANTHROPIC_API_KEY" {
+                    real.clone()
+                } else {
+                    format!("Bearer {real}")
+                };
+                assert_eq!(
+                    header.as_str(),
+                    Some(want.as_str()),
+                    "{input} over {scheme}: {m}"
+                );
             }
             let all = serde_json::to_string(&seen).unwrap();
-            assert!(!all.contains(&ph), "{input} over {scheme}: the placeholder reached the API");
+            assert!(
+                !all.contains(&ph),
+                "{input} over {scheme}: the placeholder reached the API"
+            );
             eprintln!("{input} over {scheme}: claude -p printed {:?}; the mock saw {} Messages API requests, each with the real secret", stdout.trim(), messages.len());
         }
     }
