@@ -876,6 +876,16 @@ fn run_cli(cli: &Path, base_url: &str, files: &[(&str, Value)]) -> (i32, String,
     )
 }
 
+/// One credential input of the real-CLI run: the broker's spec, the files the CLI gets,
+/// the real secret and its placeholder.
+struct CliCase {
+    input: &'static str,
+    spec: Spec,
+    files: Vec<(&'static str, Value)>,
+    real: String,
+    ph: String,
+}
+
 #[test]
 fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_real_secret() {
     require();
@@ -907,7 +917,7 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
             "subscriptionType": "max", "rateLimitTier": "default_claude_max_20x"}, "mcpOAuth": {}});
         let token = real_secret("oat01");
         let api_key = real_secret("api03");
-        let inputs: Vec<(&str, Spec, Vec<(&str, Value)>, String, String)> = {
+        let inputs: Vec<CliCase> = {
             let mut v = Vec::new();
             for input in [
                 "CLAUDE_CODE_OAUTH_TOKEN",
@@ -950,11 +960,24 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
                         (spec, vec![(".claude/.credentials.json", doc)], secret, ph)
                     }
                 };
-                v.push((input, spec, files, real, ph));
+                v.push(CliCase {
+                    input,
+                    spec,
+                    files,
+                    real,
+                    ph,
+                });
             }
             v
         };
-        for (input, mut spec, files, real, ph) in inputs {
+        for CliCase {
+            input,
+            mut spec,
+            files,
+            real,
+            ph,
+        } in inputs
+        {
             spec.upstream = upstream.clone();
             if tls {
                 spec.ca_file = Some(ca.clone());
