@@ -82,13 +82,16 @@ pub fn spawn(launch: Launch, spec: &Spec) -> Result<Running, String> {
     let (spec_r, spec_w) = pipe().map_err(fail)?;
     // The whole spec sits in the pipe before the fork, so neither side waits on the other.
     // SAFETY: fcntl on a descriptor we own.
-    unsafe {
+    let capacity = unsafe {
         libc::fcntl(
             spec_w.as_raw_fd(),
             libc::F_SETPIPE_SZ,
             wire::MAX_SPEC as libc::c_int,
         )
     };
+    if capacity < 0 || (capacity as usize) < payload.len() {
+        return Err(fail("the credentials do not fit in a pipe".into()));
+    }
     std::fs::File::from(spec_w)
         .write_all(&payload)
         .map_err(|e| fail(format!("cannot hand over the credentials: {e}")))?;

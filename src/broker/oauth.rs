@@ -293,7 +293,7 @@ impl Refresher {
                 }
                 log::info!(
                     "OAuth token refreshed; the new one expires in {}",
-                    in_words(answer.expires_in * 1000)
+                    in_words(answer.expires_in.saturating_mul(1000))
                 );
                 self.persist(st);
             }
