@@ -175,6 +175,22 @@ fn http(addr: SocketAddr, head: &str, body: &str) -> String {
 
 const MESSAGE: &str = r#"{"model":"claude-x","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
 
+/// Waits until `pid` runs the probe (its uid, environment and argv are then the probe's).
+fn wait_exec(pid: i32) {
+    let start = Instant::now();
+    loop {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.starts_with(PROBE.as_bytes()) || cmdline.starts_with(b"sandbox-probe") {
+            return;
+        }
+        assert!(
+            start.elapsed() < LIVENESS,
+            "process {pid} never ran the probe"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn status_of(pid: i32) -> Vec<(String, String)> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -240,7 +256,7 @@ fn the_broker_runs_confined_under_its_own_uid_with_nothing_in_argv_or_env() {
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_exec(control.id() as i32);
     assert_eq!(
         fs::metadata(format!("/proc/{}/environ", control.id()))
             .unwrap()
@@ -322,7 +338,7 @@ fn attack(pid: i32, needle: &str) -> Value {
                 libc::execve(probe.as_ptr(), argv.as_ptr(), envp.as_ptr());
                 libc::_exit(127);
             }
-            std::thread::sleep(Duration::from_millis(300));
+            wait_exec(victim);
             let probe_one = |target: i32| {
                 let err = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
                 let kill = if libc::kill(target, 0) == 0 { 0 } else { err() };
@@ -410,7 +426,7 @@ fn another_user_cannot_read_signal_or_trace_the_broker() {
         .env("CONTROL_SECRET", &real)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_exec(control.id() as i32);
     let out = Command::new("setpriv")
         .args([
             "--reuid",
@@ -502,6 +518,15 @@ fn forwards_the_real_secret_for_each_credential_and_refuses_the_rest() {
             "{refused}: {answer}"
         );
     }
+    // A fence: a request that is forwarded, sent after the refused ones; once the mock has
+    // logged it, it has logged everything before it.
+    let fence = http(
+        running.addr,
+        &format!("POST /v1/messages?fence=1 HTTP/1.1\r\nx-api-key: {ph_key}"),
+        MESSAGE,
+    );
+    assert!(fence.contains("MOCK-ANSWER-42"), "{fence}");
+    mock.wait_for("the fence", |v| v["path"] == "/v1/messages?fence=1");
     let log = mock.log();
     let auth: Vec<&Value> = log
         .iter()
@@ -511,7 +536,7 @@ fn forwards_the_real_secret_for_each_credential_and_refuses_the_rest() {
                 .is_some_and(|p| p.starts_with("/v1/messages"))
         })
         .collect();
-    assert_eq!(auth.len(), 2, "{log:?}");
+    assert_eq!(auth.len(), 3, "{log:?}");
     assert_eq!(auth[0]["authorization"], format!("Bearer {real_token}"));
     assert_eq!(auth[1]["x-api-key"], real_key.as_str());
     let text = serde_json::to_string(&log).unwrap();
@@ -690,19 +715,15 @@ fn a_keychain_login_is_refreshed_saved_root_only_and_used_at_the_next_start() {
     assert_eq!(refresh["answer"], 200);
     // Requests now carry the refreshed token.
     let start = Instant::now();
-    loop {
+    for n in 0.. {
         let answer = http(
             first.addr,
-            &format!("POST /v1/messages HTTP/1.1\r\nauthorization: Bearer {ph}"),
+            &format!("POST /v1/messages?n={n} HTTP/1.1\r\nauthorization: Bearer {ph}"),
             MESSAGE,
         );
         assert!(answer.contains("MOCK-ANSWER-42"), "{answer}");
-        let last = mock
-            .log()
-            .into_iter()
-            .rev()
-            .find(|v| v["path"] == "/v1/messages")
-            .unwrap();
+        let path = format!("/v1/messages?n={n}");
+        let last = mock.wait_for("the request", |v| v["path"] == path.as_str());
         if last["authorization"] == "Bearer mock-refreshed-access-1" {
             break;
         }
@@ -756,16 +777,11 @@ fn a_keychain_login_is_refreshed_saved_root_only_and_used_at_the_next_start() {
     let second = spawn(&spec_for(), Some(store::prepare(&home, acct).unwrap())).unwrap();
     let answer = http(
         second.addr,
-        &format!("POST /v1/messages HTTP/1.1\r\nauthorization: Bearer {ph}"),
+        &format!("POST /v1/messages?second=1 HTTP/1.1\r\nauthorization: Bearer {ph}"),
         MESSAGE,
     );
     assert!(answer.contains("MOCK-ANSWER-42"), "{answer}");
-    let last = mock
-        .log()
-        .into_iter()
-        .rev()
-        .find(|v| v["path"] == "/v1/messages")
-        .unwrap();
+    let last = mock.wait_for("the request", |v| v["path"] == "/v1/messages?second=1");
     assert_eq!(last["authorization"], "Bearer mock-refreshed-access-1");
     assert_eq!(
         mock.log()
@@ -985,8 +1001,26 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
             let before = mock.log().len();
             let running = spawn(&spec, None).unwrap();
             let (code, stdout, stderr) = run_cli(&cli, &running.base_url(), &files);
+            // A fence through the broker: once the mock logged it, it logged all the CLI sent.
+            let header = if input == "ANTHROPIC_API_KEY" {
+                format!("x-api-key: {ph}")
+            } else {
+                format!("authorization: Bearer {ph}")
+            };
+            let fence_path = format!("/v1/messages/count_tokens?fence={input}-{scheme}");
+            let fence = http(
+                running.addr,
+                &format!("POST {fence_path} HTTP/1.1\r\n{header}"),
+                MESSAGE,
+            );
+            assert!(fence.contains("input_tokens"), "{fence}");
+            mock.wait_for("the fence", |v| v["path"] == fence_path.as_str());
             running.stop();
-            let seen: Vec<Value> = mock.log()[before..].to_vec();
+            let seen: Vec<Value> = mock.log()[before..]
+                .iter()
+                .filter(|v| v["path"] != fence_path.as_str())
+                .cloned()
+                .collect();
             assert_eq!(code, 0, "{input} over {scheme}: claude -p failed\nstdout: {stdout}\nstderr: {stderr}\nmock: {seen:?}");
             assert!(
                 stdout.contains("MOCK-ANSWER-42"),
