@@ -2,6 +2,7 @@
 //! `run` to drive them in order.
 
 pub mod allowlist;
+pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -13,14 +13,30 @@ and 404 JSON for everything else. Replies:
   - anything else                                   -> text "MOCK-ANSWER-42"
 Every request is printed to stdout as one JSON line (path, auth headers, messages), so the
 test reads what the CLI sent, tool results included, from `docker logs`.
+
+Options for the credential broker's tests:
+    --bind ADDR                   listen address (default 0.0.0.0); --port 0 picks a free port,
+                                  printed in the first line {"ready": PORT}
+    --tls-cert PEM --tls-key PEM  serve HTTPS with that certificate
+    --token-endpoint              also answer POST /v1/oauth/token (OAuth refresh, as
+                                  platform.claude.com does): a JSON body with grant_type
+                                  refresh_token and the current refresh token ($MOCK_REFRESH_TOKEN,
+                                  any when unset) gets a new pair (access "mock-refreshed-access-N",
+                                  refresh "mock-refreshed-refresh-N", which becomes the current one;
+                                  expires_in $MOCK_TOKEN_EXPIRES_IN, default 3600); anything else
+                                  gets 400 invalid_grant. Logged as {"path", "grant_type",
+                                  "refresh_token", "client_id", "scope", "answer"}.
 """
 import argparse
 import json
 import os
+import ssl
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARGS = None
+TOKENS = {"current": None, "issued": 0, "lock": threading.Lock()}
 
 
 def last_user_content(body):
@@ -95,6 +111,31 @@ class Handler(BaseHTTPRequestHandler):
             entry["stream"] = body.get("stream")
         print(json.dumps(entry), flush=True)
 
+    def token(self, body):
+        """The OAuth token endpoint: refresh_token grant only, rotating refresh tokens."""
+        with TOKENS["lock"]:
+            if TOKENS["current"] is None:
+                TOKENS["current"] = os.environ.get("MOCK_REFRESH_TOKEN") or body.get("refresh_token")
+            good = (body.get("grant_type") == "refresh_token"
+                    and body.get("refresh_token") == TOKENS["current"])
+            if good:
+                TOKENS["issued"] += 1
+                n = TOKENS["issued"]
+                TOKENS["current"] = f"mock-refreshed-refresh-{n}"
+        entry = {"path": self.path, "grant_type": body.get("grant_type"),
+                 "refresh_token": body.get("refresh_token"), "client_id": body.get("client_id"),
+                 "scope": body.get("scope"), "answer": 200 if good else 400}
+        print(json.dumps(entry), flush=True)
+        if not good:
+            self.send_json(400, {"error": "invalid_grant",
+                                 "error_description": "refresh token not recognised"})
+            return
+        self.send_json(200, {"token_type": "Bearer",
+                             "access_token": f"mock-refreshed-access-{n}",
+                             "refresh_token": TOKENS["current"],
+                             "expires_in": int(os.environ.get("MOCK_TOKEN_EXPIRES_IN", "3600")),
+                             "scope": body.get("scope") or "user:inference"})
+
     def do_POST(self):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -102,8 +143,11 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except ValueError:
             body = {}
-        self.record(body)
         path = self.path.split("?", 1)[0]
+        if ARGS.token_endpoint and path == "/v1/oauth/token":
+            self.token(body)
+            return
+        self.record(body)
         if ARGS.banner is not None or path not in ("/v1/messages", "/v1/messages/count_tokens"):
             self.send_json(404, {"type": "error",
                                  "error": {"type": "not_found_error", "message": self.path}})
@@ -154,9 +198,17 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--banner")
     parser.add_argument("--messages", action="store_true")
+    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--token-endpoint", action="store_true")
     ARGS = parser.parse_args()
-    server = ThreadingHTTPServer(("0.0.0.0", ARGS.port), Handler)
-    print(json.dumps({"ready": ARGS.port}), flush=True)
+    server = ThreadingHTTPServer((ARGS.bind, ARGS.port), Handler)
+    if ARGS.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    print(json.dumps({"ready": server.server_address[1]}), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
