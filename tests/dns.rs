@@ -523,3 +523,212 @@ fn filter_mode_table_has_the_redirect_and_expiring_sets() {
     assert!(any_v4.to_string().contains(ALLOWED4), "{any_v4}");
     assert!(!sets.iter().any(|s| s["name"] == "any_v4"), "{t}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The sandboxed user must never answer for an upstream resolver (the probe's `hijack`
+// attacks, run as the sandboxed child in the Docker-exact fixture of common/netns.rs).
+
+/// The attacker's address: a world host that is not allowlisted and serves every port of
+/// `PORTS`.
+const PLANTED: &str = OTHER4;
+
+/// Runs `sandbox-probe hijack` as the command; returns the run and its report.
+fn hijack(root: &Rootfs, net: &Net, flags: &[&str], attack: &[&str]) -> (Run, Value) {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend_from_slice(&["--", PROBE_IN_ROOT, "hijack", "--answer", PLANTED]);
+    for p in ["--port", "80", "--port", "22", "--port", "8443"] {
+        args.push(p);
+    }
+    args.extend_from_slice(attack);
+    let run = root.run_in(&args, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(0);
+    let r = run.report();
+    eprintln!("hijack report: {r}");
+    (run, r)
+}
+
+/// The attack failed: nothing intercepted or taken, the real answer arrived, and the
+/// planted address stays closed on every port.
+fn assert_not_hijacked(r: &Value, real: &str) {
+    assert_eq!(r["hijacked"], false, "{r}");
+    assert_eq!(r["intercepted"], false, "{r}");
+    assert_eq!(r["answer_taken"], false, "{r}");
+    if !real.is_empty() {
+        assert_answer(&r["trigger"], real);
+    }
+    for c in r["connect"].as_array().unwrap() {
+        assert_rejected(c);
+    }
+}
+
+#[test]
+fn pid1s_udp_upstream_cannot_be_answered_by_the_user() {
+    let mut net = Net::new();
+    let docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "plant",
+            "--resolver",
+            "127.0.0.11:53",
+            "--ask",
+            "127.0.0.11:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_not_hijacked(&r, ALLOWED4);
+    assert!(docker.asked().iter().any(|n| n == "x.allowed.test"));
+}
+
+/// The attack waits until the conntrack entry of PID 1's earlier, legitimate query has
+/// expired, then plants its own.
+#[test]
+fn pid1s_udp_upstream_cannot_be_answered_after_a_legitimate_query_either() {
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    // Shortens the attacker's wait only (Docker's defaults: 30 s idle, 120 s once a flow
+    // has seen traffic both ways); nothing else depends on these values.
+    let (ok, _) = net.in_box(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_udp_timeout=2",
+        "net.netfilter.nf_conntrack_udp_timeout_stream=2",
+    ]);
+    assert!(ok);
+    let root = rootfs("127.0.0.11");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "plant",
+            "--prime",
+            "p.allowed.test",
+            "--wait-flow-ms",
+            "4000",
+            "--resolver",
+            "127.0.0.11:53",
+            "--ask",
+            "127.0.0.11:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_answer(&r["prime"], ALLOWED4);
+    assert_not_hijacked(&r, ALLOWED4);
+}
+
+/// TCP: the attacker sees PID 1's last upstream connection in /proc/net/tcp, sends SYNs
+/// from 127.0.0.11:53 to the ports the next one will use, and listens on 127.0.0.11:53.
+#[test]
+fn pid1s_tcp_upstream_cannot_be_answered_by_the_user() {
+    let mut net = Net::new();
+    let docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "tcp-plant",
+            "--prime",
+            "p.allowed.test",
+            "--resolver",
+            "127.0.0.11:53",
+            // Not 127.0.0.11: the probe's own connections would draw from the same
+            // sequence of source ports as PID 1's.
+            "--ask",
+            "127.0.0.1:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_answer(&r["prime"], ALLOWED4);
+    assert_not_hijacked(&r, ALLOWED4);
+    assert!(docker.asked().iter().any(|n| n == "x.allowed.test"));
+}
+
+/// IPv6: `IPV6_FREEBIND` lets any user bind the upstream's own address and send from it to
+/// PID 1's socket over the local route (IPv4 refuses a non-local source without
+/// IP_TRANSPARENT). The upstream takes its time, as a resolver without the name cached
+/// does: the attacker answers for every id before it.
+#[test]
+fn an_ipv6_upstream_cannot_be_spoofed_through_freebind() {
+    let mut net = Net::new();
+    let (ok, _) = net.in_world(&["ip", "addr", "add", "fd77::53/128", "dev", "up0", "nodad"]);
+    assert!(ok);
+    net.slow_dns(
+        "[fd77::53]:53".parse().unwrap(),
+        ALLOWED4.parse().unwrap(),
+        Duration::from_millis(800),
+    );
+    let root = rootfs("fd77::53");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "spoof",
+            "--resolver",
+            "[fd77::53]:53",
+            "--ask",
+            "[fd77::53]:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_not_hijacked(&r, ALLOWED4);
+}
+
+/// A root process of the container (a `docker exec` session, Docker's own resolver) asks
+/// 127.0.0.11 while the sandboxed user has planted a flow from 127.0.0.11:53 to every
+/// ephemeral port. Returns the probe's report and the root lookup's addresses.
+fn root_lookup_under_attack(net: &Net, root: &Rootfs, flags: &[&str]) -> (Value, Vec<String>) {
+    let mut args: Vec<&str> = flags.to_vec();
+    #[rustfmt::skip]
+    args.extend_from_slice(&[
+        "--", PROBE_IN_ROOT, "hijack", "--method", "plant", "--no-trigger",
+        "--victim-wait-ms", "3000", "--resolver", "127.0.0.11:53",
+        "--name", "x.allowed.test", "--answer", PLANTED, "--port", "80",
+    ]);
+    let mut cmd = root.command(&args, &[NO_PRESETS], Some(&net.box_ns));
+    let sbx = Running::start(&mut cmd);
+    let planted: Value = serde_json::from_str(&sbx.line(Duration::from_secs(30))).unwrap();
+    assert_eq!(planted["stage"], "planted", "{planted}");
+    let victim = net
+        .lookup_as_root("127.0.0.11:53".parse().unwrap(), "x.allowed.test")
+        .unwrap_or_else(|e| panic!("the root lookup failed: {e}"));
+    let report: Value = serde_json::from_str(&sbx.line(Duration::from_secs(30))).unwrap();
+    eprintln!("hijack report: {report}\nroot lookup: {victim:?}");
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    (report, victim)
+}
+
+#[test]
+fn root_lookups_cannot_be_answered_by_the_user_in_resolver_mode() {
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    let (r, victim) = root_lookup_under_attack(
+        &net,
+        &root,
+        &["--dns", "resolver", "--allow", "x.allowed.test"],
+    );
+    assert_eq!(r["intercepted"], false, "{r}");
+    assert_eq!(r["planted"], 0, "{r}");
+    assert_eq!(victim, vec![ALLOWED4.to_string()]);
+    // Control, afterwards (so its planted flows cannot decide the run above): without our
+    // table the same attack takes the root lookup.
+    let (r, victim) = root_lookup_under_attack(&net, &root, &["--no-firewall"]);
+    assert_eq!(r["intercepted"], true, "{r}");
+    assert_eq!(victim, vec![PLANTED.to_string()]);
+}

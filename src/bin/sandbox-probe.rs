@@ -32,6 +32,14 @@
 //!       --pid1                             try to signal, ptrace and read PID 1
 //!       --wait-file PATH                   wait (up to 60 s) until PATH exists
 //!       --sleep MS
+//!   sandbox-probe hijack --method plant|tcp-plant|spoof --resolver ADDR:PORT --ask ADDR:PORT
+//!                        --name NAME --answer IP [--port P]... [--prime NAME]
+//!                        [--wait-flow-ms MS] [--no-trigger] [--victim-wait-ms MS]
+//!                                   answer DNS in place of a root process's upstream
+//!                                   (see sandbox-probe/hijack.rs); one JSON report
+
+#[path = "sandbox-probe/hijack.rs"]
+mod hijack;
 
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
@@ -57,6 +65,7 @@ fn main() {
         Some("stamp") => stamp(),
         Some("dns") => dns_steps(&args[1..]),
         Some("flood") => flood(&args[1..]),
+        Some("hijack") => hijack::main(&args[1..]),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -209,6 +218,26 @@ fn dns_parse(resp: &[u8]) -> Value {
         _ => "OTHER",
     };
     json!({"result": "reply", "rcode": rname, "addrs": addrs})
+}
+
+/// The question of a DNS message, spelled as it came: `{"name", "type"}`.
+fn dns_parse_question(msg: &[u8]) -> Value {
+    let mut labels = vec![];
+    let mut o = 12;
+    while let Some(&len) = msg.get(o) {
+        if len == 0 || len > 63 {
+            break;
+        }
+        let Some(l) = msg.get(o + 1..o + 1 + len as usize) else {
+            break;
+        };
+        labels.push(String::from_utf8_lossy(l).to_string());
+        o += 1 + len as usize;
+    }
+    let ty = msg
+        .get(o + 1..o + 3)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    json!({"name": labels.join("."), "type": ty, "id": msg.get(0..2).map(|b| u16::from_be_bytes([b[0], b[1]]))})
 }
 
 /// Sends one query over `proto` ("udp" or "tcp") and returns the raw reply.
