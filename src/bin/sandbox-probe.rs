@@ -30,6 +30,8 @@
 //!       --blast SERVER N                   N UDP queries sent back to back, answers counted after
 //!       --garbage SERVER N                 N malformed/oversized datagrams and TCP streams
 //!       --pid1                             try to signal, ptrace and read PID 1
+//!       --loopback-echo ADDR:PORT          serve TCP and UDP echo on ADDR:PORT, then be a
+//!                                          client of both (a dev server on localhost)
 //!       --wait-file PATH                   wait (up to 60 s) until PATH exists
 //!       --sleep MS
 //!   sandbox-probe hijack --method plant|tcp-plant|spoof --resolver ADDR:PORT --ask ADDR:PORT
@@ -851,6 +853,54 @@ fn garbage(server: &str, n: usize) -> Value {
            "ms": start.elapsed().as_millis() as u64})
 }
 
+/// A server of the user's own on a loopback address (TCP and UDP echo), and one exchange
+/// with each as a client: `{"tcp": "ok"|error, "udp": "ok"|error}`.
+fn loopback_echo(addr: &str) -> Value {
+    let Ok(sa) = addr.parse::<SocketAddr>() else {
+        return json!({"step": "loopback-echo", "result": "bad-address"});
+    };
+    let t = Duration::from_secs(2);
+    let tcp_result = (|| -> std::io::Result<()> {
+        let l = std::net::TcpListener::bind(sa)?;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut c, _) = l.accept()?;
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b)?;
+            c.write_all(&b)
+        });
+        let mut c = TcpStream::connect_timeout(&sa, t)?;
+        c.set_read_timeout(Some(t))?;
+        c.write_all(b"hello")?;
+        let mut b = [0u8; 5];
+        c.read_exact(&mut b)?;
+        server
+            .join()
+            .map_err(|_| std::io::Error::other("server"))??;
+        (&b == b"hello")
+            .then_some(())
+            .ok_or(std::io::Error::other("echo"))
+    })();
+    let udp_result = (|| -> std::io::Result<()> {
+        let srv = UdpSocket::bind(sa)?;
+        srv.set_read_timeout(Some(t))?;
+        let c = udp_socket(&sa)?;
+        c.set_read_timeout(Some(t))?;
+        c.send(b"hello")?;
+        let mut b = [0u8; 16];
+        let (n, from) = srv.recv_from(&mut b)?;
+        srv.send_to(&b[..n], from)?;
+        let n = c.recv(&mut b)?;
+        (&b[..n] == b"hello")
+            .then_some(())
+            .ok_or(std::io::Error::other("echo"))
+    })();
+    let show = |r: std::io::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => errno_name(&e),
+    };
+    json!({"step": "loopback-echo", "addr": addr, "tcp": show(tcp_result), "udp": show(udp_result)})
+}
+
 fn pid1_attacks() -> Value {
     // Signal 0 checks the permission without delivering anything.
     // SAFETY: kill and ptrace on PID 1 with no memory passed; both are expected to fail.
@@ -912,6 +962,7 @@ fn dns_steps(args: &[String]) -> i32 {
                 garbage(&s, n.parse().unwrap_or(1000))
             }
             "--pid1" => pid1_attacks(),
+            "--loopback-echo" => loopback_echo(&next()),
             "--wait-file" => {
                 let p = next();
                 let start = Instant::now();
