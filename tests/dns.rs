@@ -102,12 +102,13 @@ impl Upstream {
         Upstream::start(&net.world_ns, DNS3, 53, "dns3")
     }
 
+    /// The query lines, lower-cased (PID 1 asks in random letter case).
     fn queries(&self) -> Vec<String> {
         fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("query["))
-            .map(String::from)
+            .map(|l| l.to_ascii_lowercase())
             .collect()
     }
 
@@ -234,6 +235,11 @@ fn wildcard_names_resolve_and_connect_and_nothing_else_does() {
     let (run, r) = steps(&root, &net, &["*.allowed.test", "www.cname.test"], &s);
     let r: Vec<Value> = std::iter::once(Value::Null).chain(r).collect();
     assert_answer(&r[1], ALLOWED4);
+    // Asked upstream in random letter case (the upstream's log below), answered in the
+    // client's own spelling.
+    for v in [&r[1], &r[2], &r[3], &r[10]] {
+        assert_eq!(v["echoed"], true, "{v}");
+    }
     assert_connected(&r[1]["connect"]);
     assert_answer(&r[2], ALLOWED4);
     assert_connected(&r[2]["connect"]);
@@ -259,6 +265,11 @@ fn wildcard_names_resolve_and_connect_and_nothing_else_does() {
     assert_ne!(p["environ"], "ok", "{p}");
 
     // the upstream saw the allowed names, and never a denied one
+    let raw = fs::read_to_string(&up.log).unwrap();
+    assert!(
+        !raw.contains("query[A] a.allowed.test ") || !raw.contains("query[A] b.c.allowed.test "),
+        "no random letter case upstream: {raw}"
+    );
     let q = up.queries();
     assert!(q.iter().any(|l| l.contains("a.allowed.test")), "{q:?}");
     assert!(q.iter().any(|l| l.contains("b.c.allowed.test")), "{q:?}");
@@ -770,4 +781,49 @@ fn the_users_own_loopback_servers_keep_working_in_both_modes() {
         }
         assert_answer(&out[5], ALLOWED4);
     }
+}
+
+/// CPU time (user + system) of a process, in clock ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A TCP client half-closes its connection while its query waits for a silent upstream:
+/// PID 1 stays idle (it stops polling the socket for input after the end-of-file) and
+/// still answers the client once the upstream gives up.
+#[test]
+fn a_half_closed_tcp_client_leaves_pid1_idle() {
+    const SILENT: &str = "10.77.0.56";
+    let mut net = Net::new();
+    let (ok, _) = net.in_world(&["ip", "addr", "add", &format!("{SILENT}/32"), "dev", "up0"]);
+    assert!(ok);
+    net.silent_dns(format!("{SILENT}:53").parse().unwrap());
+    let root = rootfs(SILENT);
+    let args = sandbox_args(
+        &["*.allowed.test"],
+        &["--half-close", "127.0.0.1:53", "x.allowed.test", "12000"],
+    );
+    let mut cmd = root.command(&args, &[NO_PRESETS], Some(&net.box_ns));
+    let sbx = Running::start(&mut cmd);
+    let first: Value = serde_json::from_str(&sbx.line(Duration::from_secs(20))).unwrap();
+    assert_eq!(first["step"], "half-closed", "{first}");
+    let pid1 = sbx.init_pid();
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid1));
+    std::thread::sleep(Duration::from_secs(3));
+    let (wall, cpu) = (t0.elapsed(), cpu_ticks(pid1) - c0);
+    // SC_CLK_TCK is 100 on Linux: a tick is 10 ms. Near idle: under a tenth of the time.
+    let cpu_ms = cpu * 10;
+    assert!(
+        cpu_ms * 10 < wall.as_millis() as u64,
+        "PID 1 used {cpu_ms} ms of CPU in {wall:?} with a half-closed client waiting"
+    );
+    // The upstream never answers: after its attempts the client still gets SERVFAIL.
+    let last: Value = serde_json::from_str(&sbx.line(Duration::from_secs(20))).unwrap();
+    assert_eq!(last["rcode"], "SERVFAIL", "{last}");
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
 }

@@ -32,6 +32,9 @@
 //!       --pid1                             try to signal, ptrace and read PID 1
 //!       --loopback-echo ADDR:PORT          serve TCP and UDP echo on ADDR:PORT, then be a
 //!                                          client of both (a dev server on localhost)
+//!       --half-close SERVER NAME MS        a TCP query, then shutdown(SHUT_WR); prints
+//!                                          {"step":"half-closed"} at once, then waits up to
+//!                                          MS for the answer
 //!       --wait-file PATH                   wait (up to 60 s) until PATH exists
 //!       --sleep MS
 //!   sandbox-probe hijack --method plant|tcp-plant|spoof --resolver ADDR:PORT --ask ADDR:PORT
@@ -288,6 +291,9 @@ fn dns_report(proto: &str, server: &str, name: &str, ty: u16, timeout: Duration)
                 v["ancount"] = json!(u16::from_be_bytes([an[0], an[1]]));
                 v["tc"] = json!(flags & 0x02 != 0);
             }
+            // The question came back byte for byte as asked (letter case included).
+            let asked = &dns_query(name, 0, ty)[12..];
+            v["echoed"] = json!(resp.get(12..12 + asked.len()) == Some(asked));
             v
         }
         Err(e) => json!({"result": "error", "error": errno_name(&e)}),
@@ -853,6 +859,39 @@ fn garbage(server: &str, n: usize) -> Value {
            "ms": start.elapsed().as_millis() as u64})
 }
 
+/// A TCP client that sends a query and closes its sending side at once (as `dig +tcp` or a
+/// pipe that ends): the server must answer it, and must not spin on the end-of-file while
+/// the answer is on its way.
+fn half_close(server: &str, name: &str, ms: u64) -> Value {
+    let start = Instant::now();
+    let run = || -> std::io::Result<Vec<u8>> {
+        let sa: SocketAddr = server
+            .parse()
+            .map_err(|_| std::io::Error::other("bad server address"))?;
+        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+        let q = dns_query(name, 0x4242, 1);
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        println!("{}", json!({"step": "half-closed"}));
+        let _ = std::io::stdout().flush();
+        s.set_read_timeout(Some(Duration::from_millis(ms.max(1))))?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf)?;
+        Ok(buf)
+    };
+    let mut v = match run() {
+        Ok(resp) => dns_parse(&resp),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["step"] = json!("half-close");
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
 /// A server of the user's own on a loopback address (TCP and UDP echo), and one exchange
 /// with each as a client: `{"tcp": "ok"|error, "udp": "ok"|error}`.
 fn loopback_echo(addr: &str) -> Value {
@@ -963,6 +1002,10 @@ fn dns_steps(args: &[String]) -> i32 {
             }
             "--pid1" => pid1_attacks(),
             "--loopback-echo" => loopback_echo(&next()),
+            "--half-close" => {
+                let (server, name, ms) = (next(), next(), next());
+                half_close(&server, &name, ms.parse().unwrap_or(3000))
+            }
             "--wait-file" => {
                 let p = next();
                 let start = Instant::now();

@@ -6,6 +6,7 @@
 pub mod forwarder;
 pub mod policy;
 pub mod sets;
+pub mod upstream;
 pub mod wire;
 
 use crate::firewall::Applied;

@@ -463,13 +463,14 @@ impl Net {
         .unwrap()
     }
 
-    /// The query lines a dnsmasq has logged.
+    /// The query lines a dnsmasq has logged, lower-cased (PID 1's DNS filter asks in
+    /// random letter case).
     pub fn dns_queries(&self, name: &str) -> Vec<String> {
         fs::read_to_string(self.dir.join(format!("{name}.log")))
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("query["))
-            .map(String::from)
+            .map(|l| l.to_ascii_lowercase())
             .collect()
     }
 
