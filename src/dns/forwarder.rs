@@ -172,6 +172,8 @@ pub struct Forwarder {
     writer: Option<SetWriter>,
     reporter: SharedReporter,
     rng: Entropy,
+    /// Source ports of UDP attempts (`upstream::private_ports`).
+    ports: Option<(u16, u16)>,
     /// Denied names were recorded since the last audit flush.
     recorded: bool,
     buf: Vec<u8>,
@@ -334,6 +336,7 @@ impl Forwarder {
             writer,
             reporter,
             rng: Entropy::default(),
+            ports: upstream::private_ports(upstream::ephemeral_range()),
             recorded: false,
             buf: vec![0u8; 65536],
             stats: Stats::default(),
@@ -446,7 +449,8 @@ impl Forwarder {
                     }
                 })
             } else {
-                upstream::udp_socket(addr).and_then(|s| s.send(&msg).map(|_| Link::Udp(s)))
+                upstream::udp_socket(addr, self.ports, &mut self.rng)
+                    .and_then(|s| s.send(&msg).map(|_| Link::Udp(s)))
             };
             let link = match link {
                 Ok(l) => l,

@@ -1,9 +1,9 @@
 //! The forwarder's side towards the upstream resolvers: how a query leaves (a fresh socket
-//! with a kernel-chosen random source port for every attempt, a random id, the letters of
+//! with a random source port for every attempt, a random id, the letters of
 //! the name in random case) and which datagram is taken as its answer (only one from the
 //! exact server address and port, with our id and our question: name as we spelled it,
-//! type and class). Everything an off-path sender would have to guess: ~15 bits of port,
-//! 16 of id, one per letter of the name.
+//! type and class). Everything an off-path sender would have to guess: ~12 bits of port
+//! (see `private_ports`), 16 of id, one per letter of the name.
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -153,10 +153,34 @@ fn unspecified(for_server: SocketAddr) -> SocketAddr {
     }
 }
 
-/// A socket for one attempt: bound to port 0 (the kernel picks a random free port of the
-/// ephemeral range), connected to the server (the kernel then drops datagrams from any
-/// other address or port), non-blocking, close-on-exec.
-pub fn udp_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+/// The source ports of our UDP attempts: the ports above the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768-60999 by default, so 61000-65535), when that
+/// leaves at least 1024. Conntrack keeps a finished attempt's flow for 30 s; a socket of
+/// the user's that the kernel gave the same port would ride that flow to the resolver,
+/// past the DNS redirect, and be refused. Outside the range the kernel never hands out,
+/// no socket of the user's gets one of our ports by chance. `None`: no such room, the
+/// kernel picks (from its range).
+pub fn private_ports(ephemeral: (u16, u16)) -> Option<(u16, u16)> {
+    let above = ephemeral.1.checked_add(1)?;
+    (u16::MAX - above >= 1023).then_some((above, u16::MAX))
+}
+
+/// The kernel's ephemeral port range, as set for this namespace.
+pub fn ephemeral_range() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|w| w.parse().ok());
+    (it.next().unwrap_or(32768), it.next().unwrap_or(60999))
+}
+
+/// A socket for one attempt: bound to a random free port of `ports` (or, without them, to
+/// port 0: a random free port the kernel picks), connected to the server (the kernel then
+/// drops datagrams from any other address or port), non-blocking, close-on-exec.
+pub fn udp_socket(
+    server: SocketAddr,
+    ports: Option<(u16, u16)>,
+    rng: &mut Entropy,
+) -> std::io::Result<UdpSocket> {
     let s = Socket::new(
         Domain::for_address(server),
         Type::DGRAM.nonblocking().cloexec(),
@@ -165,7 +189,26 @@ pub fn udp_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
     if server.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.bind(&SockAddr::from(unspecified(server)))?;
+    let mut local = unspecified(server);
+    let mut bound = false;
+    if let Some((lo, hi)) = ports {
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..16 {
+            local.set_port(lo + (u32::from(rng.u16()) % span) as u16);
+            match s.bind(&SockAddr::from(local)) {
+                Ok(()) => {
+                    bound = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !bound {
+        local.set_port(0);
+        s.bind(&SockAddr::from(local))?;
+    }
     s.connect(&SockAddr::from(server))?;
     Ok(s.into())
 }
@@ -303,19 +346,32 @@ mod tests {
     }
 
     #[test]
-    fn every_attempt_gets_its_own_random_port() {
+    fn every_attempt_gets_its_own_random_port_outside_the_ephemeral_range() {
         let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let socks: Vec<UdpSocket> = (0..20).map(|_| udp_socket(server).unwrap()).collect();
-        let ports: Vec<u16> = socks
-            .iter()
-            .map(|s| s.local_addr().unwrap().port())
-            .collect();
-        // Not a sequence: the kernel picks each one at random in the ephemeral range.
-        let close = ports
-            .windows(2)
-            .filter(|w| w[0].abs_diff(w[1]) <= 2)
-            .count();
-        assert!(close < 3, "{ports:?}");
-        assert_eq!(socks[0].peer_addr().unwrap(), server);
+        let mut rng = Entropy::default();
+        for ports in [Some((61000, 65535)), None] {
+            let socks: Vec<UdpSocket> = (0..20)
+                .map(|_| udp_socket(server, ports, &mut rng).unwrap())
+                .collect();
+            let got: Vec<u16> = socks
+                .iter()
+                .map(|s| s.local_addr().unwrap().port())
+                .collect();
+            // Not a sequence: each one is picked at random.
+            let close = got.windows(2).filter(|w| w[0].abs_diff(w[1]) <= 2).count();
+            assert!(close < 3, "{got:?}");
+            if let Some((lo, hi)) = ports {
+                assert!(got.iter().all(|p| (lo..=hi).contains(p)), "{got:?}");
+            }
+            assert_eq!(socks[0].peer_addr().unwrap(), server);
+        }
+    }
+
+    #[test]
+    fn our_ports_lie_above_the_kernels_range_when_there_is_room() {
+        assert_eq!(private_ports((32768, 60999)), Some((61000, 65535)));
+        assert_eq!(private_ports((10000, 20000)), Some((20001, 65535)));
+        assert_eq!(private_ports((1024, 65535)), None);
+        assert_eq!(private_ports((32768, 65000)), None);
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! Methods:
 //! - `plant` (UDP): bind the resolver's address and port 53, send one datagram from there
-//!   to the root socket's local port (or to every ephemeral port when no such socket is
-//!   visible): conntrack then takes the root process's next query to the resolver for the
+//!   to the root socket's local port (or to every port from 1024 up when no such socket
+//!   is visible): conntrack then takes the root process's next query to the resolver for the
 //!   reply of that flow, skips Docker's DNAT, and delivers it to us. We answer it.
 //! - `tcp-plant`: the same for TCP: unanswered SYNs from the resolver's address and port 53
 //!   to the ports a root connection will use next (just above the last one seen), and a
@@ -320,13 +320,13 @@ fn plant_udp(o: &Opts, r: &mut Map<String, Value>) -> Result<(), String> {
         }
     };
     r.insert("bind".into(), json!("ok"));
-    // Every ephemeral port when no root socket is visible now (fresh sockets per query,
-    // or a victim that has not asked yet): one datagram each.
+    // Every port when no root socket is visible now (fresh sockets per query, or a victim
+    // that has not asked yet): one datagram each.
     let dests: Vec<SocketAddr> = if targets.is_empty() {
         let Some(src) = source_for(o.resolver) else {
             return Err("no route to the resolver".into());
         };
-        let (lo, hi) = ephemeral_range();
+        let (lo, hi) = (1024u16, u16::MAX);
         r.insert("range".into(), json!([lo, hi]));
         (lo..=hi).map(|p| SocketAddr::new(src, p)).collect()
     } else {
