@@ -37,6 +37,12 @@
 //!                                          MS for the answer
 //!       --wait-file PATH                   wait (up to 60 s) until PATH exists
 //!       --sleep MS
+//!   sandbox-probe dns-flood N SERVER SUFFIX ALLOWED
+//!                                   N distinct random names under SUFFIX over UDP in a
+//!                                   thread; prints "flooding" after N/10, then one query
+//!                                   for ALLOWED during the flood ({"allowed": ...}), then
+//!                                   "got SIG after K queries" for a signal, and "done
+//!                                   {json}" (with the first 100 names) after the flood
 //!   sandbox-probe hijack --method plant|tcp-plant|spoof --resolver ADDR:PORT --ask ADDR:PORT
 //!                        --name NAME --answer IP [--port P]... [--prime NAME]
 //!                        [--wait-flow-ms MS] [--no-trigger] [--victim-wait-ms MS]
@@ -71,6 +77,7 @@ fn main() {
         Some("dns") => dns_steps(&args[1..]),
         Some("flood") => flood(&args[1..]),
         Some("hijack") => hijack::main(&args[1..]),
+        Some("dns-flood") => dns_flood_signals(&args[1..]),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -495,6 +502,85 @@ fn flood(args: &[String]) -> i32 {
     );
     let _ = std::io::stdout().flush();
     wait(&done);
+    0
+}
+
+fn dns_flood_signals(args: &[String]) -> i32 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let (Some(server), Some(suffix), Some(allowed)) = (
+        args.get(1).and_then(|a| a.parse::<SocketAddr>().ok()),
+        args.get(2).cloned(),
+        args.get(3).cloned(),
+    ) else {
+        eprintln!("sandbox-probe: dns-flood N SERVER SUFFIX ALLOWED");
+        return 2;
+    };
+    // SAFETY: blocking every catchable signal (inherited by the flood thread) to wait for
+    // them synchronously.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut rng = Rng::new();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("{i:06}{}.{suffix}", rng.label(10)))
+        .collect();
+    let first: Vec<String> = names.iter().take(100).cloned().collect();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let start = Instant::now();
+    let worker = std::thread::spawn(move || -> (u64, u64) {
+        let Ok(s) = udp_socket(&server) else {
+            return (0, 0);
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+        let (mut nx, mut other) = (0u64, 0u64);
+        let mut buf = vec![0u8; 4096];
+        for chunk in names.chunks(256) {
+            for (i, name) in chunk.iter().enumerate() {
+                let _ = s.send(&dns_query(name, i as u16, 1));
+            }
+            for _ in chunk {
+                match s.recv(&mut buf) {
+                    Ok(k) if rcode_name(&buf[..k]) == "NXDOMAIN" => nx += 1,
+                    Ok(_) => other += 1,
+                    Err(_) => break,
+                }
+            }
+            counter.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+        (nx, other)
+    });
+    while sent.load(Ordering::SeqCst) < n / 10 && !worker.is_finished() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    println!("flooding");
+    let allowed = dns_report(
+        "udp",
+        &server.to_string(),
+        &allowed,
+        1,
+        Duration::from_secs(2),
+    );
+    println!(
+        "{}",
+        json!({"allowed": allowed, "sent": sent.load(Ordering::SeqCst)})
+    );
+    let _ = std::io::stdout().flush();
+    // SAFETY: set holds every signal; they are blocked in every thread.
+    let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+    println!("got {sig} after {} queries", sent.load(Ordering::SeqCst));
+    let _ = std::io::stdout().flush();
+    let (nx, other) = worker.join().unwrap_or((0, 0));
+    println!(
+        "done {}",
+        json!({"queries": n, "nxdomain": nx, "other": other, "first": first,
+               "ms": start.elapsed().as_millis() as u64})
+    );
+    let _ = std::io::stdout().flush();
     0
 }
 

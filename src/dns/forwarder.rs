@@ -972,6 +972,11 @@ impl Duty for Forwarder {
         if std::mem::take(&mut self.recorded) {
             self.reporter.borrow_mut().flush();
         }
+        // Denied names are shown after a short hold (a flood under one domain is one line).
+        let lines = self.reporter.borrow_mut().due_lines(now, false);
+        for l in lines {
+            crate::report::print(&l);
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -987,6 +992,10 @@ impl Duty for Forwarder {
     }
 
     fn finish(&mut self) {
+        let lines = self.reporter.borrow_mut().due_lines(Instant::now(), true);
+        for l in lines {
+            crate::report::print(&l);
+        }
         let s = &self.stats;
         log::debug!(
             "DNS filter: {} denied, {} forwarded, {} answered, {} servfail, {} malformed, \
