@@ -729,6 +729,62 @@ fn case_probe_dns_filter() {
     );
 }
 
+/// The sandboxed user tries to answer for PID 1's upstream, Docker's real embedded DNS:
+/// flows planted from 127.0.0.11:53 (which any uid may bind in a container) to PID 1's
+/// sockets, UDP and TCP, then a query for an allowed name and connections to the address
+/// it tried to plant. Nothing is intercepted, the real answer arrives, the planted address
+/// stays closed.
+fn case_probe_dns_hijack() {
+    for method in ["plant", "tcp-plant"] {
+        // (TCP: the probe's own connections must not draw from PID 1's source ports.)
+        let ask = if method == "plant" {
+            "127.0.0.11:53"
+        } else {
+            "127.0.0.1:53"
+        };
+        let r = run_in_net(
+            &["--cap-add", "NET_ADMIN"],
+            &[
+                PROBE_IMG,
+                "sandbox-probe",
+                "hijack",
+                "--method",
+                method,
+                "--prime",
+                "p.allowed.test",
+                "--resolver",
+                "127.0.0.11:53",
+                "--ask",
+                ask,
+                "--name",
+                "x.allowed.test",
+                "--answer",
+                BLOCKED_IP,
+                "--port",
+                "80",
+            ],
+            &[
+                ("SANDBOX_ALLOW", "*.allowed.test"),
+                ("SANDBOX_PRESETS", ""),
+                ("SANDBOX_DNS", "filter"),
+            ],
+        );
+        r.assert_code(0);
+        let rep = r.report();
+        eprintln!("docker tier: hijack {method}: {rep}");
+        assert_eq!(rep["bind"], "ok", "the probe binds 127.0.0.11:53: {rep}");
+        assert_ne!(rep["intercepted"], true, "{rep}\n{r}");
+        assert_eq!(rep["hijacked"], false, "{rep}\n{r}");
+        assert!(
+            rep["trigger"]["addrs"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == ALLOWED_IP)),
+            "the real answer: {rep}"
+        );
+        assert_rejected_fast(&rep["connect"][0]);
+    }
+}
+
 /// The same probe without the firewall: each target the firewalled case found blocked is
 /// really there, so the blocked results above mean something.
 fn case_probe_control_without_firewall() {
@@ -1149,6 +1205,10 @@ fn docker_end_to_end() {
         (
             "probe: DNS filter, Docker's DNS upstream",
             Box::new(case_probe_dns_filter),
+        ),
+        (
+            "probe: the user cannot answer for PID 1's upstream DNS",
+            Box::new(case_probe_dns_hijack),
         ),
         (
             "probe: control without the firewall",
