@@ -557,6 +557,33 @@ fn hijack(root: &Rootfs, net: &Net, flags: &[&str], attack: &[&str]) -> (Run, Va
     (run, r)
 }
 
+/// Packets counted by the drop rules of our output chain: (the rule's matches as JSON,
+/// packets). Shows which of our rules stopped an attack.
+fn drops(net: &Net) -> Vec<(String, u64)> {
+    let t = net.nft_json(&["chain", "inet", "sandbox_init", "output"]);
+    t["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter_map(|r| {
+            let expr = r["expr"].as_array()?;
+            expr.iter().any(|e| e.get("drop").is_some()).then_some(())?;
+            let n = expr.iter().find_map(|e| e["counter"]["packets"].as_u64())?;
+            Some((r["expr"].to_string(), n))
+        })
+        .collect()
+}
+
+/// How many packets the drop rule matching every `needle` counted.
+fn dropped_by(net: &Net, needles: &[&str]) -> u64 {
+    drops(net)
+        .iter()
+        .filter(|(e, _)| needles.iter().all(|n| e.contains(n)))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// The attack failed: nothing intercepted or taken, the real answer arrived, and the
 /// planted address stays closed on every port.
 fn assert_not_hijacked(r: &Value, real: &str) {
@@ -593,6 +620,13 @@ fn pid1s_udp_upstream_cannot_be_answered_by_the_user() {
     );
     assert_not_hijacked(&r, ALLOWED4);
     assert!(docker.asked().iter().any(|n| n == "x.allowed.test"));
+    // every datagram refused by our rule against a resolver's address as the source
+    assert_eq!(r["planted"], 0, "{r}");
+    assert!(
+        dropped_by(&net, &["saddr", "127.0.0.11"]) >= 64_512,
+        "{:?}",
+        drops(&net)
+    );
 }
 
 /// The attack waits until the conntrack entry of PID 1's earlier, legitimate query has
@@ -663,6 +697,12 @@ fn pid1s_tcp_upstream_cannot_be_answered_by_the_user() {
     assert_answer(&r["prime"], ALLOWED4);
     assert_not_hijacked(&r, ALLOWED4);
     assert!(docker.asked().iter().any(|n| n == "x.allowed.test"));
+    // every planting SYN dropped by our rule against a resolver's address as the source
+    assert!(
+        dropped_by(&net, &["saddr", "127.0.0.11"]) >= 400,
+        "{:?}",
+        drops(&net)
+    );
 }
 
 /// IPv6: `IPV6_FREEBIND` lets any user bind the upstream's own address and send from it to
@@ -696,6 +736,8 @@ fn an_ipv6_upstream_cannot_be_spoofed_through_freebind() {
         ],
     );
     assert_not_hijacked(&r, ALLOWED4);
+    // dropped for their source address (the rule against port 53 comes after it)
+    assert!(dropped_by(&net, &["fd77::53"]) > 0, "{:?}", drops(&net));
     // PID 1's attempt was visible (the upstream took its time) on a port above the
     // kernel's ephemeral range: no socket of the user's ever gets it by chance.
     let targets = r["targets"].as_array().unwrap();
@@ -796,6 +838,24 @@ fn the_users_own_loopback_servers_keep_working_in_both_modes() {
         }
         assert_answer(&out[5], ALLOWED4);
     }
+    // What is not theirs: answering from port 53 (here in resolver mode, where a query to
+    // the user's own server on 127.0.0.2:53 reaches it): refused by our rule.
+    let args = [
+        "--dns",
+        "resolver",
+        "--",
+        PROBE_IN_ROOT,
+        "dns",
+        "--loopback-echo",
+        "127.0.0.2:53",
+    ];
+    let run = root.run_in(&args, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(0);
+    let v: Value = serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["udp"], "EPERM", "{v}");
+    assert_ne!(v["tcp"], "ok", "{v}");
+    assert!(dropped_by(&net, &["udp", "sport"]) > 0, "{:?}", drops(&net));
+    assert!(dropped_by(&net, &["tcp", "sport"]) > 0, "{:?}", drops(&net));
 }
 
 /// CPU time (user + system) of a process, in clock ticks, from /proc/PID/stat.

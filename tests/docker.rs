@@ -735,34 +735,33 @@ fn case_probe_dns_filter() {
 /// it tried to plant. Nothing is intercepted, the real answer arrives, the planted address
 /// stays closed.
 fn case_probe_dns_hijack() {
-    for method in ["plant", "tcp-plant"] {
-        // (TCP: the probe's own connections must not draw from PID 1's source ports.)
-        let ask = if method == "plant" {
-            "127.0.0.11:53"
-        } else {
-            "127.0.0.1:53"
-        };
+    // UDP: planted before PID 1's first query (a live flow of PID 1's would hold the
+    // tuple; the netns tier covers waiting one out). TCP: after one, whose port shows
+    // where the next lies; the probe asks 127.0.0.1, so that its own connections do not
+    // draw from PID 1's source ports.
+    for (method, prime, ask) in [
+        ("plant", None, "127.0.0.11:53"),
+        ("tcp-plant", Some("p.allowed.test"), "127.0.0.1:53"),
+    ] {
+        let mut cmd = vec![PROBE_IMG, "sandbox-probe", "hijack", "--method", method];
+        if let Some(p) = prime {
+            cmd.extend(["--prime", p]);
+        }
+        cmd.extend([
+            "--resolver",
+            "127.0.0.11:53",
+            "--ask",
+            ask,
+            "--name",
+            "x.allowed.test",
+            "--answer",
+            BLOCKED_IP,
+            "--port",
+            "80",
+        ]);
         let r = run_in_net(
             &["--cap-add", "NET_ADMIN"],
-            &[
-                PROBE_IMG,
-                "sandbox-probe",
-                "hijack",
-                "--method",
-                method,
-                "--prime",
-                "p.allowed.test",
-                "--resolver",
-                "127.0.0.11:53",
-                "--ask",
-                ask,
-                "--name",
-                "x.allowed.test",
-                "--answer",
-                BLOCKED_IP,
-                "--port",
-                "80",
-            ],
+            &cmd,
             &[
                 ("SANDBOX_ALLOW", "*.allowed.test"),
                 ("SANDBOX_PRESETS", ""),

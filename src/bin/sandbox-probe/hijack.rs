@@ -419,7 +419,9 @@ fn plant_tcp(o: &Opts, r: &mut Map<String, Value>) -> Result<(), String> {
             Err(e) => bump(&mut errors, &io_name(&e)),
         }
     }
-    r.insert("planted".into(), json!(planted));
+    // A dropped SYN still leaves a non-blocking connect "in progress": these are SYNs
+    // sent, not flows known to be planted.
+    r.insert("syns_sent".into(), json!(planted));
     r.insert("plant_errors".into(), Value::Object(errors));
     let (ask, name) = (o.ask, o.name.clone());
     let trigger = std::thread::spawn(move || query_report("tcp", ask, &name));
