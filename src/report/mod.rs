@@ -340,18 +340,17 @@ impl Reporter {
             }
         }
         if let Event::DeniedName { name } = &event {
-            let name = name.clone();
-            let line = self.denied_name(name.clone(), now);
-            let parent = parent_domain(&name);
-            let tunnel = self.name_groups.get(parent).is_some_and(|g| g.tunnelling);
-            if tunnel {
+            let parent = parent_domain(name).to_string();
+            let was = self.name_groups.get(&parent).is_some_and(|g| g.tunnelling);
+            let line = self.denied_name(name, &parent, now);
+            let tunnel = was || self.name_groups.get(&parent).is_some_and(|g| g.tunnelling);
+            if tunnel && !was {
                 // Its names seen before it looked like tunnelling fold into its entry.
                 self.recent.retain(|r| {
-                    r.tunnel.is_some()
-                        || !matches!(&r.event, Event::DeniedName { name } if parent_domain(name) == parent)
+                    !matches!(&r.event, Event::DeniedName { name } if parent_domain(name) == parent)
                 });
             }
-            self.remember_recent(&event, wall, tunnel.then(|| parent.to_string()));
+            self.remember_recent(&event, wall, tunnel.then_some(parent));
             return line;
         }
         self.remember_recent(&event, wall, None);
@@ -384,51 +383,51 @@ impl Reporter {
     /// A denied name waits `NAME_HOLD` (see `due_lines`); once its parent domain has had
     /// `TUNNEL_NAMES` distinct names within `TUNNEL_WINDOW`, the domain gets one line
     /// saying it looks like tunnelling, and its names no line of their own.
-    fn denied_name(&mut self, name: String, now: Instant) -> Option<String> {
-        let parent = parent_domain(&name).to_string();
-        if !self.name_groups.contains_key(&parent) && self.name_groups.len() >= MAX_DISTINCT {
-            return self.show(Event::DeniedName { name }, now);
+    fn denied_name(&mut self, name: &str, parent: &str, now: Instant) -> Option<String> {
+        if let Some(g) = self.name_groups.get_mut(parent) {
+            g.events += 1;
+            if g.tunnelling {
+                return None;
+            }
+        } else if self.name_groups.len() >= MAX_DISTINCT {
+            return self.show(Event::DeniedName { name: name.into() }, now);
+        } else {
+            self.name_groups.insert(
+                parent.to_string(),
+                NameGroup {
+                    names: HashSet::new(),
+                    window_start: now,
+                    held: vec![],
+                    tunnelling: false,
+                    events: 1,
+                },
+            );
         }
-        let g = self
-            .name_groups
-            .entry(parent.clone())
-            .or_insert_with(|| NameGroup {
-                names: HashSet::new(),
-                window_start: now,
-                held: vec![],
-                tunnelling: false,
-                events: 0,
-            });
-        g.events += 1;
-        if g.tunnelling {
-            return None;
-        }
+        let event = Event::DeniedName { name: name.into() };
+        let seen = self.seen.contains(&event);
+        let g = self.name_groups.get_mut(parent)?;
         if now.saturating_duration_since(g.window_start) > TUNNEL_WINDOW {
             g.names.clear();
             g.window_start = now;
         }
-        g.names.insert(name.clone());
+        g.names.insert(name.to_string());
         if g.names.len() as u64 >= TUNNEL_NAMES {
             g.tunnelling = true;
             g.held.clear();
             g.names.clear();
             let line = format!(
                 "blocked dns names: {}",
-                tunnelling_note(&parent, &format!("{TUNNEL_NAMES} different names"))
+                tunnelling_note(parent, &format!("{TUNNEL_NAMES} different names"))
             );
             return self.tunnel_line(line, now);
         }
-        let event = Event::DeniedName { name };
-        let Event::DeniedName { name } = &event else {
-            return None;
-        };
-        if self.seen.contains(&event) || g.held.contains(name) {
+        if seen || g.held.iter().any(|h| h == name) {
             return None;
         }
         if g.held.is_empty() {
-            self.holds.push_back((now + NAME_HOLD, parent));
+            self.holds.push_back((now + NAME_HOLD, parent.to_string()));
         }
-        g.held.push(name.clone());
+        g.held.push(name.to_string());
         None
     }
 
