@@ -498,10 +498,11 @@ impl Forwarder {
         self.fail(ask);
     }
 
-    /// Ends an attempt: out of the epoll set, the maps and the counts; its socket closes.
+    /// Ends an attempt: out of the maps and the counts. Its socket closes when the caller
+    /// drops it, which also takes it out of the epoll set (nothing else holds the socket:
+    /// no EPOLL_CTL_DEL needed, one system call less per query).
     fn take(&mut self, pid: u64) -> Option<Pending> {
         let p = self.pending.remove(&pid)?;
-        let _ = self.poll.delete(p.attempt.link.fd());
         self.timers.remove(&(p.attempt.deadline, pid));
         if p.ask.tcp {
             self.tcp_pending -= 1;
