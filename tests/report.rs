@@ -381,7 +381,7 @@ fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
     );
 }
 
-/// The DNS-aware mode (issue 6) reports a denied name the same way: one line with the
+/// The DNS-aware mode reports a denied name the same way: one line with the
 /// name and the setting, and a `denied_name` event in the audit log.
 #[test]
 fn a_denied_name_is_one_line_and_an_audit_event() {
