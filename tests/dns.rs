@@ -102,12 +102,13 @@ impl Upstream {
         Upstream::start(&net.world_ns, DNS3, 53, "dns3")
     }
 
+    /// The query lines, lower-cased (PID 1 asks in random letter case).
     fn queries(&self) -> Vec<String> {
         fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("query["))
-            .map(String::from)
+            .map(|l| l.to_ascii_lowercase())
             .collect()
     }
 
@@ -234,6 +235,11 @@ fn wildcard_names_resolve_and_connect_and_nothing_else_does() {
     let (run, r) = steps(&root, &net, &["*.allowed.test", "www.cname.test"], &s);
     let r: Vec<Value> = std::iter::once(Value::Null).chain(r).collect();
     assert_answer(&r[1], ALLOWED4);
+    // Asked upstream in random letter case (the upstream's log below), answered in the
+    // client's own spelling.
+    for v in [&r[1], &r[2], &r[3], &r[10]] {
+        assert_eq!(v["echoed"], true, "{v}");
+    }
     assert_connected(&r[1]["connect"]);
     assert_answer(&r[2], ALLOWED4);
     assert_connected(&r[2]["connect"]);
@@ -259,6 +265,11 @@ fn wildcard_names_resolve_and_connect_and_nothing_else_does() {
     assert_ne!(p["environ"], "ok", "{p}");
 
     // the upstream saw the allowed names, and never a denied one
+    let raw = fs::read_to_string(&up.log).unwrap();
+    assert!(
+        !raw.contains("query[A] a.allowed.test ") || !raw.contains("query[A] b.c.allowed.test "),
+        "no random letter case upstream: {raw}"
+    );
     let q = up.queries();
     assert!(q.iter().any(|l| l.contains("a.allowed.test")), "{q:?}");
     assert!(q.iter().any(|l| l.contains("b.c.allowed.test")), "{q:?}");
@@ -368,26 +379,25 @@ fn malformed_packets_and_a_burst_of_10000_queries_leave_it_serving() {
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
 
+/// Docker's embedded DNS exactly as on a user-defined network (common/netns.rs): PID 1
+/// forwards to 127.0.0.11:53, Docker's DNAT takes it to the resolver; the child reaches
+/// neither 127.0.0.11 nor the resolver's own ports except through the filter.
 #[test]
-fn docker_style_loopback_resolver_is_reached_only_through_the_filter() {
-    let net = Net::new();
-    // Docker's embedded DNS: 127.0.0.11 in the container's namespace, listening on another
-    // port, with a nat rule sending port 53 there (in Docker's own table).
-    let (ok, _) = net.in_box(&["ip", "addr", "add", "127.0.0.11/32", "dev", "lo"]);
-    assert!(ok);
-    let embedded = Upstream::start(&net.box_ns, "127.0.0.11", 5353, "embedded");
+fn docker_embedded_dns_is_reached_only_through_the_filter() {
+    let mut net = Net::new();
+    let docker = net.docker_dns();
     let root = rootfs("127.0.0.11");
-    let rules = "table ip nat {\n chain DOCKER_OUTPUT {\n  type nat hook output priority -100; \
-                 policy accept;\n  ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:5353\n  \
-                 ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:5353\n }\n}\n";
-    net.load_nft(rules);
+    let (udp, tcp) = (
+        format!("127.0.0.11:{}", docker.udp_port),
+        format!("127.0.0.11:{}", docker.tcp_port),
+    );
     #[rustfmt::skip]
     let s = [
         "--query", "udp", "127.0.0.11:53", "a.allowed.test", "A",
         "--query", "tcp", "127.0.0.11:53", "b.allowed.test", "A",
         "--query", "udp", "127.0.0.11:53", "x.exfil.evil.test", "TXT",
-        "--query", "udp", "127.0.0.11:5353", "y.exfil.evil.test", "A",
-        "--query", "tcp", "127.0.0.11:5353", "z.exfil.evil.test", "A",
+        "--query", "udp", &udp, "y.exfil.evil.test", "A",
+        "--query", "tcp", &tcp, "z.exfil.evil.test", "A",
         "--resolve-connect", "127.0.0.11:53", "c.allowed.test", "80",
     ];
     let (_, r) = steps(&root, &net, &["*.allowed.test"], &s);
@@ -402,10 +412,10 @@ fn docker_style_loopback_resolver_is_reached_only_through_the_filter() {
         assert!(v["ms"].as_u64().unwrap() < 1000, "{v}");
     }
     assert_connected(&r[5]["connect"]);
-    let q = embedded.queries();
-    assert!(q.iter().any(|l| l.contains("a.allowed.test")), "{q:?}");
-    assert!(q.iter().any(|l| l.contains("b.allowed.test")), "{q:?}");
-    assert!(q.iter().all(|l| !l.contains("exfil")), "{q:?}");
+    let q = docker.asked();
+    assert!(q.iter().any(|n| n == "a.allowed.test"), "{q:?}");
+    assert!(q.iter().any(|n| n == "b.allowed.test"), "{q:?}");
+    assert!(q.iter().all(|n| !n.contains("exfil")), "{q:?}");
 }
 
 #[test]
@@ -523,4 +533,373 @@ fn filter_mode_table_has_the_redirect_and_expiring_sets() {
     let any_v4 = sets.iter().find(|s| s["name"] == "dyn_any_v4").unwrap();
     assert!(any_v4.to_string().contains(ALLOWED4), "{any_v4}");
     assert!(!sets.iter().any(|s| s["name"] == "any_v4"), "{t}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The sandboxed user must never answer for an upstream resolver (the probe's `hijack`
+// attacks, run as the sandboxed child in the Docker-exact fixture of common/netns.rs).
+
+/// The attacker's address: a world host that is not allowlisted and serves every port of
+/// `PORTS`.
+const PLANTED: &str = OTHER4;
+
+/// Runs `sandbox-probe hijack` as the command; returns the run and its report.
+fn hijack(root: &Rootfs, net: &Net, flags: &[&str], attack: &[&str]) -> (Run, Value) {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend_from_slice(&["--", PROBE_IN_ROOT, "hijack", "--answer", PLANTED]);
+    for p in ["--port", "80", "--port", "22", "--port", "8443"] {
+        args.push(p);
+    }
+    args.extend_from_slice(attack);
+    let run = root.run_in(&args, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(0);
+    let r = run.report();
+    eprintln!("hijack report: {r}");
+    (run, r)
+}
+
+/// Packets counted by the drop rules of our output chain: (the rule's matches as JSON,
+/// packets). Shows which of our rules stopped an attack.
+fn drops(net: &Net) -> Vec<(String, u64)> {
+    let t = net.nft_json(&["chain", "inet", "sandbox_init", "output"]);
+    t["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter_map(|r| {
+            let expr = r["expr"].as_array()?;
+            expr.iter().any(|e| e.get("drop").is_some()).then_some(())?;
+            let n = expr.iter().find_map(|e| e["counter"]["packets"].as_u64())?;
+            Some((r["expr"].to_string(), n))
+        })
+        .collect()
+}
+
+/// How many packets the drop rule matching every `needle` counted.
+fn dropped_by(net: &Net, needles: &[&str]) -> u64 {
+    drops(net)
+        .iter()
+        .filter(|(e, _)| needles.iter().all(|n| e.contains(n)))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The attack failed: nothing intercepted or taken, the real answer arrived, and the
+/// planted address stays closed on every port.
+fn assert_not_hijacked(r: &Value, real: &str) {
+    assert_eq!(r["hijacked"], false, "{r}");
+    assert_ne!(r["intercepted"], true, "{r}");
+    assert_eq!(r["answer_taken"], false, "{r}");
+    if !real.is_empty() {
+        assert_answer(&r["trigger"], real);
+    }
+    for c in r["connect"].as_array().unwrap() {
+        assert_rejected(c);
+    }
+}
+
+#[test]
+fn pid1s_udp_upstream_cannot_be_answered_by_the_user() {
+    let mut net = Net::new();
+    let docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "plant",
+            "--resolver",
+            "127.0.0.11:53",
+            "--ask",
+            "127.0.0.11:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_not_hijacked(&r, ALLOWED4);
+    assert!(docker.asked().iter().any(|n| n == "x.allowed.test"));
+    // every datagram refused by our rule against a resolver's address as the source
+    assert_eq!(r["planted"], 0, "{r}");
+    assert!(
+        dropped_by(&net, &["saddr", "127.0.0.11"]) >= 64_512,
+        "{:?}",
+        drops(&net)
+    );
+}
+
+/// The attack waits until the conntrack entry of PID 1's earlier, legitimate query has
+/// expired, then plants its own.
+#[test]
+fn pid1s_udp_upstream_cannot_be_answered_after_a_legitimate_query_either() {
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    // Shortens the attacker's wait only (Docker's defaults: 30 s idle, 120 s once a flow
+    // has seen traffic both ways); nothing else depends on these values.
+    let (ok, _) = net.in_box(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_udp_timeout=2",
+        "net.netfilter.nf_conntrack_udp_timeout_stream=2",
+    ]);
+    assert!(ok);
+    let root = rootfs("127.0.0.11");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "plant",
+            "--prime",
+            "p.allowed.test",
+            "--wait-flow-ms",
+            "4000",
+            "--resolver",
+            "127.0.0.11:53",
+            "--ask",
+            "127.0.0.11:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_answer(&r["prime"], ALLOWED4);
+    assert_not_hijacked(&r, ALLOWED4);
+}
+
+/// TCP: the attacker sees PID 1's last upstream connection in /proc/net/tcp, sends SYNs
+/// from 127.0.0.11:53 to the ports the next one will use, and listens on 127.0.0.11:53.
+#[test]
+fn pid1s_tcp_upstream_cannot_be_answered_by_the_user() {
+    let mut net = Net::new();
+    let docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "tcp-plant",
+            "--prime",
+            "p.allowed.test",
+            "--resolver",
+            "127.0.0.11:53",
+            // Not 127.0.0.11: the probe's own connections would draw from the same
+            // sequence of source ports as PID 1's.
+            "--ask",
+            "127.0.0.1:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_answer(&r["prime"], ALLOWED4);
+    assert_not_hijacked(&r, ALLOWED4);
+    assert!(docker.asked().iter().any(|n| n == "x.allowed.test"));
+    // every planting SYN dropped by our rule against a resolver's address as the source
+    assert!(
+        dropped_by(&net, &["saddr", "127.0.0.11"]) >= 400,
+        "{:?}",
+        drops(&net)
+    );
+}
+
+/// IPv6: `IPV6_FREEBIND` lets any user bind the upstream's own address and send from it to
+/// PID 1's socket over the local route (IPv4 refuses a non-local source without
+/// IP_TRANSPARENT). The upstream takes its time, as a resolver without the name cached
+/// does: the attacker answers for every id before it.
+#[test]
+fn an_ipv6_upstream_cannot_be_spoofed_through_freebind() {
+    let mut net = Net::new();
+    let (ok, _) = net.in_world(&["ip", "addr", "add", "fd77::53/128", "dev", "up0", "nodad"]);
+    assert!(ok);
+    net.slow_dns(
+        "[fd77::53]:53".parse().unwrap(),
+        ALLOWED4.parse().unwrap(),
+        Duration::from_millis(800),
+    );
+    let root = rootfs("fd77::53");
+    let (_, r) = hijack(
+        &root,
+        &net,
+        &["--dns", "filter", "--allow", "*.allowed.test"],
+        &[
+            "--method",
+            "spoof",
+            "--resolver",
+            "[fd77::53]:53",
+            "--ask",
+            "[fd77::53]:53",
+            "--name",
+            "x.allowed.test",
+        ],
+    );
+    assert_not_hijacked(&r, ALLOWED4);
+    // dropped for their source address (the rule against port 53 comes after it)
+    assert!(dropped_by(&net, &["fd77::53"]) > 0, "{:?}", drops(&net));
+    // PID 1's attempt was visible (the upstream took its time) on a port above the
+    // kernel's ephemeral range: no socket of the user's ever gets it by chance.
+    let targets = r["targets"].as_array().unwrap();
+    assert!(!targets.is_empty(), "{r}");
+    for t in targets {
+        let port: u16 = t
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(port > 60999, "{r}");
+    }
+}
+
+/// A root process of the container (a `docker exec` session, Docker's own resolver) asks
+/// 127.0.0.11 while the sandboxed user has planted a flow from 127.0.0.11:53 to every
+/// port from 1024 up. Returns the probe's report and the root lookup's addresses.
+fn root_lookup_under_attack(net: &Net, root: &Rootfs, flags: &[&str]) -> (Value, Vec<String>) {
+    let mut args: Vec<&str> = flags.to_vec();
+    #[rustfmt::skip]
+    args.extend_from_slice(&[
+        "--", PROBE_IN_ROOT, "hijack", "--method", "plant", "--no-trigger",
+        "--victim-wait-ms", "3000", "--resolver", "127.0.0.11:53",
+        "--name", "x.allowed.test", "--answer", PLANTED, "--port", "80",
+    ]);
+    let mut cmd = root.command(&args, &[NO_PRESETS], Some(&net.box_ns));
+    let sbx = Running::start(&mut cmd);
+    let planted: Value = serde_json::from_str(&sbx.line(Duration::from_secs(30))).unwrap();
+    assert_eq!(planted["stage"], "planted", "{planted}");
+    let victim = net
+        .lookup_as_root("127.0.0.11:53".parse().unwrap(), "x.allowed.test")
+        .unwrap_or_else(|e| panic!("the root lookup failed: {e}"));
+    let report: Value = serde_json::from_str(&sbx.line(Duration::from_secs(30))).unwrap();
+    eprintln!("hijack report: {report}\nroot lookup: {victim:?}");
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    (report, victim)
+}
+
+#[test]
+fn root_lookups_cannot_be_answered_by_the_user_in_resolver_mode() {
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    let (r, victim) = root_lookup_under_attack(
+        &net,
+        &root,
+        &["--dns", "resolver", "--allow", "x.allowed.test"],
+    );
+    assert_eq!(r["intercepted"], false, "{r}");
+    assert_eq!(r["planted"], 0, "{r}");
+    assert_eq!(victim, vec![ALLOWED4.to_string()]);
+    // Control, afterwards (so its planted flows cannot decide the run above): without our
+    // table (it outlives a sandbox: it belongs to the namespace) the same attack takes the
+    // root lookup.
+    let (ok, _) = net.in_box(&["nft", "delete", "table", "inet", "sandbox_init"]);
+    assert!(ok);
+    let (r, victim) = root_lookup_under_attack(&net, &root, &["--no-firewall"]);
+    assert_eq!(r["intercepted"], true, "{r}");
+    assert_eq!(victim, vec![PLANTED.to_string()]);
+}
+
+/// The rules above never touch the user's own loopback traffic: a dev server on localhost
+/// (any port but 53, any address but a resolver's), over TCP and UDP, IPv4 and IPv6, in
+/// both DNS modes.
+#[test]
+fn the_users_own_loopback_servers_keep_working_in_both_modes() {
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    for mode in ["filter", "resolver"] {
+        #[rustfmt::skip]
+        let s = [
+            "--loopback-echo", "127.0.0.1:8080",
+            "--loopback-echo", "[::1]:8080",
+            "--loopback-echo", "127.0.0.1:5353",
+            "--loopback-echo", "127.0.0.2:40000",
+            "--loopback-echo", "[::1]:61000",
+            "--query", "udp", "127.0.0.11:53", "a.allowed.test", "A",
+        ];
+        let mut args = vec!["--dns", mode, "--allow", "a.allowed.test"];
+        args.extend_from_slice(&["--", PROBE_IN_ROOT, "dns"]);
+        args.extend_from_slice(&s);
+        let run = root.run_in(&args, &[NO_PRESETS], Some(&net.box_ns));
+        run.assert_code(0);
+        let out: Vec<Value> = run
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(out.len(), 6, "{mode}: {}", run.stdout);
+        for v in &out[..5] {
+            assert_eq!(v["tcp"], "ok", "{mode}: {v}");
+            assert_eq!(v["udp"], "ok", "{mode}: {v}");
+        }
+        assert_answer(&out[5], ALLOWED4);
+    }
+    // What is not theirs: answering from port 53 (here in resolver mode, where a query to
+    // the user's own server on 127.0.0.2:53 reaches it): refused by our rule.
+    let args = [
+        "--dns",
+        "resolver",
+        "--",
+        PROBE_IN_ROOT,
+        "dns",
+        "--loopback-echo",
+        "127.0.0.2:53",
+    ];
+    let run = root.run_in(&args, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(0);
+    let v: Value = serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["udp"], "EPERM", "{v}");
+    assert_ne!(v["tcp"], "ok", "{v}");
+    assert!(dropped_by(&net, &["udp", "sport"]) > 0, "{:?}", drops(&net));
+    assert!(dropped_by(&net, &["tcp", "sport"]) > 0, "{:?}", drops(&net));
+}
+
+/// CPU time (user + system) of a process, in clock ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A TCP client half-closes its connection while its query waits for a silent upstream:
+/// PID 1 stays idle (it stops polling the socket for input after the end-of-file) and
+/// still answers the client once the upstream gives up.
+#[test]
+fn a_half_closed_tcp_client_leaves_pid1_idle() {
+    const SILENT: &str = "10.77.0.56";
+    let mut net = Net::new();
+    let (ok, _) = net.in_world(&["ip", "addr", "add", &format!("{SILENT}/32"), "dev", "up0"]);
+    assert!(ok);
+    net.silent_dns(format!("{SILENT}:53").parse().unwrap());
+    let root = rootfs(SILENT);
+    let args = sandbox_args(
+        &["*.allowed.test"],
+        &["--half-close", "127.0.0.1:53", "x.allowed.test", "12000"],
+    );
+    let mut cmd = root.command(&args, &[NO_PRESETS], Some(&net.box_ns));
+    let sbx = Running::start(&mut cmd);
+    let first: Value = serde_json::from_str(&sbx.line(Duration::from_secs(20))).unwrap();
+    assert_eq!(first["step"], "half-closed", "{first}");
+    let pid1 = sbx.init_pid();
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid1));
+    std::thread::sleep(Duration::from_secs(3));
+    let (wall, cpu) = (t0.elapsed(), cpu_ticks(pid1) - c0);
+    // SC_CLK_TCK is 100 on Linux: a tick is 10 ms. Near idle: under a tenth of the time.
+    let cpu_ms = cpu * 10;
+    assert!(
+        cpu_ms * 10 < wall.as_millis() as u64,
+        "PID 1 used {cpu_ms} ms of CPU in {wall:?} with a half-closed client waiting"
+    );
+    // The upstream never answers: after its attempts the client still gets SERVFAIL.
+    let last: Value = serde_json::from_str(&sbx.line(Duration::from_secs(20))).unwrap();
+    assert_eq!(last["rcode"], "SERVFAIL", "{last}");
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
 }

@@ -710,9 +710,10 @@ fn case_probe_dns_filter() {
         "the denied name is reported\n{r}"
     );
 
+    // Lower-cased: PID 1 asks in random letter case.
     let log = {
         let out = docker(&["logs", C_DNS]);
-        format!("{}{}", text(&out.stdout), text(&out.stderr))
+        format!("{}{}", text(&out.stdout), text(&out.stderr)).to_ascii_lowercase()
     };
     assert!(
         log.contains("allowed.test"),
@@ -722,6 +723,61 @@ fn case_probe_dns_filter() {
         !log.contains(&label),
         "the denied name reached the upstream: {log}"
     );
+}
+
+/// The sandboxed user tries to answer for PID 1's upstream, Docker's real embedded DNS:
+/// flows planted from 127.0.0.11:53 (which any uid may bind in a container) to PID 1's
+/// sockets, UDP and TCP, then a query for an allowed name and connections to the address
+/// it tried to plant. Nothing is intercepted, the real answer arrives, the planted address
+/// stays closed.
+fn case_probe_dns_hijack() {
+    // UDP: planted before PID 1's first query (a live flow of PID 1's would hold the
+    // tuple; the netns tier covers waiting one out). TCP: after one, whose port shows
+    // where the next lies; the probe asks 127.0.0.1, so that its own connections do not
+    // draw from PID 1's source ports.
+    for (method, prime, ask) in [
+        ("plant", None, "127.0.0.11:53"),
+        ("tcp-plant", Some("p.allowed.test"), "127.0.0.1:53"),
+    ] {
+        let mut cmd = vec![PROBE_IMG, "sandbox-probe", "hijack", "--method", method];
+        if let Some(p) = prime {
+            cmd.extend(["--prime", p]);
+        }
+        cmd.extend([
+            "--resolver",
+            "127.0.0.11:53",
+            "--ask",
+            ask,
+            "--name",
+            "x.allowed.test",
+            "--answer",
+            BLOCKED_IP,
+            "--port",
+            "80",
+        ]);
+        let r = run_in_net(
+            &["--cap-add", "NET_ADMIN"],
+            &cmd,
+            &[
+                ("SANDBOX_ALLOW", "*.allowed.test"),
+                ("SANDBOX_PRESETS", ""),
+                ("SANDBOX_DNS", "filter"),
+            ],
+        );
+        r.assert_code(0);
+        let rep = r.report();
+        eprintln!("docker tier: hijack {method}: {rep}");
+        assert_eq!(rep["bind"], "ok", "the probe binds 127.0.0.11:53: {rep}");
+        assert_ne!(rep["intercepted"], true, "{rep}\n{r}");
+        assert_eq!(rep["hijacked"], false, "{rep}\n{r}");
+        assert!(
+            rep["trigger"]["addrs"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == ALLOWED_IP)),
+            "the real answer: {rep}"
+        );
+        assert_rejected_fast(&rep["connect"][0]);
+    }
 }
 
 /// The same probe without the firewall: each target the firewalled case found blocked is
@@ -1316,6 +1372,10 @@ fn docker_end_to_end() {
         (
             "probe: DNS filter, Docker's DNS upstream",
             Box::new(case_probe_dns_filter),
+        ),
+        (
+            "probe: the user cannot answer for PID 1's upstream DNS",
+            Box::new(case_probe_dns_hijack),
         ),
         (
             "probe: control without the firewall",

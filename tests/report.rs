@@ -117,7 +117,8 @@ fn each_blocked_destination_is_one_line_with_the_setting_that_allows_it() {
         run.stderr
     );
 
-    // The audit log: a new file 0600, one JSON object per attempt, duplicates included.
+    // The audit log: a new file 0600, one JSON object per line: the first attempt to each
+    // destination, then its repeats counted.
     assert_eq!(mode(&root, AUDIT), 0o600);
     let events = audit(&root);
     for e in &events {
@@ -127,15 +128,24 @@ fn each_blocked_destination_is_one_line_with_the_setting_that_allows_it() {
         assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
     }
     let count = |addr: &str, port: u64, proto: &str| {
-        events
+        let of = |e: &&Value| e["addr"] == addr && e["port"] == port && e["proto"] == proto;
+        let first = events
             .iter()
-            .filter(|e| e["addr"] == addr && e["port"] == port && e["proto"] == proto)
-            .count()
+            .filter(of)
+            .filter(|e| e["event"] == "blocked")
+            .count();
+        let repeats: u64 = events
+            .iter()
+            .filter(of)
+            .filter(|e| e["event"] == "repeated")
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        (first, repeats)
     };
-    assert_eq!(count(OTHER4, 80, "tcp"), 2, "{events:#?}");
-    assert_eq!(count(OTHER6, 22, "tcp"), 2);
-    assert_eq!(count("fd77::99", 8443, "tcp"), 2);
-    assert_eq!(count(DNS2, 53, "udp"), 2);
+    assert_eq!(count(OTHER4, 80, "tcp"), (1, 1), "{events:#?}");
+    assert_eq!(count(OTHER6, 22, "tcp"), (1, 1));
+    assert_eq!(count("fd77::99", 8443, "tcp"), (1, 1));
+    assert_eq!(count(DNS2, 53, "udp"), (1, 1));
     let named = events.iter().find(|e| e["addr"] == OTHER4).unwrap();
     assert_eq!(named["event"], "blocked");
     assert_eq!(named["name"], "other.test");
@@ -209,9 +219,32 @@ fn the_gateway_is_reported_with_its_own_address() {
     );
 }
 
+/// SIGUSR1 to PID 1 during a flood of `n` (the probe counts `what`): it reaches the command
+/// at once, while the flood is still going.
+fn signal_arrives_during_the_flood(run: &Running, n: usize, what: &str) {
+    let sent = Instant::now();
+    run.signal(libc::SIGUSR1);
+    let got = run.line(Duration::from_secs(5));
+    let took = sent.elapsed();
+    let k: usize = got
+        .strip_prefix(&format!("got {} after ", libc::SIGUSR1))
+        .and_then(|r| r.strip_suffix(&format!(" {what}")))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line: {got}"));
+    assert!(
+        k > 0 && k < n,
+        "the signal did not arrive during the flood ({k} {what}): make the flood longer"
+    );
+    assert!(
+        took < Duration::from_millis(250),
+        "forwarding took {took:?} during the flood"
+    );
+}
+
 /// A flood of 10,000 blocked connections to distinct ports: a bounded number of lines,
-/// signals still forwarded at once, every event in the audit log, and `check` (run in the
-/// running sandbox, as `docker exec` would) shows the counters and the recent ones.
+/// signals still forwarded at once, every event accounted for in the audit log, and
+/// `check` (run in the running sandbox, as `docker exec` would) shows the counters and the
+/// recent ones.
 #[test]
 fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
     const N: usize = 10_000;
@@ -240,23 +273,7 @@ fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
     );
     let run = Running::start(&mut cmd);
     assert_eq!(run.line(Duration::from_secs(20)), "flooding");
-    let sent = Instant::now();
-    run.signal(libc::SIGUSR1);
-    let got = run.line(Duration::from_secs(5));
-    let took = sent.elapsed();
-    let attempts: usize = got
-        .strip_prefix(&format!("got {} after ", libc::SIGUSR1))
-        .and_then(|r| r.strip_suffix(" attempts"))
-        .and_then(|k| k.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected line: {got}"));
-    assert!(
-        attempts > 0 && attempts < N,
-        "the signal did not arrive during the flood ({attempts} attempts): make the flood longer"
-    );
-    assert!(
-        took < Duration::from_millis(250),
-        "forwarding took {took:?} during the flood"
-    );
+    signal_arrives_during_the_flood(&run, N, "attempts");
     let done = run.line(Duration::from_secs(60));
     let done: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
     assert_eq!(done["refused"], N as u64, "{done}");
@@ -342,17 +359,30 @@ fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
         "{stderr}"
     );
 
-    // every event in the audit log (the kernel dropped none: a drop would be counted)
+    // Every event accounted for in the audit log (the kernel dropped none: a drop would
+    // be counted): the first destinations of the address one by one, the rest counted.
     assert_eq!(overruns, 0, "the kernel dropped NFLOG messages: {st}");
     let events = audit(&root);
-    let flood = events
+    let listed: Vec<u64> = events
         .iter()
         .filter(|e| e["addr"] == OTHER4 && e["proto"] == "tcp" && e["event"] == "blocked")
-        .count();
-    assert_eq!(flood, N);
+        .map(|e| e["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, (1..=100).collect::<Vec<u64>>());
+    let counted: u64 = events
+        .iter()
+        .filter(|e| e["addr"] == OTHER4 && e["event"] == "summary")
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        listed.len() as u64 + counted,
+        N as u64,
+        "{:#?}",
+        &events[100..]
+    );
 }
 
-/// The DNS-aware mode (issue 6) reports a denied name the same way: one line with the
+/// The DNS-aware mode reports a denied name the same way: one line with the
 /// name and the setting, and a `denied_name` event in the audit log.
 #[test]
 fn a_denied_name_is_one_line_and_an_audit_event() {
@@ -471,4 +501,92 @@ fn a_planted_symlink_as_audit_log_is_refused() {
             .contains("claude:x:1000"),
         "the target was touched"
     );
+}
+
+/// 100,000 distinct denied names under one domain in a few seconds (data smuggled out in
+/// random labels): the audit log grows by at most 1 MB and still lists the first 100 names
+/// one by one; stderr gets one line for the domain, saying it looks like tunnelling and
+/// suggesting nothing; an allowed name is answered during the flood, and a signal to PID 1
+/// reaches the command at once.
+#[test]
+fn a_flood_of_denied_names_is_bounded_in_the_audit_log_and_one_line_on_stderr() {
+    const N: usize = 100_000;
+    let net = Net::new();
+    let root = rootfs();
+    let n = N.to_string();
+    let dns1 = format!("{DNS1}:53");
+    let mut cmd = root.command(
+        &[
+            "--dns",
+            "filter",
+            "--allow",
+            "allowed.test",
+            "--audit-log",
+            AUDIT,
+            "--",
+            PROBE_IN_ROOT,
+            "dns-flood",
+            &n,
+            &dns1,
+            "tunnel.evil.test",
+            "allowed.test",
+        ],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    let run = Running::start(&mut cmd);
+    assert_eq!(run.line(Duration::from_secs(20)), "flooding");
+    let during: Value = serde_json::from_str(&run.line(Duration::from_secs(10))).unwrap();
+    let allowed = &during["allowed"];
+    assert_eq!(allowed["rcode"], "NOERROR", "{during}");
+    assert!(allowed["ms"].as_u64().unwrap() < 1000, "{during}");
+    signal_arrives_during_the_flood(&run, N, "queries");
+    let done = run.line(Duration::from_secs(120));
+    let done: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
+    assert_eq!(
+        done["nxdomain"], N as u64,
+        "every name answered NXDOMAIN: {done}"
+    );
+    let stderr = run.stderr.clone();
+    let (code, _) = run.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+
+    let size = std::fs::metadata(root.join(AUDIT)).unwrap().len();
+    eprintln!(
+        "{N} denied names in {} ms: {size} bytes of audit log",
+        done["ms"]
+    );
+    assert!(size <= 1_000_000, "the audit log grew to {size} bytes");
+    let events = audit(&root);
+    for name in done["first"].as_array().unwrap() {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "denied_name" && &e["name"] == name),
+            "{name} is not in the audit log"
+        );
+    }
+    let summary = events
+        .iter()
+        .rfind(|e| e["event"] == "summary" && e["domain"] == "tunnel.evil.test")
+        .unwrap_or_else(|| panic!("no summary for the domain: {:#?}", &events[..5]));
+    assert_eq!(summary["tunnelling"], true, "{summary}");
+    assert_eq!(summary["events_total"], N as u64, "{summary}");
+
+    let stderr = stderr.lock().unwrap().clone();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("tunnel.evil.test"))
+        .collect();
+    let blocked: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("sandbox-init: blocked"))
+        .collect();
+    assert_eq!(blocked.len(), 1, "{stderr}");
+    assert!(blocked[0].contains("tunnelling"), "{}", blocked[0]);
+    // nothing anywhere suggests allowing a random label, nor shows one
+    for l in &lines {
+        assert!(!l.contains("SANDBOX_ALLOW"), "{l}");
+        assert!(!l.contains("000000"), "{l}");
+    }
 }

@@ -43,8 +43,27 @@
 //!       --blast SERVER N                   N UDP queries sent back to back, answers counted after
 //!       --garbage SERVER N                 N malformed/oversized datagrams and TCP streams
 //!       --pid1                             try to signal, ptrace and read PID 1
+//!       --loopback-echo ADDR:PORT          serve TCP and UDP echo on ADDR:PORT, then be a
+//!                                          client of both (a dev server on localhost)
+//!       --half-close SERVER NAME MS        a TCP query, then shutdown(SHUT_WR); prints
+//!                                          {"step":"half-closed"} at once, then waits up to
+//!                                          MS for the answer
 //!       --wait-file PATH                   wait (up to 60 s) until PATH exists
 //!       --sleep MS
+//!   sandbox-probe dns-flood N SERVER SUFFIX ALLOWED
+//!                                   N distinct random names under SUFFIX over UDP in a
+//!                                   thread; prints "flooding" after N/10, then one query
+//!                                   for ALLOWED during the flood ({"allowed": ...}), then
+//!                                   "got SIG after K queries" for a signal, and "done
+//!                                   {json}" (with the first 100 names) after the flood
+//!   sandbox-probe hijack --method plant|tcp-plant|spoof --resolver ADDR:PORT --ask ADDR:PORT
+//!                        --name NAME --answer IP [--port P]... [--prime NAME]
+//!                        [--wait-flow-ms MS] [--no-trigger] [--victim-wait-ms MS]
+//!                                   answer DNS in place of a root process's upstream
+//!                                   (see sandbox-probe/hijack.rs); one JSON report
+
+#[path = "sandbox-probe/hijack.rs"]
+mod hijack;
 
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
@@ -73,6 +92,8 @@ fn main() {
         Some("flood") => flood(&args[1..]),
         Some("search") => search(&args[1..]),
         Some("plant") => plant(&args[1..]),
+        Some("hijack") => hijack::main(&args[1..]),
+        Some("dns-flood") => dns_flood_signals(&args[1..]),
         _ => {
             eprintln!("usage: sandbox-probe report|exit|die|signals|orphans|group|sleep|tty ...");
             2
@@ -227,6 +248,26 @@ fn dns_parse(resp: &[u8]) -> Value {
     json!({"result": "reply", "rcode": rname, "addrs": addrs})
 }
 
+/// The question of a DNS message, spelled as it came: `{"name", "type"}`.
+fn dns_parse_question(msg: &[u8]) -> Value {
+    let mut labels = vec![];
+    let mut o = 12;
+    while let Some(&len) = msg.get(o) {
+        if len == 0 || len > 63 {
+            break;
+        }
+        let Some(l) = msg.get(o + 1..o + 1 + len as usize) else {
+            break;
+        };
+        labels.push(String::from_utf8_lossy(l).to_string());
+        o += 1 + len as usize;
+    }
+    let ty = msg
+        .get(o + 1..o + 3)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    json!({"name": labels.join("."), "type": ty, "id": msg.get(0..2).map(|b| u16::from_be_bytes([b[0], b[1]]))})
+}
+
 /// Sends one query over `proto` ("udp" or "tcp") and returns the raw reply.
 fn dns_exchange(
     proto: &str,
@@ -273,6 +314,9 @@ fn dns_report(proto: &str, server: &str, name: &str, ty: u16, timeout: Duration)
                 v["ancount"] = json!(u16::from_be_bytes([an[0], an[1]]));
                 v["tc"] = json!(flags & 0x02 != 0);
             }
+            // The question came back byte for byte as asked (letter case included).
+            let asked = &dns_query(name, 0, ty)[12..];
+            v["echoed"] = json!(resp.get(12..12 + asked.len()) == Some(asked));
             v
         }
         Err(e) => json!({"result": "error", "error": errno_name(&e)}),
@@ -474,6 +518,85 @@ fn flood(args: &[String]) -> i32 {
     );
     let _ = std::io::stdout().flush();
     wait(&done);
+    0
+}
+
+fn dns_flood_signals(args: &[String]) -> i32 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let (Some(server), Some(suffix), Some(allowed)) = (
+        args.get(1).and_then(|a| a.parse::<SocketAddr>().ok()),
+        args.get(2).cloned(),
+        args.get(3).cloned(),
+    ) else {
+        eprintln!("sandbox-probe: dns-flood N SERVER SUFFIX ALLOWED");
+        return 2;
+    };
+    // SAFETY: blocking every catchable signal (inherited by the flood thread) to wait for
+    // them synchronously.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut rng = Rng::new();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("{i:06}{}.{suffix}", rng.label(10)))
+        .collect();
+    let first: Vec<String> = names.iter().take(100).cloned().collect();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let start = Instant::now();
+    let worker = std::thread::spawn(move || -> (u64, u64) {
+        let Ok(s) = udp_socket(&server) else {
+            return (0, 0);
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+        let (mut nx, mut other) = (0u64, 0u64);
+        let mut buf = vec![0u8; 4096];
+        for chunk in names.chunks(256) {
+            for (i, name) in chunk.iter().enumerate() {
+                let _ = s.send(&dns_query(name, i as u16, 1));
+            }
+            for _ in chunk {
+                match s.recv(&mut buf) {
+                    Ok(k) if rcode_name(&buf[..k]) == "NXDOMAIN" => nx += 1,
+                    Ok(_) => other += 1,
+                    Err(_) => break,
+                }
+            }
+            counter.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+        (nx, other)
+    });
+    while sent.load(Ordering::SeqCst) < n / 10 && !worker.is_finished() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    println!("flooding");
+    let allowed = dns_report(
+        "udp",
+        &server.to_string(),
+        &allowed,
+        1,
+        Duration::from_secs(2),
+    );
+    println!(
+        "{}",
+        json!({"allowed": allowed, "sent": sent.load(Ordering::SeqCst)})
+    );
+    let _ = std::io::stdout().flush();
+    // SAFETY: set holds every signal; they are blocked in every thread.
+    let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+    println!("got {sig} after {} queries", sent.load(Ordering::SeqCst));
+    let _ = std::io::stdout().flush();
+    let (nx, other) = worker.join().unwrap_or((0, 0));
+    println!(
+        "done {}",
+        json!({"queries": n, "nxdomain": nx, "other": other, "first": first,
+               "ms": start.elapsed().as_millis() as u64})
+    );
+    let _ = std::io::stdout().flush();
     0
 }
 
@@ -838,6 +961,87 @@ fn garbage(server: &str, n: usize) -> Value {
            "ms": start.elapsed().as_millis() as u64})
 }
 
+/// A TCP client that sends a query and closes its sending side at once (as `dig +tcp` or a
+/// pipe that ends): the server must answer it, and must not spin on the end-of-file while
+/// the answer is on its way.
+fn half_close(server: &str, name: &str, ms: u64) -> Value {
+    let start = Instant::now();
+    let run = || -> std::io::Result<Vec<u8>> {
+        let sa: SocketAddr = server
+            .parse()
+            .map_err(|_| std::io::Error::other("bad server address"))?;
+        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+        let q = dns_query(name, 0x4242, 1);
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        println!("{}", json!({"step": "half-closed"}));
+        let _ = std::io::stdout().flush();
+        s.set_read_timeout(Some(Duration::from_millis(ms.max(1))))?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut buf = vec![0; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf)?;
+        Ok(buf)
+    };
+    let mut v = match run() {
+        Ok(resp) => dns_parse(&resp),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    };
+    v["step"] = json!("half-close");
+    v["ms"] = json!(start.elapsed().as_millis() as u64);
+    v
+}
+
+/// A server of the user's own on a loopback address (TCP and UDP echo), and one exchange
+/// with each as a client: `{"tcp": "ok"|error, "udp": "ok"|error}`.
+fn loopback_echo(addr: &str) -> Value {
+    let Ok(sa) = addr.parse::<SocketAddr>() else {
+        return json!({"step": "loopback-echo", "result": "bad-address"});
+    };
+    let t = Duration::from_secs(2);
+    let tcp_result = (|| -> std::io::Result<()> {
+        let l = std::net::TcpListener::bind(sa)?;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut c, _) = l.accept()?;
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b)?;
+            c.write_all(&b)
+        });
+        let mut c = TcpStream::connect_timeout(&sa, t)?;
+        c.set_read_timeout(Some(t))?;
+        c.write_all(b"hello")?;
+        let mut b = [0u8; 5];
+        c.read_exact(&mut b)?;
+        server
+            .join()
+            .map_err(|_| std::io::Error::other("server"))??;
+        (&b == b"hello")
+            .then_some(())
+            .ok_or(std::io::Error::other("echo"))
+    })();
+    let udp_result = (|| -> std::io::Result<()> {
+        let srv = UdpSocket::bind(sa)?;
+        srv.set_read_timeout(Some(t))?;
+        let c = udp_socket(&sa)?;
+        c.set_read_timeout(Some(t))?;
+        c.send(b"hello")?;
+        let mut b = [0u8; 16];
+        let (n, from) = srv.recv_from(&mut b)?;
+        srv.send_to(&b[..n], from)?;
+        let n = c.recv(&mut b)?;
+        (&b[..n] == b"hello")
+            .then_some(())
+            .ok_or(std::io::Error::other("echo"))
+    })();
+    let show = |r: std::io::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => errno_name(&e),
+    };
+    json!({"step": "loopback-echo", "addr": addr, "tcp": show(tcp_result), "udp": show(udp_result)})
+}
+
 fn pid1_attacks() -> Value {
     // Signal 0 checks the permission without delivering anything.
     // SAFETY: kill and ptrace on PID 1 with no memory passed; both are expected to fail.
@@ -1098,6 +1302,11 @@ fn dns_steps(args: &[String]) -> i32 {
                 garbage(&s, n.parse().unwrap_or(1000))
             }
             "--pid1" => pid1_attacks(),
+            "--loopback-echo" => loopback_echo(&next()),
+            "--half-close" => {
+                let (server, name, ms) = (next(), next(), next());
+                half_close(&server, &name, ms.parse().unwrap_or(3000))
+            }
             "--wait-file" => {
                 let p = next();
                 let start = Instant::now();

@@ -1,11 +1,12 @@
 //! DNS `filter` mode: PID 1 answers the child's DNS itself. Only allowlisted names are
 //! resolved (upstream, through the resolvers of /etc/resolv.conf); their addresses enter the
 //! firewall's dynamic sets before the answer is released and expire after it; every other
-//! name gets NXDOMAIN at once and never leaves the container (peers.md items 4 and 5).
+//! name gets NXDOMAIN at once and never leaves the container.
 
 pub mod forwarder;
 pub mod policy;
 pub mod sets;
+pub mod upstream;
 pub mod wire;
 
 use crate::firewall::Applied;

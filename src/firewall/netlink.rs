@@ -28,6 +28,9 @@ const DNS_REDIRECT: &str = "dns_redirect";
 const DNS_REDIRECT_PRIORITY: i32 = -150;
 /// NFT_SET_TIMEOUT: the set's elements expire (see dns::sets for the refresh scheme).
 const SET_FLAG_TIMEOUT: u32 = 0x10;
+/// The conntrack mark bit of a flow a root process opened to port 53 (one bit, so other
+/// users of the mark keep theirs).
+pub const ROOT_DNS_MARK: u32 = 0x2000_0000;
 
 /// A finished transaction: the bytes, what each message does (index = sequence number - 1,
 /// so a kernel error names the object it refused), and what the read-back must find.
@@ -111,6 +114,7 @@ pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
     let inp = chain(INPUT, HookClass::In);
     put!(w, &out, MsgType::Add, "chain output (policy drop)");
     put!(w, &inp, MsgType::Add, "chain input (policy drop)");
+    no_answers_for_resolvers(&mut w, &out, plan)?;
     if plan.filter {
         dns_filter_rules(&mut w, &table, &out, plan)?;
     }
@@ -485,6 +489,110 @@ fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> 
     Ok(())
 }
 
+/// Nobody but root answers in a resolver's name, in either DNS mode (first rules of the
+/// output chain, before loopback is accepted):
+///
+/// - no packet of a non-root socket from a resolver's address to a local socket
+///   (IPV6_FREEBIND lets any user bind an upstream's address and send from it over the
+///   local route), and none from port 53 (any user may bind 127.0.0.11:53 in a container):
+///   so no answer can come from where a resolver answers, and no conntrack flow can be
+///   planted whose reply direction is a root process's next query (conntrack would then
+///   deliver that query to the planter, past Docker's DNAT);
+/// - a root process's packet to port 53 must belong to a flow root opened: its first
+///   packet marks the flow (conntrack mark bit), and a root query that conntrack places in
+///   someone else's flow, or finds invalid, is dropped.
+///
+/// The kernel offers no cheap match for "to the socket of PID 1" in the output hook, and
+/// dropping at input comes after conntrack has confirmed a planted flow: hence the two
+/// ends above, the sender's identity and the query's flow.
+fn no_answers_for_resolvers(w: &mut Writer, out: &Chain, plan: &Plan) -> BResult<()> {
+    let not_root = |r: &mut Rule, op: CmpOp| {
+        r.add_expr(Meta::new(MetaType::SkUid));
+        r.add_expr(Cmp::new(op, 0u32.to_ne_bytes()));
+    };
+    for addr in &plan.resolver_addrs {
+        let mut r = Rule::new(out).map_err(berr)?;
+        saddr_eq(&mut r, *addr);
+        iface_is(&mut r, MetaType::OifName, "lo");
+        not_root(&mut r, CmpOp::Neq);
+        counted_drop(&mut r);
+        rule(
+            w,
+            &r,
+            false,
+            format!("output: drop non-root users from the resolver address {addr}"),
+        );
+    }
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let mut r = Rule::new(out).map_err(berr)?;
+        sport(&mut r, proto, 53);
+        not_root(&mut r, CmpOp::Neq);
+        counted_drop(&mut r);
+        rule(
+            w,
+            &r,
+            false,
+            format!("output: drop non-root users from {proto} port 53"),
+        );
+    }
+    let mark = ROOT_DNS_MARK.to_ne_bytes();
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let root_dns = |r: &mut Rule| {
+            dport(r, proto, 53);
+            not_root(r, CmpOp::Eq);
+        };
+        let mut r = Rule::new(out).map_err(berr)?;
+        root_dns(&mut r);
+        ct_state_is(&mut r, ConnTrackState::INVALID)?;
+        counted_drop(&mut r);
+        rule(
+            w,
+            &r,
+            false,
+            format!("output: drop root's {proto} 53 that conntrack finds invalid"),
+        );
+        // ct mark |= ROOT_DNS_MARK on the first packet of root's own flow.
+        let mut r = Rule::new(out).map_err(berr)?;
+        root_dns(&mut r);
+        ct_state_is(&mut r, ConnTrackState::NEW)?;
+        r.add_expr(Conntrack::new(ConntrackKey::Mark));
+        r.add_expr(Bitwise::new((!ROOT_DNS_MARK).to_ne_bytes(), mark).map_err(berr)?);
+        r.add_expr(Conntrack::default().with_mark_value(Register::Reg1));
+        rule(
+            w,
+            &r,
+            false,
+            format!("output: mark the flow of root's new {proto} 53"),
+        );
+        let mut r = Rule::new(out).map_err(berr)?;
+        root_dns(&mut r);
+        r.add_expr(Conntrack::new(ConntrackKey::Mark));
+        r.add_expr(Bitwise::new(mark, 0u32.to_ne_bytes()).map_err(berr)?);
+        r.add_expr(Cmp::new(CmpOp::Eq, 0u32.to_ne_bytes()));
+        counted_drop(&mut r);
+        rule(
+            w,
+            &r,
+            false,
+            format!("output: drop root's {proto} 53 in a flow root did not open"),
+        );
+    }
+    Ok(())
+}
+
+fn counted_drop(r: &mut Rule) {
+    r.add_expr(Counter::default());
+    r.add_expr(Immediate::new_verdict(VerdictKind::Drop));
+}
+
+/// `ct state` has one of the bits of `states`.
+fn ct_state_is(r: &mut Rule, states: ConnTrackState) -> BResult<()> {
+    r.add_expr(Conntrack::new(ConntrackKey::State));
+    r.add_expr(Bitwise::new(states.bits().to_ne_bytes(), 0u32.to_ne_bytes()).map_err(berr)?);
+    r.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
+    Ok(())
+}
+
 /// TCP reset for TCP (the fastest failure), admin-prohibited for the rest.
 fn reject_for(proto: Proto) -> Reject {
     match proto {
@@ -496,11 +604,15 @@ fn reject_for(proto: Proto) -> Reject {
 }
 
 fn iface(r: &mut Rule, key: MetaType, name: &str) {
+    iface_is(r, key, name);
+    accept(r);
+}
+
+fn iface_is(r: &mut Rule, key: MetaType, name: &str) {
     let mut v = name.as_bytes().to_vec();
     v.push(0);
     r.add_expr(Meta::new(key));
     r.add_expr(Cmp::new(CmpOp::Eq, v));
-    accept(r);
 }
 
 fn accept(r: &mut Rule) {
@@ -509,10 +621,10 @@ fn accept(r: &mut Rule) {
 
 fn ct_established(chain: &Chain) -> BResult<Rule> {
     let mut r = Rule::new(chain).map_err(berr)?;
-    let states = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
-    r.add_expr(Conntrack::new(ConntrackKey::State));
-    r.add_expr(Bitwise::new(states.to_ne_bytes(), 0u32.to_ne_bytes()).map_err(berr)?);
-    r.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
+    ct_state_is(
+        &mut r,
+        ConnTrackState::ESTABLISHED | ConnTrackState::RELATED,
+    )?;
     accept(&mut r);
     Ok(r)
 }
@@ -551,6 +663,21 @@ fn dport(r: &mut Rule, proto: Proto, port: u16) {
     r.add_expr(Cmp::new(CmpOp::Eq, port.to_be_bytes()));
 }
 
+fn sport(r: &mut Rule, proto: Proto, port: u16) {
+    let field = match proto {
+        Proto::Tcp => {
+            l4proto(r, libc::IPPROTO_TCP as u8);
+            TransportHeaderField::Tcp(TCPHeaderField::Sport)
+        }
+        Proto::Udp => {
+            l4proto(r, libc::IPPROTO_UDP as u8);
+            TransportHeaderField::Udp(UDPHeaderField::Sport)
+        }
+    };
+    r.add_expr(HighLevelPayload::Transport(field).build());
+    r.add_expr(Cmp::new(CmpOp::Eq, port.to_be_bytes()));
+}
+
 /// `meta nfproto ipv4|ipv6` then the destination address into register 1.
 fn daddr_payload(r: &mut Rule, v6: bool) {
     r.add_expr(Meta::new(MetaType::NfProto));
@@ -571,6 +698,24 @@ fn daddr_payload(r: &mut Rule, v6: bool) {
 
 fn daddr_eq(r: &mut Rule, ip: IpAddr) {
     daddr_payload(r, ip.is_ipv6());
+    r.add_expr(Cmp::new(CmpOp::Eq, octets(ip)));
+}
+
+fn saddr_eq(r: &mut Rule, ip: IpAddr) {
+    r.add_expr(Meta::new(MetaType::NfProto));
+    let (proto, field) = if ip.is_ipv6() {
+        (
+            libc::NFPROTO_IPV6,
+            NetworkHeaderField::IPv6(IPv6HeaderField::Saddr),
+        )
+    } else {
+        (
+            libc::NFPROTO_IPV4,
+            NetworkHeaderField::IPv4(IPv4HeaderField::Saddr),
+        )
+    };
+    r.add_expr(Cmp::new(CmpOp::Eq, [proto as u8]));
+    r.add_expr(HighLevelPayload::Network(field).build());
     r.add_expr(Cmp::new(CmpOp::Eq, octets(ip)));
 }
 
@@ -1079,13 +1224,30 @@ mod tests {
         let has = |bytes: &[u8]| bytes.windows(log_attr.len()).any(|w| w == log_attr);
         assert!(has(&b.bytes) && !has(&plain.bytes));
         assert_eq!(b.expect.input_rules, 3);
-        // lo, ct, nd, 2 dns, 2 gateway, any_v4, any_v6, 10.1/16, tcp443_v4, 2 rejects
-        assert_eq!(b.expect.output_rules, 13);
+        // 9 against answering for a resolver (1 resolver address, 2 ports, 3 x 2 root
+        // flow rules), lo, ct, nd, 2 dns, 2 gateway, any_v4, any_v6, 10.1/16, tcp443_v4,
+        // 2 rejects
+        assert_eq!(b.expect.output_rules, 9 + 13);
         assert_eq!(b.expect.sets.len(), 3);
         assert!(b.expect.sets.contains(&("any_v6".to_string(), 1)));
-        // 3 tables + 2 chains + 3 sets with elements + 16 rules
-        assert_eq!(b.what.len(), 3 + 2 + 6 + 16);
+        // 3 tables + 2 chains + 3 sets with elements + 25 rules
+        assert_eq!(b.what.len(), 3 + 2 + 6 + 25);
         assert!(b.what[1].starts_with("delete of the previous table"));
+        // They come first, before loopback is accepted.
+        let first_rules: Vec<&String> = b.what.iter().filter(|w| w.starts_with("rule")).collect();
+        assert_eq!(
+            first_rules[0],
+            "rule output: drop non-root users from the resolver address 10.77.0.53"
+        );
+        assert!(
+            first_rules[1].contains("from udp port 53"),
+            "{first_rules:?}"
+        );
+        assert!(first_rules[8].contains("tcp 53 in a flow root did not open"));
+        assert!(
+            first_rules[9].contains("accept loopback"),
+            "{first_rules:?}"
+        );
         assert!(b.what.iter().any(|w| w == "1 elements of set tcp443_v4"));
         assert!(!b.bytes.is_empty());
     }

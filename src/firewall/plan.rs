@@ -103,6 +103,10 @@ pub struct Plan {
     pub upstreams: Vec<IpAddr>,
     /// Loopback resolvers (Docker's 127.0.0.11): closed to the child in `filter` mode.
     pub loopback_resolvers: Vec<IpAddr>,
+    /// Every resolver a process of the container asks (those of /etc/resolv.conf and
+    /// Docker's ExtServers) but 127.0.0.1 and ::1: in both modes no user but root may send
+    /// from one of these addresses to a local socket, so nobody answers in their name.
+    pub resolver_addrs: Vec<IpAddr>,
 }
 
 /// The inputs: validated entries, the addresses each name resolved to (failed names are
@@ -233,6 +237,19 @@ pub fn build_mode(
             RootDns::Off => RootDns::To(direct),
         };
     }
+    // 127.0.0.1 and ::1 are the source of all the user's own loopback traffic: a resolver
+    // there is guarded by its port (53) alone.
+    let mut resolver_addrs: Vec<IpAddr> = vec![];
+    for a in host
+        .resolvers
+        .iter()
+        .chain(host.ext_servers.iter().flatten())
+    {
+        let own = *a == IpAddr::V4(Ipv4Addr::LOCALHOST) || *a == IpAddr::V6(Ipv6Addr::LOCALHOST);
+        if !own && !resolver_addrs.contains(a) {
+            resolver_addrs.push(*a);
+        }
+    }
     let blocked_gateways = host
         .gateways
         .iter()
@@ -250,6 +267,7 @@ pub fn build_mode(
         dynamic,
         upstreams: host.resolvers.clone(),
         loopback_resolvers: if filter { loopback_resolvers } else { vec![] },
+        resolver_addrs,
     }
 }
 
@@ -272,6 +290,18 @@ impl fmt::Display for Plan {
             )?;
         }
         writeln!(f, "  output (policy drop):")?;
+        // Answering for a resolver takes its address or port 53; riding a flow someone
+        // else planted takes a root query in the reply direction: both are dropped.
+        writeln!(
+            f,
+            "    drop    every user but root: from port 53, or to loopback from a resolver \
+             address ({})",
+            list(self.resolver_addrs.iter().map(|a| a.to_string()).collect())
+        )?;
+        writeln!(
+            f,
+            "    drop    root's udp+tcp 53 in a flow root did not open (conntrack mark)"
+        )?;
         if self.filter {
             writeln!(
                 f,
@@ -586,6 +616,34 @@ mod tests {
             true,
         );
         assert!(p.dynamic[&Some(tcp(80))].is_empty());
+    }
+
+    #[test]
+    fn nobody_but_root_sends_from_a_resolver_address_in_either_mode() {
+        let mut h = host();
+        h.resolvers = vec![
+            ip("127.0.0.11"),
+            ip("10.77.0.53"),
+            ip("127.0.0.1"),
+            ip("::1"),
+        ];
+        h.ext_servers = Some(vec![ip("192.168.65.7"), ip("10.77.0.53")]);
+        for filter in [false, true] {
+            let p = build_mode(&[], &BTreeMap::new(), &h, false, filter);
+            // the user's own loopback traffic comes from 127.0.0.1 and ::1: never listed
+            assert_eq!(
+                p.resolver_addrs,
+                vec![ip("127.0.0.11"), ip("10.77.0.53"), ip("192.168.65.7")]
+            );
+            let shown = p.to_string();
+            assert!(
+                shown.contains("from port 53, or to loopback from a resolver address"),
+                "{shown}"
+            );
+            assert!(shown.contains("in a flow root did not open"), "{shown}");
+            let pos = |needle: &str| shown.find(needle).unwrap();
+            assert!(pos("from port 53") < pos("accept  loopback"));
+        }
     }
 
     #[test]

@@ -213,6 +213,44 @@ pub const REFILL: Duration = Duration::from_secs(2);
 pub const MAX_DISTINCT: usize = 4096;
 /// Distinct recent events kept for `check`.
 pub const RECENT: usize = 32;
+/// Distinct denied names under one parent domain within `TUNNEL_WINDOW` that make it look
+/// like DNS tunnelling (data hidden in the labels of names nobody resolves): reported as
+/// one line for the domain, never one suggestion per random label.
+pub const TUNNEL_NAMES: u64 = 20;
+pub const TUNNEL_WINDOW: Duration = Duration::from_secs(60);
+/// A denied name's line waits this long, so a fast flood under its domain is one line.
+pub const NAME_HOLD: Duration = Duration::from_secs(1);
+
+/// The domain a denied name is grouped under: the name without its first label.
+pub fn parent_domain(name: &str) -> &str {
+    match name.split_once('.') {
+        Some((_, rest)) if !rest.is_empty() => rest,
+        _ => name,
+    }
+}
+
+/// What the tunnelling line, `check` and the audit summary say about a domain; `how_many`
+/// says what was counted ("20 different names").
+pub fn tunnelling_note(domain: &str, how_many: &str) -> String {
+    format!(
+        "{how_many} under {} look like DNS tunnelling (data hidden in the names); none was \
+         resolved or left the container, and there is nothing to allow",
+        shown_name(domain)
+    )
+}
+
+/// Denied names under one parent domain, for the tunnelling check.
+#[derive(Debug)]
+struct NameGroup {
+    /// Distinct names in the current window (at most TUNNEL_NAMES are kept).
+    names: HashSet<String>,
+    window_start: Instant,
+    /// Names whose line waits for the hold to end.
+    held: Vec<String>,
+    tunnelling: bool,
+    /// Every denied name under the domain, repeats included.
+    events: u64,
+}
 
 /// A token bucket: `BURST` tokens, one more every `REFILL`.
 #[derive(Debug, Clone)]
@@ -269,6 +307,8 @@ struct Recent {
     event: Event,
     count: u64,
     last: SystemTime,
+    /// Denied names under a domain that looks like tunnelling: one entry for the domain.
+    tunnel: Option<String>,
 }
 
 /// Deduplicates and rate-limits the lines, remembers which name each address was resolved
@@ -291,6 +331,11 @@ pub struct Reporter {
     recent: VecDeque<Recent>,
     audit: Option<audit::AuditLog>,
     audit_path: Option<String>,
+    /// Denied names by parent domain, and the holds in the order they end.
+    name_groups: HashMap<String, NameGroup>,
+    holds: VecDeque<(Instant, String)>,
+    /// Tunnelling lines waiting for the rate limit.
+    tunnel_lines: VecDeque<String>,
 }
 
 impl Default for Reporter {
@@ -309,6 +354,9 @@ impl Default for Reporter {
             recent: VecDeque::new(),
             audit: None,
             audit_path: None,
+            name_groups: HashMap::new(),
+            holds: VecDeque::new(),
+            tunnel_lines: VecDeque::new(),
         }
     }
 }
@@ -359,7 +407,7 @@ impl Reporter {
         if self.audit.is_some() {
             let name = self.name_for(&event).map(String::from);
             if let Some(log) = self.audit.as_mut() {
-                log.write(&event, name.as_deref(), wall);
+                log.record(&event, name.as_deref(), now, wall);
             }
         }
         let full = self.counts.len() >= MAX_DISTINCT;
@@ -370,7 +418,26 @@ impl Reporter {
                 self.counts.insert(event.clone(), 1);
             }
         }
-        self.remember_recent(&event, wall);
+        if let Event::DeniedName { name } = &event {
+            let parent = parent_domain(name).to_string();
+            let was = self.name_groups.get(&parent).is_some_and(|g| g.tunnelling);
+            let line = self.denied_name(name, &parent, now);
+            let tunnel = was || self.name_groups.get(&parent).is_some_and(|g| g.tunnelling);
+            if tunnel && !was {
+                // Its names seen before it looked like tunnelling fold into its entry.
+                self.recent.retain(|r| {
+                    !matches!(&r.event, Event::DeniedName { name } if parent_domain(name) == parent)
+                });
+            }
+            self.remember_recent(&event, wall, tunnel.then_some(parent));
+            return line;
+        }
+        self.remember_recent(&event, wall, None);
+        self.show(event, now)
+    }
+
+    /// The line for a new event, deduplicated and within the rate limit.
+    fn show(&mut self, event: Event, now: Instant) -> Option<String> {
         if self.seen.contains(&event) {
             return None;
         }
@@ -392,8 +459,100 @@ impl Reporter {
         Some(l)
     }
 
-    fn remember_recent(&mut self, event: &Event, wall: SystemTime) {
-        if let Some(i) = self.recent.iter().position(|r| &r.event == event) {
+    /// A denied name waits `NAME_HOLD` (see `due_lines`); once its parent domain has had
+    /// `TUNNEL_NAMES` distinct names within `TUNNEL_WINDOW`, the domain gets one line
+    /// saying it looks like tunnelling, and its names no line of their own.
+    fn denied_name(&mut self, name: &str, parent: &str, now: Instant) -> Option<String> {
+        if let Some(g) = self.name_groups.get_mut(parent) {
+            g.events += 1;
+            if g.tunnelling {
+                return None;
+            }
+        } else if self.name_groups.len() >= MAX_DISTINCT {
+            return self.show(Event::DeniedName { name: name.into() }, now);
+        } else {
+            self.name_groups.insert(
+                parent.to_string(),
+                NameGroup {
+                    names: HashSet::new(),
+                    window_start: now,
+                    held: vec![],
+                    tunnelling: false,
+                    events: 1,
+                },
+            );
+        }
+        let event = Event::DeniedName { name: name.into() };
+        let seen = self.seen.contains(&event);
+        let g = self.name_groups.get_mut(parent)?;
+        if now.saturating_duration_since(g.window_start) > TUNNEL_WINDOW {
+            g.names.clear();
+            g.window_start = now;
+        }
+        g.names.insert(name.to_string());
+        if g.names.len() as u64 >= TUNNEL_NAMES {
+            g.tunnelling = true;
+            g.held.clear();
+            g.names.clear();
+            let line = format!(
+                "blocked dns names: {}",
+                tunnelling_note(parent, &format!("{TUNNEL_NAMES} different names"))
+            );
+            return self.tunnel_line(line, now);
+        }
+        if seen || g.held.iter().any(|h| h == name) {
+            return None;
+        }
+        if g.held.is_empty() {
+            self.holds.push_back((now + NAME_HOLD, parent.to_string()));
+        }
+        g.held.push(name.to_string());
+        None
+    }
+
+    fn tunnel_line(&mut self, line: String, now: Instant) -> Option<String> {
+        if self.tunnel_lines.is_empty() && self.bucket.take(now) {
+            return Some(line);
+        }
+        if self.tunnel_lines.len() < RECENT {
+            self.tunnel_lines.push_back(line);
+        }
+        None
+    }
+
+    /// Lines whose time has come: held denied names whose hold ended (all of them when
+    /// `force`: the command has exited), and tunnelling lines the rate limit kept back.
+    pub fn due_lines(&mut self, now: Instant, force: bool) -> Vec<String> {
+        let mut out = vec![];
+        while let Some((t, _)) = self.holds.front() {
+            if !force && *t > now {
+                break;
+            }
+            let Some((_, parent)) = self.holds.pop_front() else {
+                break;
+            };
+            let held = self
+                .name_groups
+                .get_mut(&parent)
+                .map(|g| std::mem::take(&mut g.held))
+                .unwrap_or_default();
+            for name in held {
+                out.extend(self.show(Event::DeniedName { name }, now));
+            }
+        }
+        while !self.tunnel_lines.is_empty() && (force || self.bucket.take(now)) {
+            out.extend(self.tunnel_lines.pop_front());
+        }
+        out
+    }
+
+    fn remember_recent(&mut self, event: &Event, wall: SystemTime, tunnel: Option<String>) {
+        let same = |r: &Recent| match (&tunnel, &r.tunnel) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => &r.event == event,
+            _ => false,
+        };
+        if let Some(i) = self.recent.iter().position(same) {
             if let Some(mut r) = self.recent.remove(i) {
                 r.count += 1;
                 r.last = wall;
@@ -408,6 +567,7 @@ impl Reporter {
             event: event.clone(),
             count: 1,
             last: wall,
+            tunnel,
         });
     }
 
@@ -439,15 +599,24 @@ impl Reporter {
         ))
     }
 
-    /// When `note_due` may have something to say.
+    /// When `note_due`, `due_lines` or the audit log's summary may have something to say.
     pub fn deadline(&self) -> Option<Instant> {
-        (!self.suppressed.is_empty()).then(|| self.bucket.next_at())
+        let waiting = !self.suppressed.is_empty() || !self.tunnel_lines.is_empty();
+        [
+            waiting.then(|| self.bucket.next_at()),
+            self.holds.front().map(|(t, _)| *t),
+            self.audit.as_ref().and_then(|a| a.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Writes buffered audit lines out (after each batch of events).
+    /// Hands the audit lines of the last batch of events to the log's writer (and its
+    /// summary, when one is due).
     pub fn flush(&mut self) {
         if let Some(log) = self.audit.as_mut() {
-            log.flush();
+            log.flush(Instant::now(), SystemTime::now());
         }
     }
 
@@ -457,9 +626,15 @@ impl Reporter {
 
     /// Distinct events and how often each happened, most frequent first.
     pub fn summary(&self) -> Vec<(String, u64)> {
+        let tunnelling = |name: &str| {
+            self.name_groups
+                .get(parent_domain(name))
+                .is_some_and(|g| g.tunnelling)
+        };
         let mut v: Vec<(String, u64)> = self
             .counts
             .iter()
+            .filter(|(e, _)| !matches!(e, Event::DeniedName { name } if tunnelling(name)))
             .map(|(e, n)| {
                 let what = match e {
                     Event::Blocked { proto, addr, port } => {
@@ -470,6 +645,13 @@ impl Reporter {
                 (what, *n)
             })
             .collect();
+        // A domain that looks like tunnelling is one entry, whatever its random labels.
+        for (d, g) in self.name_groups.iter().filter(|(_, g)| g.tunnelling) {
+            v.push((
+                format!("dns names under {} (tunnelling)", shown_name(d)),
+                g.events,
+            ));
+        }
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
     }
@@ -481,6 +663,18 @@ impl Reporter {
             .recent
             .iter()
             .map(|r| {
+                if let Some(d) = &r.tunnel {
+                    let n = self.name_groups.get(d).map_or(r.count, |g| g.events);
+                    return serde_json::json!({
+                        "time": audit::rfc3339(r.last), "event": "denied_names",
+                        "proto": "dns", "addr": null, "port": null, "name": null,
+                        "domain": d, "allow": null, "tunnelling": true, "count": n,
+                        "line": format!(
+                            "blocked dns names: {}",
+                            tunnelling_note(d, &format!("{n} queries for names"))
+                        ),
+                    });
+                }
                 let mut v = audit::json(&r.event, self.name_for(&r.event), r.last);
                 // All attempts when counted apart, else those since it became recent.
                 v["count"] = self.counts.get(&r.event).copied().unwrap_or(r.count).into();
@@ -498,6 +692,7 @@ impl Reporter {
             "not_shown": self.suppressed_total,
             "audit_log": self.audit_path,
             "audit_lines": self.audit.as_ref().map(|a| a.written),
+            "audit_dropped": self.audit.as_ref().map(|a| a.dropped),
             "recent": recent,
         })
     }
@@ -598,11 +793,14 @@ mod tests {
             .unwrap();
         assert!(l.contains("blocked udp 10.0.0.9:123;"), "{l}");
         assert!(l.contains("SANDBOX_ALLOW=10.0.0.9:123/udp "), "{l}");
-        let l = r
-            .record(Event::DeniedName {
-                name: "x.evil.test".into(),
-            })
-            .unwrap();
+        // a denied name's line comes after its hold
+        let t = Instant::now();
+        let e = Event::DeniedName {
+            name: "x.evil.test".into(),
+        };
+        assert_eq!(r.record_at(e, t, SystemTime::now()), None);
+        assert!(r.due_lines(t, false).is_empty());
+        let l = r.due_lines(t + NAME_HOLD, false).remove(0);
         assert!(l.starts_with("blocked dns name x.evil.test"), "{l}");
         assert!(l.contains("SANDBOX_ALLOW=x.evil.test "), "{l}");
     }
@@ -876,7 +1074,7 @@ mod tests {
     }
 
     #[test]
-    fn every_event_reaches_the_audit_log_duplicates_included() {
+    fn first_occurrences_reach_the_audit_log_and_repeats_are_counted() {
         let d = std::env::temp_dir().join(format!("sbx-report-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
@@ -894,17 +1092,104 @@ mod tests {
             r.record(tcp("10.77.0.12", i + 1));
         }
         r.flush();
+        // the session ends: the last summary, the writer drained
+        drop(r);
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&p)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 104);
+        assert_eq!(lines.len(), 1 + 1 + 100 + 1, "{lines:#?}");
         assert_eq!(lines[0]["name"], "other.test");
-        assert_eq!(lines[2]["addr"], "10.77.0.11");
-        assert_eq!(lines[3]["event"], "denied_name");
-        assert_eq!(lines[103]["port"], 100);
+        assert_eq!(lines[0]["addr"], "10.77.0.11");
+        assert_eq!(lines[1]["event"], "denied_name");
+        assert_eq!(lines[101]["port"], 100);
+        assert_eq!(lines[102]["event"], "repeated");
+        assert_eq!(lines[102]["addr"], "10.77.0.11");
+        assert_eq!(lines[102]["count"], 2);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_flood_of_names_under_one_domain_is_one_tunnelling_line() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut r = Reporter {
+            bucket: Bucket::new(t0),
+            ..Default::default()
+        };
+        let mut lines = vec![];
+        // a legitimate name elsewhere, then 10,000 random labels under one domain in 1 s
+        lines.extend(r.record_at(
+            Event::DeniedName {
+                name: "cdn.other.test".into(),
+            },
+            t0,
+            wall,
+        ));
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 100);
+            let e = Event::DeniedName {
+                name: format!("q{i:05}zzx.exfil.evil.test"),
+            };
+            lines.extend(r.record_at(e, now, wall));
+            lines.extend(r.due_lines(now, false));
+        }
+        lines.extend(r.due_lines(t0 + Duration::from_secs(5), true));
+        let flood: Vec<&String> = lines.iter().filter(|l| l.contains("exfil")).collect();
+        assert_eq!(flood.len(), 1, "{lines:#?}");
+        assert!(flood[0].contains("exfil.evil.test"), "{}", flood[0]);
+        assert!(flood[0].contains("tunnelling"), "{}", flood[0]);
+        assert!(!flood[0].contains("SANDBOX_ALLOW"), "{}", flood[0]);
+        assert!(
+            !flood[0].contains("zzx"),
+            "no random label shown: {}",
+            flood[0]
+        );
+        // `check` and the session summary show the domain once, no label, no suggestion
+        let st = r.status();
+        let recent = st["recent"].as_array().unwrap();
+        assert_eq!(recent.len(), 2, "{st:#}");
+        assert_eq!(recent[1]["domain"], "exfil.evil.test");
+        assert_eq!(recent[1]["allow"], serde_json::Value::Null);
+        assert_eq!(recent[1]["count"], 10_000);
+        assert!(!st.to_string().contains("zzx"), "{st}");
+        let summary = r.summary();
+        assert_eq!(summary.len(), 2, "{summary:?}");
+        assert_eq!(
+            summary[0],
+            (
+                "dns names under exfil.evil.test (tunnelling)".to_string(),
+                10_000
+            )
+        );
+        // the other name keeps its own line and suggestion
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("blocked dns name cdn.other.test")),
+            "{lines:#?}"
+        );
+        // a few names under a domain are not a flood
+        let mut r = Reporter::default();
+        for n in ["a.example.test", "b.example.test", "c.example.test"] {
+            r.record_at(Event::DeniedName { name: n.into() }, t0, wall);
+        }
+        let l = r.due_lines(t0 + NAME_HOLD, false);
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert_eq!(r.deadline(), None);
+    }
+
+    #[test]
+    fn names_in_our_words_escape_every_byte_but_host_name_ones() {
+        assert_eq!(shown_name("evil.test"), "evil.test");
+        assert_eq!(
+            shown_name("a,0.0.0.0/0 $(x)"),
+            "a\\x2c0.0.0.0\\x2f0\\x20\\x24\\x28x\\x29"
+        );
+        assert_eq!(parent_domain("a.b.test"), "b.test");
+        assert_eq!(parent_domain("test"), "test");
+        assert_eq!(parent_domain("x."), "x.");
     }
 
     #[test]
