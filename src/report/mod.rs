@@ -883,8 +883,12 @@ mod tests {
             let event = Event::DeniedName {
                 name: name.to_string(),
             };
+            // a denied name's line comes once its hold is over
+            let t = at();
+            assert_eq!(r.record_at(event, t, wall), None, "{name}: not held");
             let l = r
-                .record_at(event, at(), wall)
+                .due_lines(t + NAME_HOLD, false)
+                .pop()
                 .unwrap_or_else(|| panic!("{name}: no line"));
             let head = l.split(" (not in the allowlist)").next().unwrap();
             assert_inert(head);
