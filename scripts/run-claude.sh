@@ -54,6 +54,10 @@ The project's volume:
 
   -h, --help          this text
 
+Environment: CLAUDE_SANDBOX_IMAGE (as --image), CLAUDE_SANDBOX_BIN (the sandbox-init binary
+to build the image with and to check --allow with; default target/<arch>-unknown-linux-musl/
+release/sandbox-init of this repository), CLAUDE_CODE_VERSION (pins Claude Code at a build).
+
 Exit codes: 64 usage error; 1 a step failed (the message says what to do); otherwise the
 code of the session (sandbox-init's: 70 the sandbox could not be built, 78 bad config or
 credentials).
@@ -91,6 +95,8 @@ while [ $# -gt 0 ]; do
     val=""
     if takes_value "$arg"; then
         [ $# -ge 1 ] && [ -n "$1" ] || die "$arg needs a value (see --help)"
+        # Only docker's own arguments start with '-'; elsewhere it is the next option.
+        [ "$arg" = --docker-arg ] || [ "${1#-}" = "$1" ] || die "$arg needs a value (see --help)"
         val=$1
         shift
     fi
@@ -135,6 +141,50 @@ while [ $# -gt 0 ]; do
 done
 
 project=$(cd "${project:-.}" 2>/dev/null && pwd) || die "no such directory: ${project:-.}"
+docker_ok=0
+if have docker; then docker_ok=1; fi
+
+case "$(uname -m)" in
+    aarch64 | arm64) triple=aarch64-unknown-linux-musl ;;
+    *) triple=x86_64-unknown-linux-musl ;;
+esac
+bin=${CLAUDE_SANDBOX_BIN:-"$repo/target/$triple/release/sandbox-init"}
+
+# --allow and --preset are checked by sandbox-init's own parser (its `config` mode, which
+# only parses) before anything runs: the host binary when it can run here, else the image's.
+# A binary from before `config` existed would take the word for a command and build a
+# sandbox around this very host: it is asked for its --help first, which every version
+# answers without doing anything.
+checked=0
+validate() {
+    [ "$checked" = 0 ] || return 0
+    [ ${#allow[@]} -gt 0 ] || [ ${#presets[@]} -gt 0 ] || { checked=1; return 0; }
+    local flags=() a p err
+    for a in ${allow[@]+"${allow[@]}"}; do flags+=(--allow "$a"); done
+    for p in ${presets[@]+"${presets[@]}"}; do flags+=(--preset "$p"); done
+    if [ "$(uname -s)" = Linux ] && [ -x "$bin" ]; then
+        if ! env -i "$bin" --help 2>/dev/null | grep -q '^  config '; then
+            echo "run-claude: note: $bin is too old to check --allow and --preset" \
+                "(make build, or --rebuild); sandbox-init checks them at the start" >&2
+            checked=1
+            return 0
+        fi
+        checked=1
+        err=$(env -i "$bin" config --config /dev/null "${flags[@]}" 2>&1 >/dev/null) && return 0
+    elif [ "$docker_ok" = 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
+        # In a throwaway container without a network: harmless whatever the version.
+        checked=1
+        err=$(docker run --rm --network none --entrypoint /usr/local/sbin/sandbox-init \
+            "$image" config --config /dev/null "${flags[@]}" 2>&1 >/dev/null) && return 0
+    else
+        return 1 # nothing built yet: checked once the binary is
+    fi
+    die "${err#sandbox-init: error: }"
+}
+
+# With a host binary, before anything else; otherwise once one is built (or from the image).
+if [ "$(uname -s)" = Linux ] && [ -x "$bin" ]; then validate; fi
+
 dir_name=$(basename "$project" | tr -c 'a-zA-Z0-9_.\n-' '-')
 if have sha256sum; then
     sha=$(printf '%s' "$project" | sha256sum | cut -c1-16)
@@ -142,8 +192,6 @@ else
     sha=$(printf '%s' "$project" | shasum -a 256 | cut -c1-16)
 fi
 volume="claude-config-${dir_name}-${sha}"
-docker_ok=0
-if have docker; then docker_ok=1; fi
 [ "$docker_ok" = 1 ] || [ "$dry" = 1 ] || fail "Docker is needed: install it (Debian: sudo" \
     "apt-get install docker.io; others: https://docs.docker.com/engine/install/)"
 
@@ -211,40 +259,6 @@ case "$action" in
         exit 0 ;;
 esac
 
-case "$(uname -m)" in
-    aarch64 | arm64) triple=aarch64-unknown-linux-musl ;;
-    *) triple=x86_64-unknown-linux-musl ;;
-esac
-bin="$repo/target/$triple/release/sandbox-init"
-
-# --allow and --preset are checked by sandbox-init's own parser (its `config` mode, which
-# only parses) before anything runs: the host binary when it can run here, else the image's.
-# A binary from before `config` existed would take the word for a command and build a
-# sandbox around this very host: it is asked for its --help first, which every version
-# answers without doing anything.
-validate() {
-    [ ${#allow[@]} -gt 0 ] || [ ${#presets[@]} -gt 0 ] || return 0
-    local flags=() a p err
-    for a in ${allow[@]+"${allow[@]}"}; do flags+=(--allow "$a"); done
-    for p in ${presets[@]+"${presets[@]}"}; do flags+=(--preset "$p"); done
-    if [ "$(uname -s)" = Linux ] && [ -x "$bin" ]; then
-        if ! env -i "$bin" --help 2>/dev/null | grep -q '^  config '; then
-            echo "run-claude: note: $bin is too old to check --allow and --preset" \
-                "(make build, or --rebuild); sandbox-init checks them at the start" >&2
-            return 0
-        fi
-        err=$(env -i "$bin" config --config /dev/null "${flags[@]}" 2>&1 >/dev/null) && return 0
-    elif docker image inspect "$image" >/dev/null 2>&1; then
-        # In a throwaway container without a network: harmless whatever the version.
-        err=$(docker run --rm --network none --entrypoint /usr/local/sbin/sandbox-init \
-            "$image" config --config /dev/null "${flags[@]}" 2>&1 >/dev/null) && return 0
-    else
-        echo "run-claude: note: --allow and --preset not checked yet (nothing built)" >&2
-        return 0
-    fi
-    die "${err#sandbox-init: error: }"
-}
-
 step_total=3
 step() { echo "run-claude: [$1/$step_total] $2" >&2; }
 
@@ -271,7 +285,7 @@ build_all() {
     else
         step 1 "the sandbox-init binary: ${bin#"$repo/"}"
     fi
-    validate
+    validate || true
     t=$SECONDS
     step 2 "the Debian base: debian:bookworm-slim if here or pullable, else made with debootstrap (once)"
     base=$("$repo/scripts/build-images.sh" base 2>>"$log") ||
@@ -308,10 +322,10 @@ if [ "$dry" = 0 ]; then
         cli_version=$(docker image inspect --format \
             '{{index .Config.Labels "dev.sandbox-init.claude-code.version"}}' "$image")
     else
-        validate
+        validate || true
     fi
 else
-    validate
+    validate || echo "run-claude: note: --allow and --preset not checked (nothing built yet)" >&2
 fi
 
 if [ "$keychain" = 1 ]; then
