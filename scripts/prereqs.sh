@@ -175,13 +175,16 @@ for step in "$@"; do
     esac
 done
 for step in "$@"; do
-    if [ "$step" = test ] && [ "$root" != 1 ]; then
+    [ "$step" = test ] || continue
+    if [ "$root" != 1 ]; then
         echo "prereqs: the test tiers need root (namespaces, nftables, a Docker engine); run:" >&2
         echo "  sudo env PATH=\"$PATH\" RUSTUP_HOME=\"${RUSTUP_HOME:-$HOME/.rustup}\"" \
             "CARGO_HOME=\"${CARGO_HOME:-$HOME/.cargo}\" make -C \"$repo\" test" >&2
         echo "  (it installs what is missing; make test-unit runs the unit tests without root)" >&2
         exit 1
     fi
+done
+for step in "$@"; do
     "check_$step"
 done
 install_missing
