@@ -11,7 +11,8 @@
 #           python3, dig, debootstrap, npm, Docker with a running engine (started only when
 #           none answers: a second dockerd would delete the first one's bridge)
 #   arm64   qemu-aarch64-static, the arm64 kernel headers, the aarch64 musl target
-#   bench   the alternatives the benchmark compares with: iptables, ipset, dig
+#   bench   the benchmark and the alternatives it compares with: nft, dnsmasq, ip,
+#           debootstrap, iptables, ipset, dig, python3
 #   image   what the image build needs on the host: the docker client and an engine, npm
 #   engine  the docker client and an engine that answers
 set -euo pipefail
@@ -98,6 +99,10 @@ check_arm64() {
 }
 
 check_bench() {
+    have nft || need nftables "nft: the ruleset the alternatives load"
+    have dnsmasq || need dnsmasq-base "dnsmasq: the benchmark's DNS servers"
+    have ip || need iproute2 "ip: network namespaces"
+    have debootstrap || need debootstrap "debootstrap: the benchmark's Debian root"
     have iptables || need iptables "iptables: the alternatives' firewall"
     have ipset || need ipset "ipset: the alternatives' firewall"
     have dig || need dnsutils "dig: the alternatives' name lookups"
@@ -164,7 +169,7 @@ start_engine() {
 }
 
 if [ $# -eq 0 ]; then
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 64
 fi
 for step in "$@"; do

@@ -87,7 +87,7 @@ for step in $STEPS; do
         # The mock listens on the machine itself; the session reaches it through the
         # bridge's gateway, which the firewall opens for exactly that address and port.
         python3 -u /src/tests/docker/mock_api.py --port 18080 --messages >/out/mock.log 2>&1 &
-        gw=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+        gw=$(ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1)
         mkdir -p /tmp/project && cd /tmp/project && git init -q .
         start() { # start LOG: the README's first command, against the mock, no presets
             ANTHROPIC_API_KEY=sk-ant-api03-INVENTED-fresh-machine \
