@@ -84,6 +84,9 @@ for step in $STEPS; do
         make test >/out/test.log 2>&1
         echo "$? $(( $(date +%s) - s ))" >/out/test.rc ;;
     run)
+        # A user of the first command has a Docker engine (here make test started one; alone,
+        # this step installs and starts it as such a user would).
+        /src/scripts/prereqs.sh engine >/out/engine.log 2>&1
         # The mock listens on the machine itself; the session reaches it through the
         # bridge's gateway, which the firewall opens for exactly that address and port.
         python3 -u /src/tests/docker/mock_api.py --port 18080 --messages >/out/mock.log 2>&1 &
