@@ -15,6 +15,7 @@
 #           debootstrap, iptables, ipset, dig, python3
 #   image   what the image build needs on the host: the docker client and an engine, npm
 #   engine  the docker client and an engine that answers
+#   fresh   make test-fresh: an engine, and debootstrap for the machine's Debian base
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -113,6 +114,11 @@ check_engine() {
     check_docker
 }
 
+check_fresh() {
+    check_docker
+    have debootstrap || need debootstrap "debootstrap: the fresh machine's Debian base"
+}
+
 check_image() {
     check_docker
     have npm || need npm "npm: fetches Claude Code's native executable"
@@ -169,13 +175,13 @@ start_engine() {
 }
 
 if [ $# -eq 0 ]; then
-    sed -n '2,18p' "$0" >&2
+    sed -n '2,19p' "$0" >&2
     exit 64
 fi
 for step in "$@"; do
     case "$step" in
-        build | test | arm64 | bench | image | engine) ;;
-        *) echo "prereqs: unknown step $step (build, test, arm64, bench, image, engine)" >&2
+        build | test | arm64 | bench | image | engine | fresh) ;;
+        *) echo "prereqs: unknown step $step (build, test, arm64, bench, image, engine, fresh)" >&2
             exit 64 ;;
     esac
 done
@@ -199,6 +205,6 @@ for step in "$@"; do
         build) libclang_found || { echo "prereqs: libclang still not found" >&2; exit 1; }
             rust_target x86_64-unknown-linux-musl ;;
         arm64) rust_target aarch64-unknown-linux-musl ;;
-        test | image | engine) start_engine ;;
+        test | image | engine | fresh) start_engine ;;
     esac
 done

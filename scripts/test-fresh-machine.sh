@@ -24,10 +24,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 steps=${FRESH_STEPS:-test run}
 [ "$(id -u)" = 0 ] || { echo "test-fresh: needs root (a privileged container)" >&2; exit 1; }
-docker info >/dev/null 2>&1 || {
-    echo "test-fresh: needs a Docker engine that answers (make test-deps starts one)" >&2
-    exit 1
-}
+# A Docker engine (installed and started when missing) and debootstrap for the base.
+"$repo/scripts/prereqs.sh" fresh
 
 # What a fresh Debian 12 build machine has; the tag changes with the list.
 machine_packages="build-essential git curl ca-certificates make libclang-cpp14 llvm-14 nodejs npm
