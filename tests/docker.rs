@@ -888,6 +888,15 @@ fn run_claude(clean: &Cleanup, case: &str, prompt: &str, env: &[(&str, &str)]) -
     )
 }
 
+/// The home volume a launcher dry run mounts.
+fn dry_run_volume(dry: &Ran) -> String {
+    dry.stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix(":/home/claude"))
+        .unwrap_or_else(|| panic!("no home volume in the dry run\n{dry}"))
+        .to_string()
+}
+
 /// The request the CLI sent for `marker` (the prompt's unique word).
 fn request_with(marker: &str) -> Value {
     mock_requests()
@@ -987,12 +996,7 @@ fn case_claude_api_key_via_launcher(clean: &Cleanup) {
     };
     let dry = run_bounded(common(true), Duration::from_secs(30));
     dry.assert_code(0);
-    let volume = dry
-        .stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_suffix(":/home/claude"))
-        .unwrap_or_else(|| panic!("no home volume in the dry run\n{dry}"))
-        .to_string();
+    let volume = dry_run_volume(&dry);
     clean.volume(&volume);
     let r = run_bounded(common(false), Duration::from_secs(120));
     r.assert_code(0);
@@ -1169,12 +1173,7 @@ fn case_launcher_backup(clean: &Cleanup) {
     };
     let dry = as_user(&["--dry-run", "--", "true"]);
     dry.assert_code(0);
-    let volume = dry
-        .stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_suffix(":/home/claude"))
-        .unwrap_or_else(|| panic!("no home volume in the dry run\n{dry}"))
-        .to_string();
+    let volume = dry_run_volume(&dry);
     clean.volume(&volume);
     docker_ok(&[
         "run",
