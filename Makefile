@@ -61,9 +61,11 @@ clean:
 ARM_TARGET := aarch64-unknown-linux-musl
 ARM_BIN    := target/$(ARM_TARGET)/release/sandbox-init
 
-.PHONY: all-arch deps-arm64 test-arm64 images image-scratch image-claude image-devcontainer
+.PHONY: all-arch build-arm64 deps-arm64 test-arm64 images image-scratch image-claude image-devcontainer
 
-all-arch: build deps-arm64
+all-arch: build build-arm64
+
+build-arm64: deps deps-arm64
 	$(CARGO) build --release --locked --target $(ARM_TARGET) --bin sandbox-init
 	@ls -l $(ARM_BIN)
 
@@ -71,7 +73,7 @@ deps-arm64:
 	@scripts/prereqs.sh arm64
 
 # Unit tests run through qemu-aarch64-static (no binfmt registration needed).
-test-arm64: all-arch
+test-arm64: build-arm64
 	scripts/arm64-smoke.sh $(ARM_BIN)
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static \
 	  $(CARGO) test --locked --target $(ARM_TARGET) --lib
