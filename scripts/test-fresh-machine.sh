@@ -34,7 +34,11 @@ tag_hash=$(printf '%s' "$machine_packages" | sha256sum | cut -c1-12)
 machine=sandbox-init-fresh/machine:$tag_hash
 base=sandbox-init-test/debian:bookworm
 
-work=$(mktemp -d /tmp/sbx-fresh-test.XXXXXX)
+# Beside the repository (git-ignored), not in /tmp: the clone is where the machine
+# debootstraps and builds, and this repository's filesystem is a real one even when this
+# machine's /tmp is an overlay (a container's root).
+mkdir -p "$repo/.cache"
+work=$(mktemp -d "$repo/.cache/fresh-test.XXXXXX")
 engine_volume=sandbox-init-fresh-engine-$$
 cleanup() {
     docker volume rm -f "$engine_volume" >/dev/null 2>&1 || true
@@ -148,7 +152,8 @@ for step in $steps; do
         # It was make test that installed the tiers' tools and started the engine.
         has test "prereqs: installing .*nftables" || { ok=0; why+="did not install nftables; "; }
         has test "prereqs: starting the Docker engine" || { ok=0; why+="did not start an engine; "; }
-        [ "$ok" = 1 ] || why+="$(grep -m5 -E 'FAILED|panicked|error' "$work/test.log" | tr '\n' ' ' | cut -c1-400)"
+        [ "$ok" = 1 ] || why+="$(grep -m8 -E '^test .*FAILED|panicked at|^error|failed cases|^make: \*\*\*' \
+            "$work/test.log" | tr '\n' ' ' | cut -c1-600)"
         verdict "make test" "$ok" "${why:-exit 0 in $(secs_of test) s}"
         ;;
     run)
