@@ -111,7 +111,12 @@ for step in $STEPS; do
 done
 INSIDE
 
+# The CA bundle this machine's tools use (a proxy's CA may be in it only), as a build
+# machine has its own.
 ca=/etc/ssl/certs/ca-certificates.crt
+for f in "${NODE_EXTRA_CA_CERTS:-}" "${SSL_CERT_FILE:-}" "${CURL_CA_BUNDLE:-}"; do
+    if [ -n "$f" ] && [ -f "$f" ]; then ca=$f; break; fi
+done
 ca_env=()
 for v in SSL_CERT_FILE NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE GIT_SSL_CAINFO REQUESTS_CA_BUNDLE; do
     ca_env+=(-e "$v=/host-ca.crt")
