@@ -114,7 +114,7 @@ INSIDE
 # The CA bundle this machine's tools use (a proxy's CA may be in it only), as a build
 # machine has its own.
 ca=/etc/ssl/certs/ca-certificates.crt
-for f in "${NODE_EXTRA_CA_CERTS:-}" "${SSL_CERT_FILE:-}" "${CURL_CA_BUNDLE:-}"; do
+for f in "${SSL_CERT_FILE:-}" "${CURL_CA_BUNDLE:-}" "${NODE_EXTRA_CA_CERTS:-}"; do
     if [ -n "$f" ] && [ -f "$f" ]; then ca=$f; break; fi
 done
 ca_env=()
