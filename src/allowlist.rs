@@ -176,6 +176,9 @@ fn parse(s: &str) -> Result<Entry, String> {
     if s.is_empty() {
         return Err("empty entry".into());
     }
+    if let Some((scheme, rest)) = s.split_once("://") {
+        return Err(url_advice(scheme, rest));
+    }
     // A protocol suffix only makes sense after a port: `host:53/udp`. A `/digits` suffix is
     // a prefix length instead, handled by the address forms below.
     let (body, proto) = match s.rsplit_once('/') {
@@ -200,6 +203,39 @@ fn parse(s: &str) -> Result<Entry, String> {
         target: parse_target(&host)?,
         port,
     })
+}
+
+/// What to write instead of a URL: its host, and the host with the URL's port (or the
+/// scheme's usual one). Only a host that parses is suggested.
+fn url_advice(scheme: &str, rest: &str) -> String {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => Some(443),
+        "http" | "ws" => Some(80),
+        _ => None,
+    };
+    let parsed = split_port(hostport)
+        .ok()
+        .and_then(|(host, port)| Some((parse_target(&host).ok()?, port)));
+    let Some((target, port)) = parsed else {
+        return "that is a URL; use its host name instead, as in host or host:443".into();
+    };
+    let with_port = |number: u16| Entry {
+        target: target.clone(),
+        port: Some(Port {
+            proto: Proto::Tcp,
+            number,
+        }),
+    };
+    let bare = Entry {
+        target: target.clone(),
+        port: None,
+    };
+    match port.or(default_port) {
+        Some(n) => format!("that is a URL; use {bare} or {}", with_port(n)),
+        None => format!("that is a URL; use {bare} or {bare}:PORT"),
+    }
 }
 
 /// Splits `target[:port]`, understanding bracketed and bare IPv6. The target comes back
@@ -315,6 +351,31 @@ mod tests {
             proto: Proto::Tcp,
             number: n,
         })
+    }
+
+    fn error(s: &str) -> String {
+        s.parse::<Entry>().expect_err(s)
+    }
+
+    #[test]
+    fn a_url_gets_the_entry_to_write_instead() {
+        let want = "that is a URL; use registry.example.org or registry.example.org:443";
+        assert!(error("https://registry.example.org").contains(want));
+        assert!(error("https://registry.example.org/npm/?x=1").contains(want));
+        assert!(error("http://h.test:8080/x").contains("use h.test or h.test:8080"));
+        assert!(error("http://h.test").contains("use h.test or h.test:80"));
+        assert!(error("htps://x").contains("that is a URL; use x or x:PORT"));
+        assert!(
+            error("https://[2001:db8::1]:8443/").contains("use 2001:db8::1 or [2001:db8::1]:8443")
+        );
+        assert!(error("https://user:secret@h.test/").contains("use h.test or h.test:443"));
+        // A host that is not one is never suggested.
+        let bad = error("https://a$(x)/");
+        assert!(
+            bad.contains("that is a URL; use its host name instead"),
+            "{bad}"
+        );
+        assert!(!bad.contains("unknown protocol"), "{bad}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! file and the environment happens in `config`.
 
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
@@ -32,7 +33,8 @@ Configuration: /etc/sandbox-init/config.toml < SANDBOX_* environment < flags.
         If the sandbox cannot be built, the command never runs.",
     after_help = EXIT_CODES,
     override_usage = "sandbox-init [OPTIONS] [--] [COMMAND [ARGS...]]\n       \
-                      sandbox-init apply [OPTIONS]\n       sandbox-init check [OPTIONS]",
+                      sandbox-init apply [OPTIONS]\n       sandbox-init check [OPTIONS]\n       \
+                      sandbox-init config [OPTIONS]",
     subcommand_value_name = "MODE",
     subcommand_help_heading = "Modes"
 )]
@@ -67,6 +69,14 @@ pub enum Mode {
     /// sandbox could be built as configured, 1 when a problem was found, 78 for bad config.
     #[command(after_help = EXIT_CODES)]
     Check {
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Validate the configuration only (file < environment < flags, e.g. each --allow and
+    /// --preset) and print the effective values with their sources: no user lookup, no
+    /// DNS, no changes. Exit 0, or 64/78 naming the bad value.
+    #[command(after_help = EXIT_CODES)]
+    Config {
         #[command(flatten)]
         options: Options,
     },
@@ -147,6 +157,16 @@ pub struct Options {
     pub quiet: u8,
 }
 
+/// The option a user mistyped before the command, if any: the trailing command accepts
+/// arguments that start with `-`, so `sandbox-init --typo -- cmd` would otherwise run
+/// `--typo`. A command may start with `-` only right after a `--` of its own.
+pub fn mistyped_option<'a>(argv: &[OsString], command: &'a [String]) -> Option<&'a str> {
+    let first = command.first().filter(|c| c.starts_with('-'))?;
+    let start = argv.len().checked_sub(command.len())?;
+    let after_separator = start >= 2 && argv.get(start - 1).is_some_and(|a| a == "--");
+    (!after_separator).then_some(first.as_str())
+}
+
 impl Cli {
     /// The options given on the command line, wherever they stood (before or after the
     /// subcommand name).
@@ -159,6 +179,9 @@ impl Cli {
             Some(Mode::Check { options }) => {
                 (merge(self.options, options), Some(ModeKind::Check), vec![])
             }
+            Some(Mode::Config { options }) => {
+                (merge(self.options, options), Some(ModeKind::Config), vec![])
+            }
         }
     }
 }
@@ -167,6 +190,7 @@ impl Cli {
 pub enum ModeKind {
     Apply,
     Check,
+    Config,
 }
 
 /// Options before the subcommand name combine with those after it; the later one wins.
@@ -224,6 +248,31 @@ mod tests {
         assert_eq!(o.presets, vec!["npm"]);
         let (_, mode, _) = parse(&["apply"]);
         assert_eq!(mode, Some(ModeKind::Apply));
+        let (o, mode, _) = parse(&["config", "--allow", "a.test"]);
+        assert_eq!(mode, Some(ModeKind::Config));
+        assert_eq!(o.allow, vec!["a.test"]);
+    }
+
+    fn typo(args: &[&str]) -> Option<String> {
+        let argv: Vec<OsString> = std::iter::once("sandbox-init")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        let (_, _, cmd) = Cli::try_parse_from(&argv).expect("parse").into_parts();
+        mistyped_option(&argv, &cmd).map(String::from)
+    }
+
+    #[test]
+    fn an_unknown_option_before_the_command_is_named() {
+        assert_eq!(typo(&["--typo", "--", "cmd"]).as_deref(), Some("--typo"));
+        assert_eq!(typo(&["--typo", "cmd"]).as_deref(), Some("--typo"));
+        assert_eq!(typo(&["--strict", "-x"]).as_deref(), Some("-x"));
+        // A command that starts with `-` is fine right after `--`, and so are its own flags.
+        assert_eq!(typo(&["--", "--typo", "cmd"]), None);
+        assert_eq!(typo(&["--allow", "a.test", "--", "-x"]), None);
+        assert_eq!(typo(&["bash", "--", "-c"]), None);
+        assert_eq!(typo(&["bash", "-c", "echo --typo"]), None);
+        assert_eq!(typo(&[]), None);
     }
 
     #[test]

@@ -86,18 +86,21 @@ fn run() -> Result<i32> {
         }
     };
     let (options, mode, command) = cli.into_parts();
-    // The trailing command accepts `-x` arguments, so a mistyped option before it would
-    // otherwise be taken for the command itself.
-    if let Some(first) = command.first().filter(|c| c.starts_with('-')) {
-        if !std::env::args().any(|a| a == "--") {
-            eprintln!(
-                "sandbox-init: unknown option '{first}' (see --help; put a command that starts \
-                 with '-' after --)"
-            );
-            return Ok(exit::USAGE);
-        }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(option) = crate::cli::mistyped_option(&argv, &command) {
+        eprintln!(
+            "sandbox-init: unknown option '{option}' (see --help; a command that starts with \
+             '-' goes right after --)"
+        );
+        return Ok(exit::USAGE);
     }
     let settings = config::load(&options, &command, &env)?;
+    if mode == Some(ModeKind::Config) {
+        for (key, value, source) in settings.describe() {
+            println!("{key:<28} {value}  <- {source}");
+        }
+        return Ok(0);
+    }
     init_logging(&settings.log.value);
     let mut settings = settings;
     if matches!(mode, Some(ModeKind::Apply)) && settings.dns.value == config::DnsMode::Filter {
@@ -145,6 +148,8 @@ fn run() -> Result<i32> {
     };
 
     match mode {
+        // Answered right after loading, before anything is looked up.
+        Some(ModeKind::Config) => Ok(0),
         Some(ModeKind::Check) => Ok(check::run(&cx)),
         Some(ModeKind::Apply) => {
             build_sandbox(&cx)?;

@@ -940,6 +940,15 @@ fn run_claude(clean: &Cleanup, case: &str, prompt: &str, env: &[(&str, &str)]) -
     )
 }
 
+/// The home volume a launcher dry run mounts.
+fn dry_run_volume(dry: &Ran) -> String {
+    dry.stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix(":/home/claude"))
+        .unwrap_or_else(|| panic!("no home volume in the dry run\n{dry}"))
+        .to_string()
+}
+
 /// The request the CLI sent for `marker` (the prompt's unique word).
 fn request_with(marker: &str) -> Value {
     mock_requests()
@@ -1039,12 +1048,7 @@ fn case_claude_api_key_via_launcher(clean: &Cleanup) {
     };
     let dry = run_bounded(common(true), Duration::from_secs(30));
     dry.assert_code(0);
-    let volume = dry
-        .stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_suffix(":/home/claude"))
-        .unwrap_or_else(|| panic!("no home volume in the dry run\n{dry}"))
-        .to_string();
+    let volume = dry_run_volume(&dry);
     clean.volume(&volume);
     let r = run_bounded(common(false), Duration::from_secs(120));
     r.assert_code(0);
@@ -1183,6 +1187,214 @@ fn case_devcontainer(clean: &Cleanup) {
         o.contains("BLOCKED-OK") && !o.contains("BLOCKED-REACHED"),
         "{o}"
     );
+}
+
+/// --backup-volume as a user who may use Docker: the archive holds the credentials, so it is
+/// that user's file, mode 0600, in ~/sandbox-init-backups, and a directory inside the project
+/// (which the agent can read) is refused.
+fn case_launcher_backup(clean: &Cleanup) {
+    use std::os::unix::fs::MetadataExt;
+    let base = temp_dir("backup");
+    clean.dir(&base);
+    let (home, project) = (base.join("home"), base.join("project"));
+    for d in [&home, &project] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(4321), Some(4321)).unwrap();
+    }
+    let docker_gid = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("docker:x:"))
+        .and_then(|rest| rest.split(':').next())
+        .expect("a docker group (docker.io creates it)")
+        .to_string();
+    let as_user = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=4321",
+            "--regid=4321",
+            &format!("--groups={docker_gid}"),
+            "--",
+        ])
+        .arg(Path::new(REPO).join("scripts/run-claude.sh"))
+        .args(["--image", CLAUDE_IMG])
+        .args(args)
+        .env("HOME", &home)
+        .current_dir(&project);
+        run_bounded(c, Duration::from_secs(60))
+    };
+    let dry = as_user(&["--dry-run", "--", "true"]);
+    dry.assert_code(0);
+    let volume = dry_run_volume(&dry);
+    clean.volume(&volume);
+    docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        "-v",
+        &format!("{volume}:/h"),
+        CLAUDE_IMG,
+        "-c",
+        "echo BACKUP-MARKER > /h/.credentials-marker",
+    ]);
+
+    let r = as_user(&["--backup-volume"]);
+    r.assert_code(0);
+    let dir = home.join("sandbox-init-backups");
+    let archives: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(archives.len(), 1, "{archives:?}\n{r}");
+    let archive = &archives[0];
+    assert!(
+        archive.to_string_lossy().ends_with(".tar.gz")
+            && archive
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&volume),
+        "{archive:?}"
+    );
+    let meta = std::fs::metadata(archive).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600, "{archive:?}");
+    assert_eq!((meta.uid(), meta.gid()), (4321, 4321), "{archive:?}");
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(
+        text(&listing.stdout).contains("./.credentials-marker"),
+        "{}",
+        text(&listing.stdout)
+    );
+
+    let inside = project.join("backups");
+    let r = as_user(&["--backup-volume", "--backup-dir", inside.to_str().unwrap()]);
+    r.assert_code(64);
+    assert!(r.stderr.contains("inside the project"), "{r}");
+    let written = std::fs::read_dir(&inside).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "nothing may be written inside the project");
+}
+
+/// Text of a terminal capture without escape sequences and spaces (the CLI's screen
+/// moves the cursor instead of writing spaces).
+fn screen_text(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ params final; OSC: ESC ] ... BEL; others: ESC + one char.
+            match chars.next() {
+                Some('[') => {
+                    for d in chars.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    for d in chars.by_ref() {
+                        if d == '\x07' {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The interactive CLI of the image under a terminal, for up to `limit` or until `until`
+/// shows on its screen; returns the screen text and when `until` appeared.
+fn claude_tui(
+    clean: &Cleanup,
+    case: &str,
+    cli: &str,
+    extra: &str,
+    until: &str,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    let vol = format!("sandbox-init-test-home-tui-{case}");
+    let name = format!("sandbox-init-test-tui-{case}");
+    let _ = docker(&["rm", "-f", &name]);
+    let _ = docker(&["volume", "rm", "-f", &vol]);
+    clean.volume(&vol);
+    clean.container(&name);
+    let capture = temp_dir(&format!("tui-{case}")).join("screen");
+    let line = format!(
+        "docker run --rm -it --name {name} --network none --cap-add NET_ADMIN --read-only \
+         --tmpfs /tmp -v {vol}:/home/claude -v {cli}:/usr/local/bin/claude:ro \
+         -e SANDBOX_PRESETS= -e ANTHROPIC_API_KEY {extra} {CLAUDE_IMG}"
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &line])
+        .arg(&capture)
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start script");
+    let t = Instant::now();
+    let mut seen = None;
+    while t.elapsed() < limit {
+        let screen = screen_text(&std::fs::read(&capture).unwrap_or_default());
+        if seen.is_none() && screen.contains(until) {
+            seen = Some(t.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = docker(&["rm", "-f", &name]);
+    let screen = screen_text(&std::fs::read(&capture).unwrap_or_default());
+    let _ = std::fs::remove_dir_all(capture.parent().unwrap());
+    (screen, seen)
+}
+
+/// Releases of Claude Code that check the native installer's layout warn at every start
+/// ("claude command at ~/.local/bin/claude missing or broken"); the image turns that check
+/// off. Shown with such a release (2.1.197) put into the image: it warns when the image's
+/// setting is cleared (the control), and stays silent with it 5 s longer than the warning
+/// took to appear.
+fn case_claude_no_installation_warning(clean: &Cleanup) {
+    let cli = script("scripts/fetch-claude-cli.sh", &["2.1.197", "amd64"]);
+    let cli = cli.trim();
+    let warning = "missingorbroken";
+    let (control, warned_after) = claude_tui(
+        clean,
+        "control",
+        cli,
+        "-e DISABLE_INSTALLATION_CHECKS=",
+        warning,
+        Duration::from_secs(60),
+    );
+    let warned_after =
+        warned_after.unwrap_or_else(|| panic!("the control run never warned:\n{control}"));
+    let (screen, _) = claude_tui(
+        clean,
+        "image",
+        cli,
+        "",
+        "never-on-screen",
+        warned_after + Duration::from_secs(5),
+    );
+    assert!(
+        screen.contains("bypasspermissionson"),
+        "the CLI started its UI:\n{screen}"
+    );
+    assert!(!screen.contains(warning), "{screen}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1408,6 +1620,14 @@ fn docker_end_to_end() {
             "docker exec sessions gain nothing",
             Box::new(|| case_exec_sessions_gain_nothing(&clean)),
         ),
+        (
+            "launcher: --backup-volume",
+            Box::new(|| case_launcher_backup(&clean)),
+        ),
+        (
+            "claude: no installation warning",
+            Box::new(|| case_claude_no_installation_warning(&clean)),
+        ),
     ];
     let mut failed = vec![];
     for (name, case) in &cases {
@@ -1504,4 +1724,293 @@ fn launcher_dry_run_passes_secrets_by_name_only() {
     );
     assert!(words.iter().any(|w| w.ends_with(":/workspace")), "{o}");
     assert_eq!(words.last(), Some(&"bash"), "--shell runs bash: {o}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The launcher on its own, against a stand-in for the docker client that records every
+// call: what it refuses runs nothing, and what it runs is named after the project.
+
+/// Answers like an engine that has the image, the volumes in $FAKE_VOLUMES and the
+/// containers in $FAKE_NAMES; appends each call to $FAKE_LOG.
+const FAKE_DOCKER: &str = r#"#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+case "$1 $2" in
+    "volume inspect") for v in $FAKE_VOLUMES; do [ "$v" = "$3" ] && exit 0; done; exit 1 ;;
+    "ps -a") for n in $FAKE_NAMES; do echo "$n"; done ;;
+    "image inspect") echo 9.9.9 ;;
+    "info "*) echo '{"runc":{}}' ;;
+esac
+exit 0
+"#;
+
+struct FakeEngine {
+    dir: PathBuf,
+    project: PathBuf,
+}
+
+impl FakeEngine {
+    fn new(tag: &str) -> FakeEngine {
+        let dir = temp_dir(&format!("fake-{tag}"));
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let docker = dir.join("bin/docker");
+        std::fs::write(&docker, FAKE_DOCKER).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        let project = dir.join(format!("proj-{tag}"));
+        std::fs::create_dir_all(&project).unwrap();
+        FakeEngine { dir, project }
+    }
+
+    /// The launcher with `args` (and the project directory last, before any `--`), the
+    /// debug sandbox-init of this build as its parser. Returns what it printed and the
+    /// docker calls it made.
+    fn launch(&self, args: &[&str], volumes: &[&str], names: &[&str]) -> (Ran, Vec<String>) {
+        self.launch_with(args, volumes, names, None)
+    }
+
+    fn launch_with(
+        &self,
+        args: &[&str],
+        volumes: &[&str],
+        names: &[&str],
+        terminal_input: Option<&str>,
+    ) -> (Ran, Vec<String>) {
+        let log = self.dir.join("calls.log");
+        let _ = std::fs::remove_file(&log);
+        let launcher = Path::new(REPO).join("scripts/run-claude.sh");
+        let mut cmd = match terminal_input {
+            None => {
+                let mut c = Command::new(&launcher);
+                c.args(args);
+                c
+            }
+            Some(_) => {
+                // script(1) gives the launcher a terminal; its input comes from our stdin.
+                let line: Vec<String> = std::iter::once(launcher.display().to_string())
+                    .chain(args.iter().map(|a| format!("'{a}'")))
+                    .collect();
+                let mut c = Command::new("script");
+                c.args(["-qec", &line.join(" "), "/dev/null"]);
+                c
+            }
+        };
+        let path = format!(
+            "{}:{}",
+            self.dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path)
+            .env("HOME", self.dir.join("home"))
+            .env("FAKE_LOG", &log)
+            .env("FAKE_VOLUMES", volumes.join(" "))
+            .env("FAKE_NAMES", names.join(" "))
+            .env("CLAUDE_SANDBOX_BIN", INIT)
+            .env_remove("CLAUDE_SANDBOX_IMAGE")
+            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+            .env_remove("ANTHROPIC_API_KEY")
+            .current_dir(&self.project);
+        let ran = match terminal_input {
+            None => run_bounded(cmd, Duration::from_secs(30)),
+            Some(input) => {
+                let mut child = cmd
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start script");
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+                let t = Instant::now();
+                let out = child.wait_with_output().unwrap();
+                Ran {
+                    code: out.status.code(),
+                    stdout: text(&out.stdout),
+                    stderr: text(&out.stderr),
+                    elapsed: t.elapsed(),
+                }
+            }
+        };
+        let calls = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        (ran, calls)
+    }
+
+    /// The names the launcher derives from the project path: the SHA-256 one and the
+    /// CRC32 one of older launchers.
+    fn names(&self) -> (String, String, String) {
+        let path = self.project.display().to_string();
+        let piped = |tool: &str| {
+            let mut c = Command::new(tool)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(path.as_bytes()).unwrap();
+            let out = text(&c.wait_with_output().unwrap().stdout);
+            out.split_whitespace().next().unwrap().to_string()
+        };
+        let sha = piped("sha256sum");
+        let dir = self
+            .project
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        (
+            format!("claude-config-{dir}-{}", &sha[..16]),
+            format!("claude-config-{dir}-{}", piped("cksum")),
+            format!("claude-{dir}-{}", &sha[..8]),
+        )
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every value the launcher or sandbox-init's parser rejects is a usage error (64) before
+/// any docker call; the control run shows the stand-in records the calls of a valid start.
+#[test]
+fn launcher_refuses_bad_values_before_anything_runs() {
+    let engine = FakeEngine::new("refuse");
+    let (ok, calls) = engine.launch(&["--allow", "registry.npmjs.org", "--", "true"], &[], &[]);
+    ok.assert_code(0);
+    assert!(
+        calls.iter().any(|c| c.starts_with("run --rm")),
+        "the control start ran the container: {calls:?}\n{ok}"
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--allow", "https://registry.example.org"],
+            "that is a URL; use registry.example.org or registry.example.org:443",
+        ),
+        (&["--allow", "htps://x"], "that is a URL; use x or x:PORT"),
+        (&["--allow", "a.test,0.0.0.0/0"], "one entry"),
+        (&["--allow", "a.test 0.0.0.0/0"], "one entry"),
+        (&["--allow", "a$(id)"], "invalid allowlist entry"),
+        (&["--allow", "10.0.0.1/8"], "host bits"),
+        (&["--preset", ""], "--preset needs a value"),
+        (&["--preset="], "--preset needs a value"),
+        (&["--preset", "nope"], "unknown preset 'nope'"),
+        (&["--allow"], "--allow needs a value"),
+        (&["--pids", "many"], "--pids takes a number"),
+        (&["--bogus"], "unknown option --bogus"),
+    ];
+    for (args, message) in cases {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--", "true"]);
+        let (r, calls) = engine.launch(&a, &[], &[]);
+        r.assert_code(64);
+        assert!(r.stderr.contains(message), "{args:?}: {r}");
+        assert!(
+            calls.is_empty(),
+            "{args:?}: docker ran before the refusal: {calls:?}"
+        );
+    }
+}
+
+#[test]
+fn launcher_help_is_a_usage_text() {
+    let engine = FakeEngine::new("help");
+    let (r, calls) = engine.launch(&["--help"], &[], &[]);
+    r.assert_code(0);
+    assert!(r.stdout.starts_with("Usage: run-claude.sh"), "{r}");
+    for option in [
+        "--allow",
+        "--reset-volume",
+        "--backup-volume",
+        "--yes",
+        "--rebuild",
+    ] {
+        assert!(r.stdout.contains(option), "{option} is documented: {r}");
+    }
+    assert!(
+        !r.stdout.contains("set -euo") && !r.stdout.contains("repo="),
+        "{r}"
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+}
+
+/// The container is named after the project (a number added when that name is taken), the
+/// home volume after a SHA-256 of its path; a project with only an old CRC32-named volume
+/// keeps it.
+#[test]
+fn launcher_names_the_container_and_the_volume_after_the_project() {
+    let engine = FakeEngine::new("names");
+    let (volume, old_volume, name) = engine.names();
+    let run_line = |calls: &[String]| {
+        calls
+            .iter()
+            .find(|c| c.starts_with("run --rm"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no docker run: {calls:?}"))
+    };
+
+    let (r, calls) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    let run = run_line(&calls);
+    assert!(run.contains(&format!("--name {name} ")), "{run}");
+    assert!(run.contains(&format!("-v {volume}:/home/claude")), "{run}");
+    assert!(r.stderr.contains(&format!("container {name}")), "{r}");
+
+    let (_, calls) = engine.launch(&["--", "true"], &[], &[&name, "other"]);
+    assert!(
+        run_line(&calls).contains(&format!("--name {name}-2 ")),
+        "{calls:?}"
+    );
+
+    let (r, calls) = engine.launch(&["--", "true"], &[&old_volume], &[]);
+    assert!(
+        run_line(&calls).contains(&format!("-v {old_volume}:/home/claude")),
+        "{calls:?}"
+    );
+    assert!(r.stderr.contains("older name"), "{r}");
+    // Once the new one exists, it wins.
+    let (_, calls) = engine.launch(&["--", "true"], &[&old_volume, &volume], &[]);
+    assert!(
+        run_line(&calls).contains(&format!("-v {volume}:/home/claude")),
+        "{calls:?}"
+    );
+}
+
+/// --reset-volume deletes only after a yes: from a terminal, or --yes; without a terminal
+/// and without --yes it refuses.
+#[test]
+fn launcher_reset_volume_asks_first() {
+    let engine = FakeEngine::new("reset");
+    let (volume, _, _) = engine.names();
+    let removed = |calls: &[String]| calls.iter().any(|c| c == &format!("volume rm {volume}"));
+
+    let (r, calls) = engine.launch(&["--reset-volume"], &[&volume], &[]);
+    r.assert_code(64);
+    assert!(r.stderr.contains("--yes"), "{r}");
+    assert!(!removed(&calls), "{calls:?}");
+
+    let (r, calls) = engine.launch_with(&["--reset-volume"], &[&volume], &[], Some("n\n"));
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(
+        r.stdout.contains("delete") && r.stdout.contains("[y/N]"),
+        "{r}"
+    );
+    assert!(!removed(&calls), "{calls:?}");
+
+    let (r, calls) = engine.launch_with(&["--reset-volume"], &[&volume], &[], Some("y\n"));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(removed(&calls), "{calls:?}");
+
+    let (r, calls) = engine.launch(&["--reset-volume", "--yes"], &[&volume], &[]);
+    r.assert_code(0);
+    assert!(removed(&calls), "{calls:?}");
 }

@@ -503,3 +503,52 @@ fn check_prints_plan_and_addresses_and_changes_nothing() {
         "check changed the ruleset: {tables}"
     );
 }
+
+/// `sandbox-init --typo -- cmd` is a usage error that builds nothing; the same start without
+/// the typo (the control) builds the sandbox and runs the command.
+#[test]
+fn a_mistyped_option_before_the_command_builds_nothing() {
+    let net = Net::new();
+    let root = rootfs();
+    let tables = || net.in_box(&["nft", "list", "tables"]).1;
+    let command = ["--", PROBE_IN_ROOT, "report", "--timeout-ms", "500"];
+    let mut typo = vec!["--allow", "allowed.test", "--typo"];
+    typo.extend_from_slice(&command);
+    let run = root.run_in(&typo, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(64);
+    assert!(
+        run.stderr.contains("unknown option '--typo'"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stdout.contains("\"uid\""),
+        "the command ran: {}",
+        run.stdout
+    );
+    assert!(
+        tables().trim().is_empty(),
+        "a firewall was built: {}",
+        tables()
+    );
+    // `config` validates and prints, and builds nothing either.
+    let run = root.run_in(
+        &["config", "--allow", "allowed.test"],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    run.assert_code(0);
+    assert!(run.stdout.contains("firewall.allow"), "{}", run.stdout);
+    assert!(
+        tables().trim().is_empty(),
+        "config built a firewall: {}",
+        tables()
+    );
+
+    let mut control = vec!["--allow", "allowed.test"];
+    control.extend_from_slice(&command);
+    let run = root.run_in(&control, &[NO_PRESETS], Some(&net.box_ns));
+    run.assert_code(0);
+    assert_eq!(run.report()["uid"], 1000, "{}", run.stdout);
+    assert!(tables().contains("inet sandbox_init"), "{}", tables());
+}
