@@ -37,8 +37,9 @@ test-unit: deps
 
 # As root: installs what the tiers need and starts a Docker engine when none answers. As
 # another user it stops at once and prints the command to run (the tiers need root).
+# Every tier runs even after one fails, so a run shows all that is wrong at once.
 test: test-deps lint
-	$(CARGO) test --locked --target $(TARGET)
+	$(CARGO) test --locked --no-fail-fast --target $(TARGET)
 
 # The README's two commands on a fresh Debian 12 machine, in a container with nothing
 # installed but what such a machine has (scripts/test-fresh-machine.sh; root and Docker).
