@@ -1626,6 +1626,10 @@ fn docker_end_to_end() {
             "claude: no installation warning",
             Box::new(|| case_claude_no_installation_warning(&clean)),
         ),
+        (
+            "claude image: no set-user-ID file, no file capability",
+            Box::new(case_claude_image_has_no_privileged_files),
+        ),
     ];
     let mut failed = vec![];
     for (name, case) in &cases {
@@ -1639,6 +1643,42 @@ fn docker_end_to_end() {
     }
     eprintln!("docker tier: {} cases in {:?}", cases.len(), t0.elapsed());
     assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
+
+/// Every set-user-ID/set-group-ID file and every file with a capability attribute in an
+/// image, read from `docker export` (the tar carries the mode bits and, as a PAX record,
+/// security.capability), so the scan sees what the image really ships.
+fn privileged_files(image: &str) -> Vec<String> {
+    let id = docker_ok(&["create", image, "true"]);
+    let id = id.trim();
+    let scan = "import sys, tarfile\n\
+                for m in tarfile.open(fileobj=sys.stdin.buffer, mode='r|'):\n\
+                \x20   caps = 'SCHILY.xattr.security.capability' in m.pax_headers\n\
+                \x20   if m.isfile() and (m.mode & 0o6000 or caps):\n\
+                \x20       print(m.name, oct(m.mode), 'caps' if caps else '')\n";
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("docker export {id} | python3 -c \"$0\""),
+            scan,
+        ])
+        .output()
+        .unwrap();
+    docker(&["rm", "-f", id]);
+    assert!(out.status.success(), "scan failed: {}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The Claude image ships no set-user-ID/set-group-ID file and no file capability; the
+/// Debian base it is built from does (the scan's control: it finds them there).
+fn case_claude_image_has_no_privileged_files() {
+    let base = privileged_files(BASE);
+    assert!(
+        base.iter().any(|l| l.starts_with("usr/bin/su ")),
+        "the control scan of the base found no su: {base:?}"
+    );
+    let claude = privileged_files(CLAUDE_IMG);
+    assert!(claude.is_empty(), "the Claude image ships {claude:?}");
 }
 
 /// The launcher's dry run: secrets by name only, the capability set, and the flags.
