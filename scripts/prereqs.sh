@@ -161,7 +161,16 @@ start_engine() {
             systemctl start docker
         else
             echo "prereqs: starting the Docker engine (dockerd, log /var/log/dockerd.log)" >&2
-            setsid nohup dockerd >/var/log/dockerd.log 2>&1 </dev/null &
+            # Only stdin/out/err go to the engine: any other descriptor this script inherited
+            # (a caller's `flock FILE make test` holds its lock on one) would be held open by
+            # the engine for its whole life, and the lock never released.
+            (
+                for fd in /proc/self/fd/*; do
+                    fd=${fd##*/}
+                    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+                done
+                exec setsid nohup dockerd >/var/log/dockerd.log 2>&1 </dev/null
+            ) &
         fi
     fi
     local _
