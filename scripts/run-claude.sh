@@ -521,4 +521,24 @@ if [ ${#ro_shown[@]} -gt 0 ]; then
 fi
 echo "run-claude: $project -> /workspace; home volume $volume; container $name" \
     "${cli_version:+(Claude Code $cli_version)}; commit before a session" >&2
-run docker "${args[@]}"
+# What the mounts cannot stop (README, "What the agent can still reach"): the agent renaming
+# .git and building another one, or a .git/commondir that sends host-side git to the config
+# and hooks of a directory of its own. Looked at when the session ends.
+git_dir_id() { ls -di "$project/.git" 2>/dev/null | awk '{print $1}' || true; }
+git_before=$(git_dir_id) commondir_before=0
+if [ -e "$project/.git/commondir" ] || [ -L "$project/.git/commondir" ]; then commondir_before=1; fi
+run docker "${args[@]}" && status=0 || status=$?
+if [ "$dry" = 0 ] && [ -n "$git_before" ]; then
+    if [ "$(git_dir_id)" != "$git_before" ]; then
+        echo "run-claude: WARNING: the session replaced $project/.git (yours was renamed or" \
+            "removed): git there would run what the agent put in the new one. Find your own" \
+            "(ls -la $project) and put it back before you run git in the project" >&2
+    elif [ "$commondir_before" = 0 ] &&
+        { [ -e "$project/.git/commondir" ] || [ -L "$project/.git/commondir" ]; }; then
+        aside="$project/.git/commondir.from-session-$(date +%Y%m%d-%H%M%S)"
+        mv "$project/.git/commondir" "$aside"
+        echo "run-claude: WARNING: the session created .git/commondir, which makes git read" \
+            "the config and hooks of another directory; moved aside to $aside" >&2
+    fi
+fi
+exit "$status"

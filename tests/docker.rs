@@ -2186,3 +2186,54 @@ fn launcher_follows_a_git_file_inside_the_project() {
         "{r}"
     );
 }
+
+/// What the mounts cannot stop is looked at when the session ends: a `.git/commondir` the
+/// session created (it would send host-side git to another directory's config and hooks) is
+/// moved aside, and a replaced `.git` is named. The stand-in's `run` plays the agent.
+#[test]
+fn launcher_catches_a_redirected_git_dir_after_the_session() {
+    let engine = FakeEngine::new("after");
+    let p = &engine.project;
+    git_in(p, &["init", "-q", "."]);
+    let agent = |action: &str| {
+        let script = FAKE_DOCKER.replace(
+            "    \"info \"*)",
+            &format!("    \"run --rm\") {action} ;;\n    \"info \"*)"),
+        );
+        assert_ne!(script, FAKE_DOCKER);
+        std::fs::write(engine.dir.join("bin/docker"), script).unwrap();
+    };
+    agent("true");
+    let (r, _) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(!r.stderr.contains("WARNING"), "control: {r}");
+
+    agent("echo ../elsewhere > .git/commondir");
+    let (r, _) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(
+        r.stderr
+            .contains("WARNING: the session created .git/commondir"),
+        "{r}"
+    );
+    assert!(!p.join(".git/commondir").exists());
+    let aside: Vec<_> = std::fs::read_dir(p.join(".git"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("commondir.from-session-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside, not deleted");
+
+    agent("mv .git .git-old; mkdir .git");
+    let (r, _) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(
+        p.join(".git-old").is_dir(),
+        "the stand-in renamed .git: {r}"
+    );
+    assert!(r.stderr.contains("WARNING: the session replaced"), "{r}");
+}
