@@ -44,6 +44,9 @@ pub enum Kind {
     GitConfig,
     DevContainer,
     VsCode,
+    /// `commondir` in a `.git` directory: git reads the config and hooks of the directory it
+    /// names. Only linked worktrees' own git directories have one.
+    CommonDir,
 }
 
 impl Kind {
@@ -66,6 +69,10 @@ impl Kind {
                 "editor tasks and settings that run programs when the folder is opened on the \
                  host"
             }
+            Kind::CommonDir => {
+                "sends host-side git to the config and hooks of another directory, past any \
+                 read-only mount of .git/config and .git/hooks"
+            }
         }
     }
 }
@@ -85,6 +92,22 @@ const MOUNT_FIX: &str = "mount it read-only over the workspace (scripts/run-clau
 pub fn findings(view: &View, workdir: &Path) -> Vec<Finding> {
     let mut out = vec![];
     for (path, kind, access) in &view.paths {
+        if *kind == Kind::CommonDir {
+            if matches!(access, Access::Writable | Access::Protected) {
+                out.push(Finding {
+                    what: format!(
+                        "{} exists: it {}",
+                        workdir.join(path).display(),
+                        kind.risk()
+                    ),
+                    fix: format!(
+                        "unless you made it, move it away on the host: mv HOST_PROJECT/{path} \
+                         HOST_PROJECT/{path}.bad"
+                    ),
+                });
+            }
+            continue;
+        }
         let writable = match access {
             Access::Writable => true,
             // Only a missing hooks directory is worth a finding: git creates it at `git
@@ -242,7 +265,12 @@ pub fn observe(workdir: &Path, id: &Identity) -> View {
     let dot_git = workdir.join(".git");
     let mut git_dirs: Vec<PathBuf> = vec![];
     match std::fs::symlink_metadata(&dot_git) {
-        Ok(m) if m.is_dir() => git_dirs.push(PathBuf::from(".git")),
+        Ok(m) if m.is_dir() => {
+            git_dirs.push(PathBuf::from(".git"));
+            if std::fs::symlink_metadata(dot_git.join("commondir")).is_ok() {
+                see(&mut view, ".git/commondir", Kind::CommonDir);
+            }
+        }
         Ok(m) if m.is_file() => {
             see(&mut view, ".git", Kind::GitFile);
             if let Some(dir) = gitdir_of(&dot_git).and_then(|d| inside(workdir, &d)) {
@@ -367,6 +395,18 @@ mod tests {
         assert!(f[0].fix.contains("create the empty directory"));
         assert!(f[1].what.starts_with("/workspace/.git/config is writable"));
         assert!(f[1].what.contains("core.fsmonitor"));
+    }
+
+    #[test]
+    fn a_commondir_in_the_git_dir_is_a_finding_even_read_only() {
+        let v = view(
+            &[(".git/commondir", Kind::CommonDir, Access::Protected)],
+            &[],
+        );
+        let f = findings(&v, Path::new("/workspace"));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].what.starts_with("/workspace/.git/commondir exists"));
+        assert!(f[0].fix.contains("mv HOST_PROJECT/.git/commondir"));
     }
 
     #[test]
@@ -505,6 +545,14 @@ mod tests {
         assert_eq!(v.configs.len(), 1);
         let f = findings(&v, &ws);
         assert_eq!(f.len(), 4, "hooks, config, .vscode, core.sshcommand: {f:?}");
+        std::fs::write(ws.join(".git/commondir"), "../elsewhere\n").unwrap();
+        let v = observe(&ws, &me());
+        assert!(
+            v.paths
+                .iter()
+                .any(|(p, k, _)| p == ".git/commondir" && *k == Kind::CommonDir),
+            "{v:?}"
+        );
         std::fs::remove_dir_all(&ws).unwrap();
     }
 
