@@ -31,7 +31,7 @@ pub struct View {
     /// (path as shown to the user, what the host runs from it, access)
     pub paths: Vec<(String, Kind, Access)>,
     /// The text of each git config the repository reads (its own and, for a linked
-    /// worktree, the common one), with the path shown for it.
+    /// worktree, the common one), with its path relative to the workspace.
     pub configs: Vec<(String, String)>,
 }
 
@@ -140,16 +140,17 @@ pub fn findings(view: &View, workdir: &Path) -> Vec<Finding> {
             });
         }
     }
-    for (shown, text) in &view.configs {
+    for (path, text) in &view.configs {
         for key in command_keys(text) {
             out.push(Finding {
                 what: format!(
-                    "{shown} sets {key}: host-side git runs a command from it (or from the \
-                     file it names)"
+                    "{} sets {key}: host-side git runs a command from it (or from the file it \
+                     names)",
+                    workdir.join(path).display()
                 ),
                 fix: format!(
-                    "if you did not set it, remove it on the host: git config --file {shown} \
-                     --unset {key}"
+                    "if you did not set it, remove it on the host: git config --file \
+                     HOST_PROJECT/{path} --unset {key}"
                 ),
             });
         }
@@ -290,10 +291,7 @@ pub fn observe(workdir: &Path, id: &Identity) -> View {
         see(&mut view, &format!("{shown}/hooks"), Kind::Hooks);
         see(&mut view, &format!("{shown}/config"), Kind::GitConfig);
         if let Ok(text) = std::fs::read_to_string(workdir.join(&dir).join("config")) {
-            view.configs.push((
-                workdir.join(&dir).join("config").display().to_string(),
-                text,
-            ));
+            view.configs.push((format!("{shown}/config"), text));
         }
     }
     see(&mut view, ".devcontainer", Kind::DevContainer);
@@ -418,7 +416,7 @@ mod tests {
                 (".devcontainer", Kind::DevContainer, Access::Absent),
                 (".vscode", Kind::VsCode, Access::Protected),
             ],
-            &[("/workspace/.git/config", "[core]\n\tbare = false\n")],
+            &[(".git/config", "[core]\n\tbare = false\n")],
         );
         assert_eq!(findings(&v, Path::new("/workspace")), vec![]);
     }
@@ -489,14 +487,21 @@ mod tests {
             ]
         );
         let f = findings(
-            &view(&[], &[("/workspace/.git/config", text)]),
+            &view(&[], &[(".git/config", text)]),
             Path::new("/workspace"),
         );
         assert_eq!(f.len(), keys.len());
         for finding in &f {
             assert!(!finding.what.contains("SECRET") && !finding.fix.contains("SECRET"));
         }
-        assert!(f[0].fix.contains("--unset core.fsmonitor"), "{f:?}");
+        assert!(f[0]
+            .what
+            .starts_with("/workspace/.git/config sets core.fsmonitor"));
+        assert!(
+            f[0].fix
+                .contains("--file HOST_PROJECT/.git/config --unset core.fsmonitor"),
+            "{f:?}"
+        );
     }
 
     #[test]
