@@ -133,10 +133,10 @@ echo EVERYDAY-OK
 /// A plain `docker run -v PROJECT:/workspace` session of the image, as its users run it,
 /// running `script` in bash.
 fn plain_session(project: &Path, script: &str) -> Run {
-    plain_run(project, &["bash", "-c", script])
+    plain_run(project, &[], &["bash", "-c", script])
 }
 
-fn plain_run(project: &Path, command: &[&str]) -> Run {
+fn plain_run(project: &Path, docker_args: &[String], command: &[&str]) -> Run {
     run_bounded(
         Command::new("docker")
             .args([
@@ -153,10 +153,28 @@ fn plain_run(project: &Path, command: &[&str]) -> Run {
                 "-v",
             ])
             .arg(format!("{}:/workspace", project.display()))
+            .args(docker_args)
             .arg(CLAUDE_IMG)
             .args(command),
         Duration::from_secs(60),
     )
+}
+
+/// The dev container template's bind `mounts`, as the editor passes them to docker
+/// (`--mount`), with `project` for `${localWorkspaceFolder}`.
+fn template_mounts(project: &Path) -> Vec<String> {
+    let json =
+        std::fs::read_to_string(Path::new(REPO).join("images/devcontainer/devcontainer.json"))
+            .unwrap();
+    json.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("\"source=${localWorkspaceFolder}"))
+        .flat_map(|l| {
+            let spec = l.trim_end_matches(',').trim_matches('"');
+            let spec = spec.replace("${localWorkspaceFolder}", &project.display().to_string());
+            ["--mount".to_string(), spec]
+        })
+        .collect()
 }
 
 /// A launcher session running `script` in bash.
@@ -306,7 +324,7 @@ fn the_workspace_is_not_a_way_back_to_the_host() {
         "control: a planted pre-commit hook runs at host-side git commit"
     );
     // `check` in a plain session names the writable paths, with the fix.
-    let check = plain_run(&open, &["check"]);
+    let check = plain_run(&open, &[], &["check"]);
     check.assert_code(1);
     for line in [
         "problem: /workspace/.git/hooks is writable by the sandboxed user",
@@ -389,6 +407,20 @@ fn the_workspace_is_not_a_way_back_to_the_host() {
     assert!(r.stdout.contains("WROTE fsmonitor"), "{}", r.stdout);
     assert!(r.stdout.contains("REFUSED hook"), "{}", r.stdout);
     std::fs::write(guarded.join(".git/config"), config).unwrap();
+
+    // The dev container template's mounts: the same writes fail.
+    let mounts = template_mounts(&guarded);
+    assert_eq!(mounts.len(), 8, "four read-only mounts: {mounts:?}");
+    let r = plain_run(&guarded, &mounts, &["bash", "-c", &attack_script(&markers)]);
+    r.assert_code(0);
+    for label in ["hook", "fsmonitor", "hookspath", "devcontainer", "vscode"] {
+        says(&r, &format!("REFUSED {label}"));
+    }
+    assert_eq!(
+        snapshot(&guarded),
+        before,
+        "byte-identical under the template"
+    );
 
     // What the mounts cannot stop, caught when the session ends: a `.git/commondir` (it
     // would send host-side git to the agent's config) is moved aside, and a replaced `.git`
