@@ -37,6 +37,11 @@ Sandbox:
   --pids N            process limit (default 1024)
   --network NAME      Docker network to join (default: Docker's bridge)
   --docker-arg ARG    one more argument for docker run, e.g. --docker-arg=--dns=10.0.0.53
+  --writable-git-config
+                      let the agent change .git/config (git config, git remote add); by
+                      default it is read-only, with .git/hooks, .devcontainer and .vscode,
+                      because the host runs what they name at your next git command,
+                      container rebuild or folder open
 
 Image:
   --image IMAGE       image to run (default sandbox-init/claude:latest, or $CLAUDE_SANDBOX_IMAGE)
@@ -71,6 +76,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 default_image=sandbox-init/claude:latest
 image=${CLAUDE_SANDBOX_IMAGE:-$default_image}
 project="" keychain=0 fresh=0 shell=0 rebuild=0 dry=0 uidgid="" network="" yes=0
+writable_git_config=0
 memory=8g pids=1024 action=run backup_dir=""
 allow=() presets=() pass_env=() docker_extra=() command=()
 
@@ -117,6 +123,7 @@ while [ $# -gt 0 ]; do
         --rebuild) rebuild=1 ;;
         --dry-run) dry=1 ;;
         --yes) yes=1 ;;
+        --writable-git-config) writable_git_config=1 ;;
         --image) image=$val ;;
         --uid)
             [[ $val =~ ^[0-9]+(:[0-9]+)?$ ]] || die "--uid takes UID or UID:GID, not '$val'"
@@ -355,6 +362,100 @@ if [ "$dry" = 0 ]; then
     name=$candidate
 fi
 
+# Files of the project that tools on the host run later, unreviewed: git hooks and the
+# repository's config (at the next git command; many shell prompts run `git status` at every
+# keystroke), the dev container recipe (at the next rebuild), editor tasks (when the folder
+# is opened on the host). They are mounted read-only over the workspace. Each path is
+# checked here, on the host, first: docker mounts whatever a symbolic link leads to, and the
+# agent may have planted one in an earlier session, so a path that is or passes a link is
+# not mounted (and said so).
+real_project=$(cd "$project" && pwd -P)
+ro_mounts=() ro_shown=()
+
+# resolve PATH: PATH with every symbolic link followed (fails when it does not exist).
+resolve() {
+    local p=$1 t n=0
+    while [ -L "$p" ]; do
+        n=$((n + 1))
+        [ "$n" -le 40 ] || return 1
+        t=$(readlink "$p") || return 1
+        case "$t" in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
+    done
+    [ -e "$p" ] || return 1
+    if [ -d "$p" ]; then
+        (cd "$p" && pwd -P)
+    else
+        t=$(cd "$(dirname "$p")" && pwd -P) || return 1
+        echo "$t/$(basename "$p")"
+    fi
+}
+
+# inside_project PATH: the part of the resolved PATH under the project, or fail.
+inside_project() {
+    local real
+    real=$(resolve "$1") || return 1
+    case "$real" in "$real_project"/*) echo "${real#"$real_project"/}" ;; *) return 1 ;; esac
+}
+
+# protect REL: the project's REL read-only in the container, when it exists.
+protect() {
+    local rel=$1 real
+    [ -e "$project/$rel" ] || [ -L "$project/$rel" ] || return 0
+    real=$(resolve "$project/$rel") || real=""
+    if [ "$real" != "$real_project/$rel" ]; then
+        echo "run-claude: warning: $rel is or passes a symbolic link (to ${real:-nothing});" \
+            "not mounted read-only, so the agent can replace it. Replace the link with what" \
+            "it points to" >&2
+        return 0
+    fi
+    case " ${ro_shown[*]-} " in *" $rel "*) return 0 ;; esac
+    ro_mounts+=(-v "$real:/workspace/$rel:ro")
+    ro_shown+=("$rel")
+}
+
+# protect_git_dir REL: hooks (created empty when missing, else the agent creates them),
+# config, and a core.hooksPath inside the project.
+protect_git_dir() {
+    local dir=$1 hooks_path rel
+    if [ ! -e "$project/$dir/hooks" ] && [ ! -L "$project/$dir/hooks" ] && [ "$dry" = 0 ]; then
+        mkdir "$project/$dir/hooks" ||
+            fail "cannot create $project/$dir/hooks (an empty one is mounted read-only)"
+    fi
+    protect "$dir/hooks"
+    [ "$writable_git_config" = 1 ] || protect "$dir/config"
+    # Reading with --file follows no include and runs nothing.
+    if have git && hooks_path=$(git config --file "$project/$dir/config" --get core.hooksPath); then
+        case "$hooks_path" in /*) ;; *) hooks_path="$project/$hooks_path" ;; esac
+        if rel=$(inside_project "$hooks_path"); then protect "$rel"; fi
+    fi
+}
+
+if [ -L "$project/.git" ]; then
+    echo "run-claude: warning: .git is a symbolic link; its hooks and config are not mounted" \
+        "read-only (replace the link with the directory)" >&2
+elif [ -d "$project/.git" ]; then
+    protect_git_dir .git
+elif [ -f "$project/.git" ]; then
+    # A worktree or submodule: the file names the git directory. Read-only, or the agent
+    # points host-side git at a directory of its own.
+    protect .git
+    gitdir=$(sed -n 's/^gitdir: *//p' "$project/.git" | head -n 1)
+    case "$gitdir" in /* | "") ;; *) gitdir="$project/$gitdir" ;; esac
+    if git_rel=$(inside_project "$gitdir"); then
+        protect_git_dir "$git_rel"
+        if common=$(cat "$project/$git_rel/commondir" 2>/dev/null); then
+            case "$common" in /*) ;; *) common="$project/$git_rel/$common" ;; esac
+            if common_rel=$(inside_project "$common"); then protect_git_dir "$common_rel"; fi
+        fi
+    else
+        echo "run-claude: note: the git directory of this checkout (${gitdir:-none named})" \
+            "is outside the project: the agent cannot reach it, and git inside the" \
+            "container does not find it" >&2
+    fi
+fi
+protect .devcontainer
+protect .vscode
+
 args=(run --rm --init=false --name "$name")
 if [ -t 0 ] && [ -t 1 ]; then args+=(-it); else args+=(-i); fi
 # shellcheck disable=SC2054  # commas belong to --tmpfs options
@@ -378,6 +479,7 @@ args+=(
     --hostname claude-sandbox
     -v "$volume:/home/claude"
     -v "$project:/workspace"
+    ${ro_mounts[@]+"${ro_mounts[@]}"}
 )
 if [ -n "$network" ]; then args+=(--network "$network"); fi
 if [ -n "$uidgid" ]; then
@@ -412,6 +514,31 @@ elif [ ${#command[@]} -gt 0 ]; then
     args+=("${command[@]}")
 fi
 
+if [ ${#ro_shown[@]} -gt 0 ]; then
+    echo "run-claude: read-only for the agent: ${ro_shown[*]}" \
+        "$([ "$writable_git_config" = 1 ] && echo "(git config writable: --writable-git-config)" ||
+            echo "(--writable-git-config lets it change the git config)")" >&2
+fi
 echo "run-claude: $project -> /workspace; home volume $volume; container $name" \
     "${cli_version:+(Claude Code $cli_version)}; commit before a session" >&2
-run docker "${args[@]}"
+# What the mounts cannot stop (README, "What the agent can still reach"): the agent renaming
+# .git and building another one, or a .git/commondir that sends host-side git to the config
+# and hooks of a directory of its own. Looked at when the session ends.
+git_dir_id() { ls -di "$project/.git" 2>/dev/null | awk '{print $1}' || true; }
+git_before=$(git_dir_id) commondir_before=0
+if [ -e "$project/.git/commondir" ] || [ -L "$project/.git/commondir" ]; then commondir_before=1; fi
+run docker "${args[@]}" && status=0 || status=$?
+if [ "$dry" = 0 ] && [ -n "$git_before" ]; then
+    if [ "$(git_dir_id)" != "$git_before" ]; then
+        echo "run-claude: WARNING: the session replaced $project/.git (yours was renamed or" \
+            "removed): git there would run what the agent put in the new one. Find your own" \
+            "(ls -la $project) and put it back before you run git in the project" >&2
+    elif [ "$commondir_before" = 0 ] &&
+        { [ -e "$project/.git/commondir" ] || [ -L "$project/.git/commondir" ]; }; then
+        aside="$project/.git/commondir.from-session-$(date +%Y%m%d-%H%M%S)"
+        mv "$project/.git/commondir" "$aside"
+        echo "run-claude: WARNING: the session created .git/commondir, which makes git read" \
+            "the config and hooks of another directory; moved aside to $aside" >&2
+    fi
+fi
+exit "$status"

@@ -68,6 +68,15 @@ pub fn run(cx: &Context) -> i32 {
         }),
     }
     problems.extend(crate::firewall::diagnose(&cx.settings, &cx.env));
+    let workspace = crate::workspace_guard::observe(&cx.workdir, id);
+    problems.extend(
+        crate::workspace_guard::findings(&workspace, &cx.workdir)
+            .into_iter()
+            .map(|f| Problem {
+                what: f.what,
+                fix: f.fix,
+            }),
+    );
     // Inside a running sandbox (docker exec): what was blocked so far. Read-only.
     for line in crate::report::status::check_lines() {
         println!("{line}");

@@ -23,3 +23,4 @@ pub mod supervise;
 pub mod sys;
 #[cfg(test)]
 mod test_util;
+pub mod workspace_guard;

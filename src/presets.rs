@@ -89,7 +89,10 @@ pub const PRESETS: &[Preset] = &[
         about: "VS Code server, marketplace and extension downloads",
         entries: &[
             "update.code.visualstudio.com",
+            // where update.code.visualstudio.com redirects the server download
+            "vscode.download.prss.microsoft.com",
             "marketplace.visualstudio.com",
+            "*.gallery.vsassets.io",
             "vscode.blob.core.windows.net",
             "*.vscode-cdn.net",
             "*.gallerycdn.vsassets.io",

@@ -158,6 +158,7 @@ fn run() -> Result<i32> {
         }
         None => {
             supervise::become_subreaper();
+            crate::workspace_guard::warn_at_start(&cx.workdir, &cx.identity);
             let applied = build_sandbox(&cx)?;
             start_and_supervise(&cx, applied.as_ref())
         }

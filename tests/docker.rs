@@ -2052,3 +2052,228 @@ fn launcher_reset_volume_asks_first() {
     r.assert_code(0);
     assert!(removed(&calls), "{calls:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// What the host runs from the project (git hooks and config, .devcontainer, .vscode):
+// mounted read-only by the launcher, never through a symbolic link.
+
+fn git_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+}
+
+/// The `-v SOURCE:TARGET:ro` mounts of the launcher's docker run, as (source, target).
+fn read_only_mounts(calls: &[String]) -> Vec<(String, String)> {
+    let run = calls
+        .iter()
+        .find(|c| c.starts_with("run --rm"))
+        .unwrap_or_else(|| panic!("no docker run: {calls:?}"));
+    let words: Vec<&str> = run.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "-v" && w[1].ends_with(":ro"))
+        .map(|w| {
+            let spec = w[1].trim_end_matches(":ro");
+            let (source, target) = spec.rsplit_once(':').unwrap();
+            (source.to_string(), target.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn launcher_mounts_what_the_host_runs_read_only() {
+    let engine = FakeEngine::new("guard");
+    let p = &engine.project;
+    git_in(p, &["init", "-q", "."]);
+    std::fs::remove_dir_all(p.join(".git/hooks")).unwrap();
+    std::fs::create_dir_all(p.join(".devcontainer")).unwrap();
+    std::fs::create_dir_all(p.join(".vscode")).unwrap();
+    // A committed hooks directory (husky and the like) named by core.hooksPath.
+    std::fs::create_dir_all(p.join(".husky")).unwrap();
+    git_in(p, &["config", "core.hooksPath", ".husky"]);
+    let real = p.canonicalize().unwrap().display().to_string();
+
+    let (r, calls) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(
+        p.join(".git/hooks").is_dir(),
+        "a missing hooks directory is created empty, so the agent cannot create one"
+    );
+    let want: Vec<(String, String)> = [
+        ".git/hooks",
+        ".git/config",
+        ".husky",
+        ".devcontainer",
+        ".vscode",
+    ]
+    .iter()
+    .map(|rel| (format!("{real}/{rel}"), format!("/workspace/{rel}")))
+    .collect();
+    assert_eq!(read_only_mounts(&calls), want, "{calls:?}");
+    assert!(
+        r.stderr.contains(
+            "read-only for the agent: .git/hooks .git/config .husky .devcontainer .vscode"
+        ),
+        "{r}"
+    );
+
+    let (r, calls) = engine.launch(&["--writable-git-config", "--", "true"], &[], &[]);
+    r.assert_code(0);
+    let mounts = read_only_mounts(&calls);
+    assert!(
+        !mounts.iter().any(|(_, t)| t == "/workspace/.git/config"),
+        "{mounts:?}"
+    );
+    assert!(
+        mounts.iter().any(|(_, t)| t == "/workspace/.git/hooks"),
+        "hooks stay read-only: {mounts:?}"
+    );
+    assert!(r.stderr.contains("--writable-git-config"), "{r}");
+
+    let (help, _) = engine.launch(&["--help"], &[], &[]);
+    assert!(help.stdout.contains("--writable-git-config"), "{help}");
+}
+
+/// Links planted in the project (by an earlier session's agent) never make the launcher
+/// mount a host path into the container: each one is refused with a warning. The control
+/// run shows the same directories, without links, are mounted.
+#[test]
+fn launcher_mounts_nothing_through_a_symbolic_link() {
+    use std::os::unix::fs::symlink;
+    let engine = FakeEngine::new("links");
+    let p = &engine.project;
+    let outside = engine.dir.join("host-secrets");
+    std::fs::create_dir_all(outside.join("hooks")).unwrap();
+    std::fs::write(outside.join("config"), "[core]\n").unwrap();
+    git_in(p, &["init", "-q", "."]);
+    std::fs::create_dir_all(p.join(".vscode")).unwrap();
+    std::fs::create_dir_all(p.join("inside")).unwrap();
+    let (_, control) = engine.launch(&["--", "true"], &[], &[]);
+    let control = read_only_mounts(&control);
+    assert_eq!(
+        control.len(),
+        3,
+        "control: hooks, config, .vscode: {control:?}"
+    );
+
+    std::fs::remove_dir_all(p.join(".git/hooks")).unwrap();
+    symlink(outside.join("hooks"), p.join(".git/hooks")).unwrap();
+    std::fs::remove_file(p.join(".git/config")).unwrap();
+    symlink(outside.join("config"), p.join(".git/config")).unwrap();
+    std::fs::remove_dir_all(p.join(".vscode")).unwrap();
+    symlink(&outside, p.join(".vscode")).unwrap();
+    // Even a link that stays inside the project: the agent could repoint it.
+    symlink("inside", p.join(".devcontainer")).unwrap();
+    let (r, calls) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert_eq!(read_only_mounts(&calls), vec![], "{calls:?}");
+    let run = calls.iter().find(|c| c.starts_with("run --rm")).unwrap();
+    assert!(!run.contains("host-secrets"), "{run}");
+    for rel in [".git/hooks", ".git/config", ".vscode", ".devcontainer"] {
+        assert!(
+            r.stderr
+                .contains(&format!("warning: {rel} is or passes a symbolic link")),
+            "{rel}: {r}"
+        );
+    }
+
+    // `.git` itself a link, and a `.git` file naming a directory outside the project.
+    std::fs::rename(p.join(".git"), engine.dir.join("moved.git")).unwrap();
+    symlink(engine.dir.join("moved.git"), p.join(".git")).unwrap();
+    let (r, calls) = engine.launch(&["--", "true"], &[], &[]);
+    assert!(!calls.iter().any(|c| c.contains("moved.git")), "{calls:?}");
+    assert!(r.stderr.contains(".git is a symbolic link"), "{r}");
+    std::fs::remove_file(p.join(".git")).unwrap();
+    std::fs::write(p.join(".git"), format!("gitdir: {}\n", outside.display())).unwrap();
+    let (r, calls) = engine.launch(&["--", "true"], &[], &[]);
+    let real = p.canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        read_only_mounts(&calls),
+        vec![(format!("{real}/.git"), "/workspace/.git".to_string())],
+        "only the .git file itself: {calls:?}"
+    );
+    assert!(r.stderr.contains("is outside the project"), "{r}");
+}
+
+/// A `.git` file whose git directory (and common directory) lie inside the project: the
+/// file and both directories' hooks and config are mounted read-only.
+#[test]
+fn launcher_follows_a_git_file_inside_the_project() {
+    let engine = FakeEngine::new("gitfile");
+    let p = &engine.project;
+    git_in(p, &["init", "-q", "main"]);
+    std::fs::create_dir_all(p.join("main/.git/worktrees/wt")).unwrap();
+    std::fs::write(p.join("main/.git/worktrees/wt/commondir"), "../..\n").unwrap();
+    std::fs::write(p.join("main/.git/worktrees/wt/config"), "").unwrap();
+    std::fs::write(p.join(".git"), "gitdir: main/.git/worktrees/wt\n").unwrap();
+    let (r, calls) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    let targets: Vec<String> = read_only_mounts(&calls).into_iter().map(|m| m.1).collect();
+    assert_eq!(
+        targets,
+        [
+            "/workspace/.git",
+            "/workspace/main/.git/worktrees/wt/hooks",
+            "/workspace/main/.git/worktrees/wt/config",
+            "/workspace/main/.git/hooks",
+            "/workspace/main/.git/config",
+        ],
+        "{r}"
+    );
+}
+
+/// What the mounts cannot stop is looked at when the session ends: a `.git/commondir` the
+/// session created (it would send host-side git to another directory's config and hooks) is
+/// moved aside, and a replaced `.git` is named. The stand-in's `run` plays the agent.
+#[test]
+fn launcher_catches_a_redirected_git_dir_after_the_session() {
+    let engine = FakeEngine::new("after");
+    let p = &engine.project;
+    git_in(p, &["init", "-q", "."]);
+    let agent = |action: &str| {
+        let script = FAKE_DOCKER.replace(
+            "    \"info \"*)",
+            &format!("    \"run --rm\") {action} ;;\n    \"info \"*)"),
+        );
+        assert_ne!(script, FAKE_DOCKER);
+        std::fs::write(engine.dir.join("bin/docker"), script).unwrap();
+    };
+    agent("true");
+    let (r, _) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(!r.stderr.contains("WARNING"), "control: {r}");
+
+    agent("echo ../elsewhere > .git/commondir");
+    let (r, _) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(
+        r.stderr
+            .contains("WARNING: the session created .git/commondir"),
+        "{r}"
+    );
+    assert!(!p.join(".git/commondir").exists());
+    let aside: Vec<_> = std::fs::read_dir(p.join(".git"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("commondir.from-session-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside, not deleted");
+
+    agent("mv .git .git-old; mkdir .git");
+    let (r, _) = engine.launch(&["--", "true"], &[], &[]);
+    r.assert_code(0);
+    assert!(
+        p.join(".git-old").is_dir(),
+        "the stand-in renamed .git: {r}"
+    );
+    assert!(r.stderr.contains("WARNING: the session replaced"), "{r}");
+}
