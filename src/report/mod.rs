@@ -386,6 +386,13 @@ impl Reporter {
         self.audit_path = Some(shown.to_string());
     }
 
+    /// Appends a line to the audit log, if there is one (changes of the live allowlist).
+    pub fn audit_note(&mut self, v: &serde_json::Value) {
+        if let Some(log) = self.audit.as_mut() {
+            log.note(v);
+        }
+    }
+
     /// The name to show for an event (none for a gateway: names never open it).
     fn name_for<'a>(&'a self, event: &'a Event) -> Option<&'a str> {
         match event {
