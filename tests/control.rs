@@ -195,6 +195,19 @@ fn allow_and_deny_change_a_running_session_and_the_dns_filter_stays_on() {
     blocked.assert_code(0);
     assert_has(&blocked.stdout, format!("sandbox-init allow {routed80}"));
     assert_has(&blocked.stdout, "SANDBOX_ALLOW=");
+    // PID 1's own line offers the live way too, with the container's name (its hostname;
+    // this fixture shares the host's), and the entry is one word of the grammar.
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let line = sbx.stderr_until(Duration::from_secs(5), |l| l.contains(&routed80));
+    let line = line.lines().find(|l| l.contains(&routed80)).unwrap();
+    assert_has(
+        line,
+        format!(
+            "to allow it: SANDBOX_ALLOW={routed80} (or --allow); to allow it now: docker exec {} \
+             sandbox-init allow {routed80}",
+            host.trim()
+        ),
+    );
 
     let allow = sandbox_init(&sbx, &["allow", "other.test:80", &routed80]);
     allow.assert_code(0);

@@ -75,13 +75,22 @@ pub fn serve(
         start_groups: applied.plan.dynamic.keys().copied().collect(),
         live: vec![],
     };
+    let container = container_name();
+    if let Some(c) = &container {
+        let _ = LIVE_CONTAINER.set(c.clone());
+    }
     Some(server::Server::new(
-        listener,
-        state,
-        policy,
-        reporter,
-        container_name(),
+        listener, state, policy, reporter, container,
     ))
+}
+
+/// Set once PID 1 serves the control socket: the container's name, for the advice of
+/// every blocked line.
+static LIVE_CONTAINER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The container's name when this process serves `sandbox-init allow` under it.
+pub fn live_container() -> Option<&'static str> {
+    LIVE_CONTAINER.get().map(String::as_str)
 }
 
 /// The container's name as `docker exec` takes it, when the hostname can be one (the

@@ -226,11 +226,9 @@ impl Server {
                 .as_str()
                 .and_then(|a| a.parse::<Entry>().ok())
                 .and_then(Suggestion::new);
-            if let Some(s) = allow {
-                lines.push(format!(
-                    "        now: {}",
-                    super::allow_command(&s, self.container.as_deref())
-                ));
+            // (with a known container name the line above says it already)
+            if let Some(s) = allow.filter(|_| self.container.is_none()) {
+                lines.push(format!("        now: {}", super::allow_command(&s, None)));
             }
         }
         if lines.is_empty() {

@@ -139,7 +139,25 @@ pub fn suggestion(
 /// `everything`: the packet had no port (ICMP and the like), so the bare entry we suggest
 /// opens every port and protocol, which the user must know before pasting it.
 fn advice(s: Option<&Suggestion>, everything: Option<Proto>, extra: &str) -> String {
-    match s {
+    advice_in(s, everything, extra, crate::control::live_container())
+}
+
+/// As `advice`; `container`: the running sandbox serves `sandbox-init allow` and is named
+/// so from outside, which the line then offers as the way to allow it without a restart.
+fn advice_in(
+    s: Option<&Suggestion>,
+    everything: Option<Proto>,
+    extra: &str,
+    container: Option<&str>,
+) -> String {
+    let now = match (s, container) {
+        (Some(s), Some(c)) => format!(
+            "; to allow it now: {}",
+            crate::control::allow_command(s, Some(c))
+        ),
+        _ => String::new(),
+    };
+    let setting = match s {
         None => "; no allowlist entry can allow it".into(),
         Some(s) => {
             let wide = match everything {
@@ -150,7 +168,8 @@ fn advice(s: Option<&Suggestion>, everything: Option<Proto>, extra: &str) -> Str
             };
             format!("; to allow it: SANDBOX_ALLOW={s} (or --allow{extra}{wide})")
         }
-    }
+    };
+    format!("{setting}{now}")
 }
 
 /// The one stderr line for an event.
@@ -763,6 +782,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_live_sandbox_offers_the_allow_command_too() {
+        let s = suggestion(Proto::Tcp, ip("10.0.0.9"), Some(443), Some("reg.test"));
+        assert_eq!(
+            advice_in(s.as_ref(), None, "", Some("claude-p-1a2b3c4d")),
+            "; to allow it: SANDBOX_ALLOW=reg.test:443 (or --allow); to allow it now: \
+             docker exec claude-p-1a2b3c4d sandbox-init allow reg.test:443"
+        );
+        let v6 = suggestion(Proto::Tcp, ip("2001:db8::5"), Some(22), None);
+        assert!(advice_in(v6.as_ref(), None, "", Some("c"))
+            .ends_with("sandbox-init allow '[2001:db8::5]:22'"));
+        // no suggestion, no command
+        assert_eq!(
+            advice_in(None, None, "", Some("c")),
+            "; no allowlist entry can allow it"
+        );
     }
 
     #[test]
