@@ -77,20 +77,37 @@ pub fn serve(
     };
     let container = container_name();
     if let Some(c) = &container {
-        let _ = LIVE_CONTAINER.set(c.clone());
+        let _ = LIVE_TARGET.set(LiveTarget {
+            container: c.clone(),
+            names: applied.plan.filter,
+        });
     }
     Some(server::Server::new(
         listener, state, policy, reporter, container,
     ))
 }
 
-/// Set once PID 1 serves the control socket: the container's name, for the advice of
-/// every blocked line.
-static LIVE_CONTAINER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// How a running sandbox is changed from outside, for the advice of its blocked lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTarget {
+    /// The container's name as `docker exec` takes it.
+    pub container: String,
+    /// Names can be allowed live (DNS `filter` mode); otherwise only addresses.
+    pub names: bool,
+}
 
-/// The container's name when this process serves `sandbox-init allow` under it.
-pub fn live_container() -> Option<&'static str> {
-    LIVE_CONTAINER.get().map(String::as_str)
+/// Set once PID 1 serves the control socket.
+static LIVE_TARGET: std::sync::OnceLock<LiveTarget> = std::sync::OnceLock::new();
+
+/// Where this process serves `sandbox-init allow`, if it does.
+pub fn live_target() -> Option<&'static LiveTarget> {
+    LIVE_TARGET.get()
+}
+
+/// The command that allows `s` in the running sandbox `t`, when `allow` can take it.
+pub fn live_advice(s: &Suggestion, t: &LiveTarget) -> Option<String> {
+    let by_name = !matches!(s.entry().target, crate::allowlist::Target::Net(_));
+    (t.names || !by_name).then(|| allow_command(s, Some(&t.container)))
 }
 
 /// The container's name as `docker exec` takes it, when the hostname can be one (the
@@ -205,5 +222,15 @@ mod tests {
             allow_command(&s, Some("claude-p-1")),
             "docker exec claude-p-1 sandbox-init allow reg.test:443"
         );
+        // in resolver mode a name cannot be allowed live: no such advice
+        let mut t = LiveTarget {
+            container: "c".into(),
+            names: true,
+        };
+        assert!(live_advice(&s, &t).is_some());
+        t.names = false;
+        assert_eq!(live_advice(&s, &t), None);
+        let a = Suggestion::new("10.0.0.1:443".parse().unwrap()).unwrap();
+        assert!(live_advice(&a, &t).is_some());
     }
 }

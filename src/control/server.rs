@@ -227,8 +227,15 @@ impl Server {
                 .and_then(|a| a.parse::<Entry>().ok())
                 .and_then(Suggestion::new);
             // (with a known container name the line above says it already)
-            if let Some(s) = allow.filter(|_| self.container.is_none()) {
-                lines.push(format!("        now: {}", super::allow_command(&s, None)));
+            let unnamed = super::LiveTarget {
+                container: "CONTAINER".into(),
+                names: self.live.filter,
+            };
+            if let Some(c) = allow
+                .filter(|_| self.container.is_none())
+                .and_then(|s| super::live_advice(&s, &unnamed))
+            {
+                lines.push(format!("        now: {c}"));
             }
         }
         if lines.is_empty() {
