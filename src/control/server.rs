@@ -175,6 +175,13 @@ impl Server {
         lines: Vec<String>,
         peer: Peer,
     ) -> Response {
+        if next.live == self.live.live {
+            // Nothing to change (already allowed, or not allowed live): no batch, no log.
+            return Response::Ok {
+                lines,
+                data: Value::Null,
+            };
+        }
         let built = match crate::firewall::netlink::build_live(&next.new_groups(), &next.nets()) {
             Ok(b) => b,
             Err(e) => return Response::Err(e),
