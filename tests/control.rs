@@ -444,6 +444,16 @@ fn apply_and_a_second_entrypoint_are_refused_in_a_live_session() {
     }
     let after = net.nft_json(&["table", "inet", "sandbox_init"]);
     assert_eq!(before, after, "the live table was changed");
+    // Control: the same `apply` where no sandbox-init is PID 1 (a fresh one, in the same
+    // network namespace) does replace the table, DNS redirect and learned address gone.
+    root.run_in(
+        &["apply", "--dns", "resolver", "--allow", "allowed.test"],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    )
+    .assert_code(0);
+    let replaced = net.nft_json(&["table", "inet", "sandbox_init"]).to_string();
+    assert!(!replaced.contains("dns_redirect"), "{replaced}");
     finish(sbx, &root);
 }
 
