@@ -30,7 +30,12 @@ Sandbox:
                       telemetry (repeatable; replaces the image's list, so name anthropic too)
   --fresh-creds       overwrite the credentials kept on the volume
   --keychain          read "Claude Code-credentials" from the macOS keychain
-  --shell             run bash instead of claude (same sandbox)
+  --shell             a sandboxed bash: attached to this project's running session when
+                      there is one (sandbox-init exec bash: the agent's user, groups,
+                      no capabilities), else a new session running bash instead of claude
+  --allow-live ENTRY  allow ENTRY now in this project's running session, without a restart
+                      (sandbox-init allow; repeatable); the blocked lines of a session say
+                      which entry to give
   --env NAME          pass one more variable from your environment, by name (repeatable)
   --uid UID[:GID]     ids to run as (default: yours; root maps to the image's user 1000)
   --memory SIZE       memory limit (default 8g)
@@ -78,11 +83,11 @@ image=${CLAUDE_SANDBOX_IMAGE:-$default_image}
 project="" keychain=0 fresh=0 shell=0 rebuild=0 dry=0 uidgid="" network="" yes=0
 writable_git_config=0
 memory=8g pids=1024 action=run backup_dir=""
-allow=() presets=() pass_env=() docker_extra=() command=()
+allow=() allow_live=() presets=() pass_env=() docker_extra=() command=()
 
 takes_value() {
     case "$1" in
-        --allow | --preset | --image | --uid | --network | --env | --docker-arg | --memory | \
+        --allow | --allow-live | --preset | --image | --uid | --network | --env | --docker-arg | --memory | \
             --pids | --backup-dir) return 0 ;;
     esac
     return 1
@@ -116,6 +121,13 @@ while [ $# -gt 0 ]; do
                     "(repeat --allow for more)" ;;
             esac
             allow+=("$val") ;;
+        --allow-live)
+            case "$val" in
+                *[,[:space:]]*) die "--allow-live takes one entry: '$val' holds a comma or a" \
+                    "space (repeat --allow-live for more)" ;;
+            esac
+            allow_live+=("$val")
+            action=allow-live ;;
         --preset)
             [[ $val =~ ^[a-z0-9-]+$ ]] || die "--preset: '$val' is not a preset name (see --help)"
             presets+=("$val") ;;
@@ -202,6 +214,17 @@ volume="claude-config-${dir_name}-${sha}"
 [ "$docker_ok" = 1 ] || [ "$dry" = 1 ] || fail "Docker is needed: install it (Debian: sudo" \
     "apt-get install docker.io; others: https://docs.docker.com/engine/install/)"
 
+# The container is named after the project (short, the same for every start of it), with a
+# number when a session of the project runs already.
+name="claude-$(printf '%s' "${dir_name:0:24}" | sed 's/^[^a-zA-Z0-9]*//')-${sha:0:8}"
+name=${name/#claude--/claude-}
+
+# This project's running session (the first one when there are several), if any.
+running_session() {
+    docker ps --filter "name=$name" --format '{{.Names}}' 2>/dev/null |
+        grep -xE "${name//./\\.}(-[0-9]+)?" | sort | head -n 1
+}
+
 # Older launchers named the volume after a CRC32 of the path. A project that has only such
 # a volume keeps using it (its sessions and tokens live there); new projects get the new name.
 old_volume="claude-config-${dir_name}-$(printf '%s' "$project" | cksum | cut -d' ' -f1)"
@@ -221,6 +244,30 @@ run() {
         "$@"
     fi
 }
+
+# A running session is changed or joined in place (root in the container, as docker exec
+# is by default; sandbox-init checks the entries and refuses anyone but root).
+live=""
+if [ "$action" = allow-live ] || { [ "$action" = run ] && [ "$shell" = 1 ]; }; then
+    if [ "$docker_ok" = 1 ]; then live=$(running_session || true); fi
+    # (a dry run of --allow-live shows the command even when no session runs)
+    if [ -z "$live" ] && [ "$dry" = 1 ] && [ "$action" = allow-live ]; then live=$name; fi
+fi
+case "$action" in
+    allow-live)
+        [ -n "$live" ] || fail "no running session of $project (container $name...): start" \
+            "one, or give the entries with --allow at the start"
+        run docker exec "$live" /usr/local/sbin/sandbox-init allow "${allow_live[@]}"
+        exit $? ;;
+    run)
+        if [ -n "$live" ]; then
+            echo "run-claude: a sandboxed shell in the running session $live" >&2
+            tty=(-i)
+            if [ -t 0 ] && [ -t 1 ]; then tty=(-it); fi
+            run docker exec "${tty[@]}" "$live" /usr/local/sbin/sandbox-init exec bash
+            exit $?
+        fi ;;
+esac
 
 case "$action" in
     list) exec docker volume ls --filter name=claude-config- --format '{{.Name}}' ;;
@@ -348,10 +395,6 @@ if [ -z "$uidgid" ] && [ "$(id -u)" != 0 ]; then
     uidgid="$(id -u):$(id -g)"
 fi
 
-# The container is named after the project (short, the same for every start of it), with a
-# number when a session of the project runs already.
-name="claude-$(printf '%s' "${dir_name:0:24}" | sed 's/^[^a-zA-Z0-9]*//')-${sha:0:8}"
-name=${name/#claude--/claude-}
 if [ "$dry" = 0 ]; then
     taken=$(docker ps -a --format '{{.Names}}' 2>/dev/null || true)
     candidate=$name n=1
@@ -476,7 +519,8 @@ args+=(
     --tmpfs /run/sandbox-init:rw,nosuid,nodev,noexec,mode=0700,size=1m
     --pids-limit "$pids"
     --memory "$memory"
-    --hostname claude-sandbox
+    # the blocked lines name the container: docker exec NAME sandbox-init allow ENTRY
+    --hostname "$name"
     -v "$volume:/home/claude"
     -v "$project:/workspace"
     ${ro_mounts[@]+"${ro_mounts[@]}"}

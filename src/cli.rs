@@ -34,7 +34,10 @@ Configuration: /etc/sandbox-init/config.toml < SANDBOX_* environment < flags.
     after_help = EXIT_CODES,
     override_usage = "sandbox-init [OPTIONS] [--] [COMMAND [ARGS...]]\n       \
                       sandbox-init apply [OPTIONS]\n       sandbox-init check [OPTIONS]\n       \
-                      sandbox-init config [OPTIONS]",
+                      sandbox-init config [OPTIONS]\n       \
+                      sandbox-init allow|deny ENTRY...   (in a running sandbox, as root)\n       \
+                      sandbox-init status|blocked\n       \
+                      sandbox-init exec [--] COMMAND [ARGS...]",
     subcommand_value_name = "MODE",
     subcommand_help_heading = "Modes"
 )]
@@ -79,6 +82,35 @@ pub enum Mode {
     Config {
         #[command(flatten)]
         options: Options,
+    },
+    /// In a running sandbox (docker exec, as root): allow ENTRY for new connections now,
+    /// without a restart. Same grammar as SANDBOX_ALLOW. Exit 0 done, 1 refused, 64 usage.
+    Allow {
+        #[arg(value_name = "ENTRY", required = true)]
+        entries: Vec<String>,
+    },
+    /// In a running sandbox: remove entries that `allow` added (connections already
+    /// established continue).
+    Deny {
+        #[arg(value_name = "ENTRY", required = true)]
+        entries: Vec<String>,
+    },
+    /// In a running sandbox: what is allowed now, and where each entry came from.
+    Status,
+    /// In a running sandbox: the recent blocked destinations, their counts, and the
+    /// `allow` that would admit each.
+    Blocked,
+    /// In a running sandbox (docker exec -it, as root): run COMMAND as the sandboxed user
+    /// with the entrypoint child's drop (its groups only, no capability, no_new_privs,
+    /// secrets scrubbed), e.g. `sandbox-init exec bash` for a sandboxed shell.
+    Exec {
+        #[arg(
+            value_name = "COMMAND",
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        command: Vec<String>,
     },
 }
 
@@ -148,6 +180,11 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
 
+    /// Build the sandbox even in the host's initial PID namespace (a container started
+    /// with --pid=host); without it sandbox-init refuses to firewall and strip a host
+    #[arg(long)]
+    pub allow_host_pid_namespace: bool,
+
     /// More log output (-v debug, -vv trace) [env: SANDBOX_LOG or RUST_LOG]
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -182,6 +219,11 @@ impl Cli {
             Some(Mode::Config { options }) => {
                 (merge(self.options, options), Some(ModeKind::Config), vec![])
             }
+            Some(Mode::Allow { entries }) => (self.options, Some(ModeKind::Allow), entries),
+            Some(Mode::Deny { entries }) => (self.options, Some(ModeKind::Deny), entries),
+            Some(Mode::Status) => (self.options, Some(ModeKind::Status), vec![]),
+            Some(Mode::Blocked) => (self.options, Some(ModeKind::Blocked), vec![]),
+            Some(Mode::Exec { command }) => (self.options, Some(ModeKind::Exec), command),
         }
     }
 }
@@ -191,6 +233,12 @@ pub enum ModeKind {
     Apply,
     Check,
     Config,
+    /// The live modes: their arguments are the entries (allow, deny) or the command (exec).
+    Allow,
+    Deny,
+    Status,
+    Blocked,
+    Exec,
 }
 
 /// Options before the subcommand name combine with those after it; the later one wins.
@@ -207,6 +255,7 @@ fn merge(before: Options, after: Options) -> Options {
         strict: before.strict || after.strict,
         allow_gateway: before.allow_gateway || after.allow_gateway,
         force_credentials: before.force_credentials || after.force_credentials,
+        allow_host_pid_namespace: before.allow_host_pid_namespace || after.allow_host_pid_namespace,
         dns: after.dns.or(before.dns),
         audit_log: after.audit_log.or(before.audit_log),
         verbose: before.verbose + after.verbose,
@@ -273,6 +322,27 @@ mod tests {
         assert_eq!(typo(&["bash", "--", "-c"]), None);
         assert_eq!(typo(&["bash", "-c", "echo --typo"]), None);
         assert_eq!(typo(&[]), None);
+    }
+
+    #[test]
+    fn live_modes_take_their_arguments() {
+        let (_, mode, args) = parse(&["allow", "a.test:443", "10.0.0.0/8"]);
+        assert_eq!(mode, Some(ModeKind::Allow));
+        assert_eq!(args, vec!["a.test:443", "10.0.0.0/8"]);
+        let (_, mode, args) = parse(&["exec", "--", "bash", "-c", "id"]);
+        assert_eq!(mode, Some(ModeKind::Exec));
+        assert_eq!(args, vec!["bash", "-c", "id"]);
+        let (_, mode, args) = parse(&["exec", "bash", "-l"]);
+        assert_eq!(
+            (mode, args),
+            (Some(ModeKind::Exec), vec!["bash".into(), "-l".into()])
+        );
+        assert_eq!(parse(&["status"]).1, Some(ModeKind::Status));
+        assert_eq!(parse(&["blocked"]).1, Some(ModeKind::Blocked));
+        assert!(Cli::try_parse_from(["sandbox-init", "allow"]).is_err());
+        assert!(Cli::try_parse_from(["sandbox-init", "exec"]).is_err());
+        // a command named like a mode still runs after --
+        assert_eq!(parse(&["--", "allow", "x"]).1, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod dns;
 pub mod environment;

@@ -94,6 +94,14 @@ fn run() -> Result<i32> {
         );
         return Ok(exit::USAGE);
     }
+    if let Some(code) = crate::control::client::for_mode(mode, &command) {
+        return Ok(code);
+    }
+    if matches!(mode, None | Some(ModeKind::Apply)) {
+        if let Some(why) = crate::control::refuse_rebuild(options.allow_host_pid_namespace) {
+            return Err(Error::Usage(why));
+        }
+    }
     let settings = config::load(&options, &command, &env)?;
     if mode == Some(ModeKind::Config) {
         for (key, value, source) in settings.describe() {
@@ -151,6 +159,11 @@ fn run() -> Result<i32> {
         // Answered right after loading, before anything is looked up.
         Some(ModeKind::Config) => Ok(0),
         Some(ModeKind::Check) => Ok(check::run(&cx)),
+        Some(ModeKind::Exec) => Ok(exec_sandboxed(&cx)),
+        // Answered by the control socket's client before the configuration is read.
+        Some(ModeKind::Allow | ModeKind::Deny | ModeKind::Status | ModeKind::Blocked) => {
+            Ok(exit::USAGE)
+        }
         Some(ModeKind::Apply) => {
             build_sandbox(&cx)?;
             log::info!("sandbox applied; no command run (apply mode)");
@@ -252,8 +265,9 @@ fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
 fn supervisor_caps(cx: &Context) -> Vec<u32> {
     // CAP_KILL: the command runs under another uid, and signals must reach it.
     let mut caps = vec![privileges::CAP_KILL];
-    if dns_filter_on(cx) {
-        // The DNS filter adds answered addresses to the firewall's sets.
+    if cx.settings.firewall.value {
+        // The DNS filter adds answered addresses to the firewall's sets; the control
+        // socket changes the live allowlist.
         caps.push(privileges::CAP_NET_ADMIN);
     }
     caps
@@ -288,12 +302,52 @@ fn duties(
         &cx.identity,
         applied,
     )?];
+    let mut policy = None;
     if let Some(a) = applied.filter(|_| dns_filter_on(cx)) {
-        duties.push(Box::new(
-            crate::dns::filter(a, reporter.clone()).map_err(Error::Sandbox)?,
-        ));
+        let filter = crate::dns::filter(a, reporter.clone()).map_err(Error::Sandbox)?;
+        policy = Some(filter.policy());
+        duties.push(Box::new(filter));
+    }
+    if let Some(a) = applied {
+        if let Some(server) = crate::control::serve(&cx.settings, a, policy, reporter.clone()) {
+            duties.push(Box::new(server));
+        }
     }
     Ok(duties)
+}
+
+/// The command as the entrypoint's child runs it: the target user, the image's
+/// environment without secrets, the working directory.
+fn child_command(cx: &Context) -> spawn::Command {
+    let env = environment::child_env(
+        &cx.env,
+        &cx.identity,
+        &cx.settings.child_env.value,
+        &cx.settings.scrub.value,
+        &cx.settings.keep.value,
+    );
+    spawn::Command {
+        argv: cx.settings.command.value.clone(),
+        env,
+        workdir: cx.workdir.clone(),
+        identity: cx.identity.clone(),
+    }
+}
+
+/// `sandbox-init exec`: this process becomes the command, dropped exactly as the
+/// entrypoint's child is. Returns only when that failed.
+fn exec_sandboxed(cx: &Context) -> i32 {
+    let uid = nix::unistd::geteuid().as_raw();
+    if uid != 0 {
+        eprintln!(
+            "sandbox-init exec: you are uid {uid}, not root: it cannot switch to the sandboxed              user ({}) nor drop what it does not hold, so it does nothing; the command can run              directly with this session's privileges. For a sandboxed shell run, as root:              docker exec -it CONTAINER sandbox-init exec bash",
+            cx.identity.name
+        );
+        return exit::USAGE;
+    }
+    let failure = spawn::exec_in_place(&child_command(cx));
+    eprintln!("sandbox-init: {}", failure.message);
+    failure.code
 }
 
 fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Result<i32> {
@@ -303,19 +357,7 @@ fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Res
         "reports and DNS filter ready in {:.1} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let env = environment::child_env(
-        &cx.env,
-        &cx.identity,
-        &cx.settings.child_env.value,
-        &cx.settings.scrub.value,
-        &cx.settings.keep.value,
-    );
-    let cmd = spawn::Command {
-        argv: cx.settings.command.value.clone(),
-        env,
-        workdir: cx.workdir.clone(),
-        identity: cx.identity.clone(),
-    };
+    let cmd = child_command(cx);
     let sfd = supervise::block_signals().map_err(Error::Sandbox)?;
     let child = spawn::spawn(&cmd).map_err(Error::Sandbox)?;
     log::debug!(

@@ -117,8 +117,9 @@ fn cstring(s: &[u8]) -> Result<CString, String> {
     })
 }
 
-/// Forks the child. In the parent, returns the child's pid (its process group id too).
-pub fn spawn(cmd: &Command) -> Result<Pid, String> {
+type Prepared = (Vec<CString>, Vec<CString>, String);
+
+fn prepare(cmd: &Command) -> Result<Prepared, String> {
     let argv: Vec<CString> = cmd
         .argv
         .iter()
@@ -130,6 +131,24 @@ pub fn spawn(cmd: &Command) -> Result<Pid, String> {
         .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
         .collect::<Result<_, _>>()?;
     let path_var = cmd.env.get("PATH").cloned().unwrap_or_default();
+    Ok((argv, envp, path_var))
+}
+
+/// The child's path in this very process (`sandbox-init exec`): the same drop, then exec.
+/// Returns only on failure.
+pub fn exec_in_place(cmd: &Command) -> ExecFailure {
+    match prepare(cmd) {
+        Ok((argv, envp, path_var)) => child_main(cmd, &argv, &envp, &path_var),
+        Err(message) => ExecFailure {
+            code: exit::USAGE,
+            message,
+        },
+    }
+}
+
+/// Forks the child. In the parent, returns the child's pid (its process group id too).
+pub fn spawn(cmd: &Command) -> Result<Pid, String> {
+    let (argv, envp, path_var) = prepare(cmd)?;
 
     // SAFETY: the process is single-threaded here (the resolver's runtime is gone), so the
     // child may allocate; it only execs or exits.

@@ -1117,51 +1117,10 @@ fn case_claude_tool_use_is_sandboxed(clean: &Cleanup) {
 /// The dev container: sandbox-init stays PID 1, and an editor-style `docker exec` session as
 /// the remote user is firewalled, unprivileged, and has no sudo.
 fn case_devcontainer(clean: &Cleanup) {
-    let json =
-        std::fs::read_to_string(Path::new(REPO).join("images/devcontainer/devcontainer.json"))
-            .unwrap();
-    // runArgs as the editor passes them (the file is JSON with comments).
-    let run_args: Vec<String> = json
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("\"--"))
-        .map(|l| l.trim_end_matches(',').trim_matches('"').to_string())
-        .collect();
-    assert!(
-        run_args.iter().any(|a| a == "--cap-drop=ALL"),
-        "{run_args:?}"
-    );
     let vol = "sandbox-init-test-devcontainer-home";
     let _ = docker(&["volume", "rm", "-f", vol]);
     clean.volume(vol);
-    let mut args = vec![
-        "run".to_string(),
-        "-d".into(),
-        "--network".into(),
-        NET.into(),
-        "--dns".into(),
-        DNS_IP.into(),
-        "-v".into(),
-        format!("{vol}:/home/claude"),
-        "-e".into(),
-        format!("SANDBOX_ALLOW={ALLOWED_IP}:80"),
-        "-e".into(),
-        "SANDBOX_PRESETS=".into(),
-    ];
-    args.extend(run_args);
-    args.push(DEVCONTAINER_IMG.into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let id = docker_ok(&args).trim().to_string();
-    clean.container(&id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !text(&docker(&["top", &id]).stdout).contains("sleep infinity") {
-        assert!(
-            Instant::now() < deadline,
-            "the dev container never started:\n{}",
-            text(&docker(&["logs", &id]).stderr)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let id = start_devcontainer(clean, &["-v", &format!("{vol}:/home/claude")]);
     let out = docker(&[
         "exec",
         "-u",
@@ -1496,16 +1455,21 @@ fn start_detached(clean: &Cleanup, args: &[&str]) -> String {
     a.extend_from_slice(args);
     let id = docker_ok(&a).trim().to_string();
     clean.container(&id);
+    wait_running(&id, "sandbox-probe sleep");
+    id
+}
+
+/// Waits until the container's processes include `command` (sandbox-init started it).
+fn wait_running(id: &str, command: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !text(&docker(&["top", &id]).stdout).contains("sandbox-probe sleep") {
+    while !text(&docker(&["top", id]).stdout).contains(command) {
         assert!(
             Instant::now() < deadline,
-            "the container never ran its command:\n{}",
-            text(&docker(&["logs", &id]).stderr)
+            "the container never ran {command}:\n{}",
+            text(&docker(&["logs", id]).stderr)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    id
 }
 
 /// A `docker exec` session as the user cannot gain privileges through sudo, a set-uid root
@@ -1614,6 +1578,10 @@ fn docker_end_to_end() {
             Box::new(|| case_claude_tool_use_is_sandboxed(&clean)),
         ),
         ("devcontainer", Box::new(|| case_devcontainer(&clean))),
+        (
+            "live allow and exec in a running session",
+            Box::new(|| case_live_allow_and_exec(&clean)),
+        ),
         (
             "docker exec sessions gain nothing",
             Box::new(|| case_exec_sessions_gain_nothing(&clean)),
@@ -1775,6 +1743,7 @@ echo "$*" >> "$FAKE_LOG"
 case "$1 $2" in
     "volume inspect") for v in $FAKE_VOLUMES; do [ "$v" = "$3" ] && exit 0; done; exit 1 ;;
     "ps -a") for n in $FAKE_NAMES; do echo "$n"; done ;;
+    "ps --filter") for n in $FAKE_NAMES; do echo "$n"; done ;;
     "image inspect") echo 9.9.9 ;;
     "info "*) echo '{"runc":{}}' ;;
 esac
@@ -2276,4 +2245,232 @@ fn launcher_catches_a_redirected_git_dir_after_the_session() {
         "the stand-in renamed .git: {r}"
     );
     assert!(r.stderr.contains("WARNING: the session replaced"), "{r}");
+}
+
+// Changing a running sandbox
+
+/// The dev container as the editor starts it (its image and runArgs: the launcher's
+/// capability set) on the test network, `extra` docker arguments added, running
+/// `sleep infinity`; the container's id once sandbox-init started the command.
+fn start_devcontainer(clean: &Cleanup, extra: &[&str]) -> String {
+    let json =
+        std::fs::read_to_string(Path::new(REPO).join("images/devcontainer/devcontainer.json"))
+            .unwrap();
+    // runArgs as the editor passes them (the file is JSON with comments).
+    let run_args: Vec<String> = json
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("\"--"))
+        .map(|l| l.trim_end_matches(',').trim_matches('"').to_string())
+        .collect();
+    assert!(
+        run_args.iter().any(|a| a == "--cap-drop=ALL"),
+        "{run_args:?}"
+    );
+    let allow = format!("SANDBOX_ALLOW={ALLOWED_IP}:80");
+    let mut args = vec![
+        "run",
+        "-d",
+        "--network",
+        NET,
+        "--dns",
+        DNS_IP,
+        "-e",
+        &allow,
+        "-e",
+        "SANDBOX_PRESETS=",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(run_args.iter().map(String::as_str));
+    args.push(DEVCONTAINER_IMG);
+    let id = docker_ok(&args).trim().to_string();
+    clean.container(&id);
+    wait_running(&id, "sleep infinity");
+    id
+}
+
+/// `docker exec C sandbox-init allow` opens a blocked destination for the running session,
+/// the blocked line says exactly that command, `sandbox-init exec` is a sandboxed session,
+/// and neither the user nor a second entrypoint/`apply` can change the sandbox. The control:
+/// the same destination is blocked before the `allow`.
+fn case_live_allow_and_exec(clean: &Cleanup) {
+    let id = start_devcontainer(clean, &["-e", "SANDBOX_DNS=filter"]);
+    let connect = format!(
+        "timeout 5 bash -c 'exec 3<>/dev/tcp/{BLOCKED_IP}/80' 2>/dev/null && echo REACHED \
+         || echo BLOCKED"
+    );
+    let as_user =
+        |cmd: &str| text(&docker(&["exec", "-u", "claude", &id, "bash", "-c", cmd]).stdout);
+    assert_eq!(
+        as_user(&connect).trim(),
+        "BLOCKED",
+        "control: blocked at first"
+    );
+
+    // The blocked line names this container (its hostname: docker's short id).
+    let hostname = docker_ok(&["exec", &id, "cat", "/etc/hostname"]);
+    assert!(id.starts_with(hostname.trim()), "{id} {hostname}");
+    let want = format!(
+        "to allow it now: docker exec {} sandbox-init allow {BLOCKED_IP}:80",
+        hostname.trim()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&docker(&["logs", &id]).stderr).contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "no live advice: {}",
+            text(&docker(&["logs", &id]).stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The user can neither use the socket nor rebuild the sandbox.
+    let user_allow = docker(&[
+        "exec",
+        "-u",
+        "claude",
+        &id,
+        "sandbox-init",
+        "allow",
+        &format!("{BLOCKED_IP}:80"),
+    ]);
+    assert_eq!(
+        user_allow.status.code(),
+        Some(64),
+        "{}",
+        text(&user_allow.stderr)
+    );
+    for args in [&["apply"][..], &["--", "true"]] {
+        let mut a = vec!["exec", &id, "sandbox-init"];
+        a.extend_from_slice(args);
+        let out = docker(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("sandbox-init allow ENTRY"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        as_user(&connect).trim(),
+        "BLOCKED",
+        "nothing above opened it"
+    );
+
+    let allow = docker(&[
+        "exec",
+        &id,
+        "sandbox-init",
+        "allow",
+        &format!("{BLOCKED_IP}:80"),
+    ]);
+    assert!(allow.status.success(), "{}", text(&allow.stderr));
+    assert_eq!(
+        as_user(&connect).trim(),
+        "REACHED",
+        "allowed without a restart"
+    );
+    let status = docker_ok(&["exec", &id, "sandbox-init", "status"]);
+    assert!(
+        status.contains(&format!("{BLOCKED_IP}:80 <- live (uid 0")),
+        "{status}"
+    );
+    let log = text(&docker(&["logs", &id]).stderr);
+    assert!(log.contains("live allowlist: allow by uid 0 pid "), "{log}");
+
+    // `sandbox-init exec` from a root `docker exec`: the agent's user and nothing more.
+    let exec = docker_ok(&[
+        "exec",
+        &id,
+        "sandbox-init",
+        "exec",
+        "--",
+        "bash",
+        "-c",
+        "id -u; id -G; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status",
+    ]);
+    let lines: Vec<&str> = exec.lines().collect();
+    assert_eq!(lines[0], "1000", "{exec}");
+    assert!(
+        !lines[1].split_whitespace().any(|g| g == "0" || g == "27"),
+        "{exec}"
+    );
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            exec.contains(&format!("{cap}:\t0000000000000000")),
+            "{exec}"
+        );
+    }
+    assert!(exec.contains("NoNewPrivs:\t1"), "{exec}");
+}
+
+/// `--allow-live` and `--shell` find the project's running session among the containers
+/// (a numbered second session included, another project's never) and act in it with
+/// `docker exec`; without one, `--allow-live` fails and runs nothing, `--shell` starts a
+/// new session running bash.
+#[test]
+fn launcher_allow_live_and_shell_join_the_running_session() {
+    let engine = FakeEngine::new("live");
+    let (_, _, name) = engine.names();
+    let other = "claude-other-12345678";
+    let execs = |calls: &[String]| -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.starts_with("exec ") || c.starts_with("run "))
+            .cloned()
+            .collect()
+    };
+    let second = format!("{name}-2");
+    let (r, calls) = engine.launch(
+        &[
+            "--allow-live",
+            "registry.example.org:443",
+            "--allow-live",
+            "10.0.0.0/8",
+        ],
+        &[],
+        &[other, &second],
+    );
+    r.assert_code(0);
+    assert_eq!(
+        execs(&calls),
+        [format!(
+            "exec {second} /usr/local/sbin/sandbox-init allow registry.example.org:443 10.0.0.0/8"
+        )],
+        "{calls:?}"
+    );
+
+    let (r, calls) = engine.launch(&["--allow-live", "x.test"], &[], &[other]);
+    r.assert_code(1);
+    assert!(r.stderr.contains("no running session"), "{r}");
+    assert!(execs(&calls).is_empty(), "{calls:?}");
+    let (r, calls) = engine.launch(&["--allow-live", "a.test,b.test"], &[], &[&name]);
+    r.assert_code(64);
+    assert!(execs(&calls).is_empty(), "{calls:?}");
+
+    let (r, calls) = engine.launch(&["--shell"], &[], &[&name]);
+    r.assert_code(0);
+    assert_eq!(
+        execs(&calls),
+        [format!(
+            "exec -i {name} /usr/local/sbin/sandbox-init exec bash"
+        )],
+        "{calls:?}"
+    );
+    let (r, calls) = engine.launch(&["--shell"], &[], &[other]);
+    r.assert_code(0);
+    let started = execs(&calls);
+    assert!(
+        started.len() == 1 && started[0].starts_with("run --rm") && started[0].ends_with(" bash"),
+        "{calls:?}"
+    );
+    assert!(
+        started[0].contains(&format!("--hostname {name} ")),
+        "{calls:?}"
+    );
 }

@@ -377,6 +377,7 @@ fn report(args: &[String]) -> i32 {
     let mut writes = vec![];
     let mut execs = vec![];
     let mut resolves = vec![];
+    let mut unix_t = vec![];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut next = || it.next().cloned().unwrap_or_default();
@@ -389,6 +390,8 @@ fn report(args: &[String]) -> i32 {
             "--write" => writes.push(next()),
             "--exec" => execs.push(next()),
             "--resolve" => resolves.push(next()),
+            "--unix" => unix_t.push((false, next())),
+            "--unix-abstract" => unix_t.push((true, next())),
             "--timeout-ms" => {
                 timeout = Duration::from_millis(next().parse().unwrap_or(2000));
             }
@@ -444,9 +447,36 @@ fn report(args: &[String]) -> i32 {
         "write": writes.iter().map(|p| write_file(p)).collect::<Vec<_>>(),
         "exec": execs.iter().map(|c| exec(c)).collect::<Vec<_>>(),
         "resolve": resolves.iter().map(|n| resolve(n)).collect::<Vec<_>>(),
+        "unix": unix_t.iter().map(|(a, p)| unix_connect(*a, p, timeout)).collect::<Vec<_>>(),
     });
     println!("{out}");
     0
+}
+
+/// Connects to a Unix socket (a path, or a name in the abstract namespace), sends one
+/// control request line that would widen the sandbox, and reports what came back.
+fn unix_connect(abstract_name: bool, target: &str, timeout: Duration) -> Value {
+    use std::io::{BufRead, Write};
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    let stream = if abstract_name {
+        SocketAddr::from_abstract_name(target.as_bytes()).and_then(|a| UnixStream::connect_addr(&a))
+    } else {
+        UnixStream::connect(target)
+    };
+    let mut s = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            return json!({"target": target, "abstract": abstract_name, "result": "error",
+                "error": errno_name(&e)})
+        }
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.write_all(b"{\"v\":1,\"op\":\"allow\",\"entries\":[\"0.0.0.0/0\"]}\n");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(&s).read_line(&mut line);
+    json!({"target": target, "abstract": abstract_name, "result": "connected",
+        "reply": line.trim_end()})
 }
 
 /// The system resolver (musl: /etc/resolv.conf), as a program in the sandbox would use it.

@@ -6,7 +6,7 @@
 //! an answer must match), and the addresses of the answer enter the firewall's dynamic
 //! sets before the answer is released.
 
-use super::policy::{Group, Policy};
+use super::policy::{Group, Policy, Shared};
 use super::sets::{SetWriter, Tracker, CEILING};
 use super::upstream::{self, Check, Entropy, Sent};
 use super::wire::{self, Bad, Query};
@@ -159,7 +159,8 @@ pub struct Forwarder {
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     servers: Vec<Server>,
-    policy: Policy,
+    /// Shared with the control socket, which changes it in a running sandbox.
+    policy: Shared,
     pending: HashMap<u64, Pending>,
     /// (deadline, pending id), earliest first.
     timers: BTreeSet<(Instant, u64)>,
@@ -324,7 +325,7 @@ impl Forwarder {
             udp,
             tcp,
             servers,
-            policy,
+            policy: std::rc::Rc::new(std::cell::RefCell::new(policy)),
             pending: HashMap::new(),
             timers: BTreeSet::new(),
             udp_pending: 0,
@@ -343,9 +344,15 @@ impl Forwarder {
         })
     }
 
+    /// The policy this forwarder answers by; replacing what it holds changes the names
+    /// allowed from the next query on.
+    pub fn policy(&self) -> Shared {
+        self.policy.clone()
+    }
+
     /// Addresses resolved at start: kept (and refreshed) like the answer of a query.
     pub fn seed_learned(&mut self, name: &str, addrs: &[IpAddr], now: Instant) {
-        let groups = self.policy.groups(name);
+        let groups = self.policy.borrow().groups(name);
         for a in addrs {
             for g in &groups {
                 // Already in the sets (the firewall batch put them there).
@@ -382,7 +389,7 @@ impl Forwarder {
             }
         };
         let groups = if q.plain {
-            self.policy.groups(&q.name)
+            self.policy.borrow().groups(&q.name)
         } else {
             BTreeSet::new()
         };

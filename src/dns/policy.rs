@@ -8,6 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 /// A group of dynamic sets: addresses for every port (`None`) or for one port.
 pub type Group = Option<Port>;
 
+/// The policy PID 1's duties share (one thread): the DNS filter reads it, the control
+/// socket replaces it.
+pub type Shared = std::rc::Rc<std::cell::RefCell<Policy>>;
+
 #[derive(Debug, Default, Clone)]
 pub struct Policy {
     exact: HashMap<String, BTreeSet<Group>>,

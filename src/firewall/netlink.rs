@@ -26,6 +26,9 @@ const DNS_REDIRECT: &str = "dns_redirect";
 /// Before Docker's nat output chain (-100, the 127.0.0.11 rule): the first chain that
 /// translates a connection wins, so the child's queries to 127.0.0.11 come to us too.
 const DNS_REDIRECT_PRIORITY: i32 = -150;
+/// A regular chain the output chain jumps to before its final reject: what root allows in
+/// a running sandbox (`sandbox-init allow`) lives there, replaced as a whole on each change.
+pub const LIVE: &str = "live";
 /// NFT_SET_TIMEOUT: the set's elements expire (see dns::sets for the refresh scheme).
 const SET_FLAG_TIMEOUT: u32 = 0x10;
 /// The conntrack mark bit of a flow a root process opened to port 53 (one bit, so other
@@ -61,6 +64,20 @@ struct Writer {
     log_blocked: bool,
 }
 
+impl Writer {
+    fn new(log_blocked: bool) -> Writer {
+        Writer {
+            batch: Batch::new(),
+            what: vec![],
+            output_rules: 0,
+            input_rules: 0,
+            nat_rules: 0,
+            sets: vec![],
+            log_blocked,
+        }
+    }
+}
+
 // `Batch::add` is generic over a trait rustables does not export, so each call site names a
 // concrete type; the macro keeps the description next to the message.
 macro_rules! put {
@@ -79,15 +96,7 @@ fn berr(e: rustables::error::BuilderError) -> String {
 /// `log_blocked`: whether reject rules also copy the packet to NFLOG for the reports of
 /// blocked destinations (off only after a kernel refused the log expression).
 pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
-    let mut w = Writer {
-        batch: Batch::new(),
-        what: vec![],
-        output_rules: 0,
-        input_rules: 0,
-        nat_rules: 0,
-        sets: vec![],
-        log_blocked,
-    };
+    let mut w = Writer::new(log_blocked);
     // add + delete + add: replaces an existing table and works when there is none, all in
     // the one transaction (no moment without rules, no other table touched).
     let bare = Table::new(ProtocolFamily::Inet).with_name(TABLE);
@@ -192,6 +201,13 @@ pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
     for (port, g) in &plan.dynamic {
         dynamic_group(&mut w, &table, &out, *port, g)?;
     }
+    let live = Chain::new(&table).with_name(LIVE);
+    put!(w, &live, MsgType::Add, "chain {LIVE} (the live allowlist)");
+    let mut r = Rule::new(&out).map_err(berr)?;
+    r.add_expr(Immediate::new_verdict(VerdictKind::Jump {
+        chain: LIVE.to_string(),
+    }));
+    rule(&mut w, &r, false, format!("output: jump {LIVE}"));
 
     reject_pair(&mut w, &out, |_| {}, "to anything else")?;
 
@@ -311,6 +327,44 @@ fn add_set_and_rule(
         format!("output: accept {label} to @{set_name}"),
     );
     Ok(())
+}
+
+/// The live chain's new content, one transaction: its old rules go, then a rule per live
+/// address or network, and the dynamic sets (with their rules) of port groups only live
+/// names use (re-adding an existing set changes nothing, so they persist across changes).
+pub fn build_live(new_groups: &[Option<Port>], nets: &[(IpNet, Option<Port>)]) -> BResult<Built> {
+    let mut w = Writer::new(false);
+    let table = Table::new(ProtocolFamily::Inet).with_name(TABLE);
+    let live = Chain::new(&table).with_name(LIVE);
+    // A rule without a handle in a delete message: every rule of the chain (`nft flush chain`).
+    put!(
+        w,
+        &Rule::new(&live).map_err(berr)?,
+        MsgType::Del,
+        "flush of chain {LIVE}"
+    );
+    for port in new_groups {
+        dynamic_group(&mut w, &table, &live, *port, &AddrGroup::default())?;
+    }
+    let mut by_port: std::collections::BTreeMap<Option<Port>, AddrGroup> = Default::default();
+    for (net, port) in nets {
+        by_port.entry(*port).or_default().nets.push(*net);
+    }
+    for (port, g) in &by_port {
+        group(&mut w, &table, &live, LIVE, *port, g)?;
+    }
+    let expect = Expect {
+        marker: String::new(),
+        output_rules: w.output_rules,
+        input_rules: 0,
+        nat_rules: 0,
+        sets: w.sets.clone(),
+    };
+    Ok(Built {
+        bytes: w.batch.finalize(),
+        what: w.what,
+        expect,
+    })
 }
 
 /// Rejects what `matching` selects at once, never leaving it to time out: TCP gets a reset
@@ -1173,6 +1227,28 @@ mod tests {
     }
 
     #[test]
+    fn a_live_change_replaces_the_live_chain_only() {
+        let tcp = |number| {
+            Some(Port {
+                proto: Proto::Tcp,
+                number,
+            })
+        };
+        let nets = [
+            ("10.250.7.20/32".parse().unwrap(), tcp(8081)),
+            ("10.9.0.0/16".parse().unwrap(), None),
+        ];
+        let b = build_live(&[tcp(8443)], &nets).unwrap();
+        assert_eq!(b.what[0], "flush of chain live");
+        // the new group's two dynamic sets and their rules, one rule per network
+        assert_eq!(b.expect.sets.len(), 2);
+        assert_eq!(b.expect.output_rules, 2 + 2);
+        assert!(b.what.iter().all(|w| !w.contains("table")), "{:?}", b.what);
+        let empty = build_live(&[], &[]).unwrap();
+        assert_eq!(empty.what, vec!["flush of chain live".to_string()]);
+    }
+
+    #[test]
     fn acks_end_at_the_last_sequence_and_errors_carry_theirs() {
         let err = libc::NLMSG_ERROR as u16;
         let mut buf = msg(err, 1, 0);
@@ -1226,12 +1302,13 @@ mod tests {
         assert_eq!(b.expect.input_rules, 3);
         // 9 against answering for a resolver (1 resolver address, 2 ports, 3 x 2 root
         // flow rules), lo, ct, nd, 2 dns, 2 gateway, any_v4, any_v6, 10.1/16, tcp443_v4,
-        // 2 rejects
-        assert_eq!(b.expect.output_rules, 9 + 13);
+        // the jump to the live chain, 2 rejects
+        assert_eq!(b.expect.output_rules, 9 + 14);
         assert_eq!(b.expect.sets.len(), 3);
         assert!(b.expect.sets.contains(&("any_v6".to_string(), 1)));
-        // 3 tables + 2 chains + 3 sets with elements + 25 rules
-        assert_eq!(b.what.len(), 3 + 2 + 6 + 25);
+        // 3 tables + 3 chains + 3 sets with elements + 26 rules
+        assert_eq!(b.what.len(), 3 + 3 + 6 + 26);
+        assert!(b.what.iter().any(|w| w == "rule output: jump live"));
         assert!(b.what[1].starts_with("delete of the previous table"));
         // They come first, before loopback is accepted.
         let first_rules: Vec<&String> = b.what.iter().filter(|w| w.starts_with("rule")).collect();

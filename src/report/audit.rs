@@ -468,6 +468,12 @@ impl AuditLog {
         }
     }
 
+    /// A line that is not a blocked event (a change of the live allowlist), written now.
+    pub fn note(&mut self, v: &serde_json::Value) {
+        self.push(v);
+        self.hand_off();
+    }
+
     /// After a batch of events: the summary when one is due, and the batch to the writer.
     pub fn flush(&mut self, now: Instant, wall: SystemTime) {
         for v in self.agg.summarize(now, wall, false) {

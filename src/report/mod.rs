@@ -139,7 +139,22 @@ pub fn suggestion(
 /// `everything`: the packet had no port (ICMP and the like), so the bare entry we suggest
 /// opens every port and protocol, which the user must know before pasting it.
 fn advice(s: Option<&Suggestion>, everything: Option<Proto>, extra: &str) -> String {
-    match s {
+    advice_in(s, everything, extra, crate::control::live_target())
+}
+
+/// As `advice`; `live`: the running sandbox serves `sandbox-init allow` under a known
+/// name, which the line then offers as the way to allow it without a restart.
+fn advice_in(
+    s: Option<&Suggestion>,
+    everything: Option<Proto>,
+    extra: &str,
+    live: Option<&crate::control::LiveTarget>,
+) -> String {
+    let now = s
+        .zip(live)
+        .and_then(|(s, t)| crate::control::live_advice(s, t))
+        .map_or(String::new(), |c| format!("; to allow it now: {c}"));
+    let setting = match s {
         None => "; no allowlist entry can allow it".into(),
         Some(s) => {
             let wide = match everything {
@@ -150,7 +165,8 @@ fn advice(s: Option<&Suggestion>, everything: Option<Proto>, extra: &str) -> Str
             };
             format!("; to allow it: SANDBOX_ALLOW={s} (or --allow{extra}{wide})")
         }
-    }
+    };
+    format!("{setting}{now}")
 }
 
 /// The one stderr line for an event.
@@ -384,6 +400,13 @@ impl Reporter {
     pub fn set_audit(&mut self, log: audit::AuditLog, shown: &str) {
         self.audit = Some(log);
         self.audit_path = Some(shown.to_string());
+    }
+
+    /// Appends a line to the audit log, if there is one (changes of the live allowlist).
+    pub fn audit_note(&mut self, v: &serde_json::Value) {
+        if let Some(log) = self.audit.as_mut() {
+            log.note(v);
+        }
     }
 
     /// The name to show for an event (none for a gateway: names never open it).
@@ -756,6 +779,30 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_live_sandbox_offers_the_allow_command_too() {
+        let live = |names| crate::control::LiveTarget {
+            container: "claude-p-1a2b3c4d".into(),
+            names,
+        };
+        let s = suggestion(Proto::Tcp, ip("10.0.0.9"), Some(443), Some("reg.test"));
+        assert_eq!(
+            advice_in(s.as_ref(), None, "", Some(&live(true))),
+            "; to allow it: SANDBOX_ALLOW=reg.test:443 (or --allow); to allow it now: \
+             docker exec claude-p-1a2b3c4d sandbox-init allow reg.test:443"
+        );
+        // resolver mode: names only at the next start
+        assert!(!advice_in(s.as_ref(), None, "", Some(&live(false))).contains("now"));
+        let v6 = suggestion(Proto::Tcp, ip("2001:db8::5"), Some(22), None);
+        assert!(advice_in(v6.as_ref(), None, "", Some(&live(false)))
+            .ends_with("sandbox-init allow '[2001:db8::5]:22'"));
+        // no suggestion, no command
+        assert_eq!(
+            advice_in(None, None, "", Some(&live(true))),
+            "; no allowlist entry can allow it"
+        );
     }
 
     #[test]
