@@ -34,7 +34,7 @@ Configuration: /etc/sandbox-init/config.toml < SANDBOX_* environment < flags.
     after_help = EXIT_CODES,
     override_usage = "sandbox-init [OPTIONS] [--] [COMMAND [ARGS...]]\n       \
                       sandbox-init apply [OPTIONS]\n       sandbox-init check [OPTIONS]\n       \
-                      sandbox-init config [OPTIONS]",
+                      sandbox-init config [OPTIONS]\n       sandbox-init hook post-tool-use",
     subcommand_value_name = "MODE",
     subcommand_help_heading = "Modes"
 )]
@@ -79,6 +79,14 @@ pub enum Mode {
     Config {
         #[command(flatten)]
         options: Options,
+    },
+    /// Claude Code's PostToolUse hook (run as the sandboxed user; the Claude image installs
+    /// it for the Bash tool): prints what the sandbox blocked since its last call as
+    /// context for the model, nothing when nothing new was blocked. Reads the hook's JSON
+    /// on stdin; always exits 0.
+    Hook {
+        #[arg(value_name = "EVENT", value_parser = ["post-tool-use"])]
+        event: String,
     },
 }
 
@@ -182,6 +190,7 @@ impl Cli {
             Some(Mode::Config { options }) => {
                 (merge(self.options, options), Some(ModeKind::Config), vec![])
             }
+            Some(Mode::Hook { .. }) => (self.options, Some(ModeKind::Hook), vec![]),
         }
     }
 }
@@ -191,6 +200,8 @@ pub enum ModeKind {
     Apply,
     Check,
     Config,
+    /// Claude Code's PostToolUse hook (the only event so far).
+    Hook,
 }
 
 /// Options before the subcommand name combine with those after it; the later one wins.
@@ -251,6 +262,9 @@ mod tests {
         let (o, mode, _) = parse(&["config", "--allow", "a.test"]);
         assert_eq!(mode, Some(ModeKind::Config));
         assert_eq!(o.allow, vec!["a.test"]);
+        let (_, mode, _) = parse(&["hook", "post-tool-use"]);
+        assert_eq!(mode, Some(ModeKind::Hook));
+        assert!(Cli::try_parse_from(["sandbox-init", "hook", "pre-tool-use"]).is_err());
     }
 
     fn typo(args: &[&str]) -> Option<String> {
