@@ -192,6 +192,45 @@ impl FeedFile {
     }
 }
 
+/// `check` as a user other than root (`docker exec -u USER`): what that user can see, the
+/// recent events of a running sandbox, and where the rest is. Exit 0: nothing it can see
+/// is wrong.
+pub fn check_as_user(uid: u32) -> i32 {
+    println!(
+        "running as uid {uid}, not root: the capabilities, the firewall in the kernel and PID \
+         1's status need root (docker exec CONTAINER sandbox-init check runs as root)"
+    );
+    match crate::hook::read_feed(Path::new(DIR)) {
+        None => println!("no events file of a running sandbox ({PATH})"),
+        Some(doc) => {
+            let events = doc["events"].as_array().cloned().unwrap_or_default();
+            if events.is_empty() {
+                println!("blocked so far (this running sandbox): nothing");
+            } else {
+                println!(
+                    "blocked so far (this running sandbox; {} distinct, the last {} here, \
+                     oldest first):",
+                    doc["last"].as_u64().unwrap_or(0),
+                    events.len()
+                );
+                let printable = |l: &str| l.bytes().all(|b| (0x20..0x7f).contains(&b));
+                for e in events
+                    .iter()
+                    .filter(|e| e["line"].as_str().is_some_and(printable))
+                {
+                    println!(
+                        "  {} {}",
+                        e["time"].as_str().unwrap_or("?"),
+                        e["line"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+    }
+    println!("ok: nothing wrong in what uid {uid} can see");
+    0
+}
+
 /// The feed's directory, root's and 0755 (the user reads, only root writes).
 fn open_dir() -> Result<OwnedFd, String> {
     use nix::fcntl::OFlag;
