@@ -949,6 +949,27 @@ fn run_claude(clean: &Cleanup, case: &str, prompt: &str, env: &[(&str, &str)]) -
     )
 }
 
+/// The launcher with the test image on the test network; HOME is `home`, and the only
+/// credentials are those in `env`.
+fn launcher(home: &Path, dry: bool, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(Path::new(REPO).join("scripts/run-claude.sh"));
+    c.env("HOME", home);
+    for v in [
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "CLAUDE_CREDENTIALS",
+    ] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied());
+    if dry {
+        c.arg("--dry-run");
+    }
+    c.args(["--image", CLAUDE_IMG, "--network", NET, "--docker-arg"])
+        .arg(format!("--dns={DNS_IP}"));
+    c
+}
+
 /// The home volume a launcher dry run mounts.
 fn dry_run_volume(dry: &Ran) -> String {
     dry.stdout
@@ -1020,24 +1041,13 @@ fn case_claude_api_key_via_launcher(clean: &Cleanup) {
     let home = temp_dir("host-home");
     clean.dir(&home);
     std::fs::write(home.join(".gitconfig"), "[user]\n\tname = Test User\n").unwrap();
-    let launcher = Path::new(REPO).join("scripts/run-claude.sh");
     let common = |dry: bool| {
-        let mut c = Command::new(&launcher);
-        c.env("HOME", &home)
-            .env("ANTHROPIC_API_KEY", API_KEY)
-            .env("ANTHROPIC_BASE_URL", MOCK_URL)
-            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
-            .env_remove("CLAUDE_CREDENTIALS");
-        if dry {
-            c.arg("--dry-run");
-        }
+        let env = [
+            ("ANTHROPIC_API_KEY", API_KEY),
+            ("ANTHROPIC_BASE_URL", MOCK_URL),
+        ];
+        let mut c = launcher(&home, dry, &env);
         c.args([
-            "--image",
-            CLAUDE_IMG,
-            "--network",
-            NET,
-            "--docker-arg",
-            &format!("--dns={DNS_IP}"),
             "--allow",
             "api.mock.test:8080",
             "--env",
@@ -1446,28 +1456,11 @@ fn case_launcher_check(clean: &Cleanup) {
     clean.dir(&project);
     let home = temp_dir("check-home");
     clean.dir(&home);
-    let launcher = Path::new(REPO).join("scripts/run-claude.sh");
     let session = "timeout 3 bash -c 'exec 3<>/dev/tcp/10.213.0.30/80'; \
                    getent hosts pkg.check.test; echo SESSION-READY; exec sleep 120";
     let launch = |dry: bool| {
-        let mut c = Command::new(&launcher);
-        c.env("HOME", &home)
-            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("CLAUDE_CREDENTIALS");
-        if dry {
-            c.arg("--dry-run");
-        }
-        c.args([
-            "--image",
-            CLAUDE_IMG,
-            "--network",
-            NET,
-            "--docker-arg",
-            &format!("--dns={DNS_IP}"),
-        ])
-        .arg(&project)
-        .args(["--", "bash", "-c", session]);
+        let mut c = launcher(&home, dry, &[]);
+        c.arg(&project).args(["--", "bash", "-c", session]);
         c
     };
     let dry = run_bounded(launch(true), Duration::from_secs(30));
