@@ -99,3 +99,121 @@ fn pid1_keeps_the_terminal_clean_while_the_command_runs_and_summarizes_after() {
     );
     assert!(!after.contains(&line), "the live line too:\n{screen}");
 }
+
+/// `sandbox-init hook post-tool-use` as the sandboxed user (as Claude Code runs it) while
+/// the sandbox runs: it tells what PID 1 blocked, with the exact entry that allows it, once;
+/// the events file is root's and the user cannot change it.
+#[test]
+fn the_hook_tells_the_agent_what_was_blocked_once() {
+    require_root();
+    let net = Net::new();
+    let root = Rootfs::new();
+    root.write("etc/resolv.conf", &format!("nameserver {DNS1}\n"));
+    let target = format!("{OTHER4}:80");
+    let args = [
+        "--dns",
+        "resolver",
+        "--",
+        PROBE_IN_ROOT,
+        "dns",
+        "--connect",
+        &target,
+        "--sleep",
+        "30000",
+    ];
+    let running =
+        Running::start(&mut root.command(&args, &[("SANDBOX_PRESETS", "")], Some(&net.box_ns)));
+    let connect = running.line(Duration::from_secs(20));
+    assert!(connect.contains("\"step\":\"connect\""), "{connect}");
+    running.stderr_until(Duration::from_secs(5), |l| {
+        l.contains(&format!("blocked tcp {target}"))
+    });
+    // As the user, in the sandbox's root, where PID 1 wrote its file.
+    let as_user = |argv: &[&str]| {
+        let mut c = Command::new("/usr/sbin/chroot");
+        c.args(["--userspec=1000:1000", "--groups=1000"])
+            .arg(root.join(""))
+            .args(argv)
+            .env_clear()
+            .env("HOME", "/home/claude")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        c
+    };
+    let events = root.join("run/sandbox-init-events/events.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&events).is_ok_and(|t| t.contains(&target)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event in {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::metadata(&events).unwrap();
+        let d = std::fs::metadata(events.parent().unwrap()).unwrap();
+        assert_eq!((f.uid(), f.mode() & 0o7777), (0, 0o644));
+        assert_eq!((d.uid(), d.mode() & 0o7777), (0, 0o755));
+    }
+    let hook = || {
+        let mut child = as_user(&[INIT_IN_ROOT, "hook", "post-tool-use"])
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"hook_event_name":"PostToolUse","tool_name":"Bash"}"#)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = hook();
+    let v: serde_json::Value =
+        serde_json::from_str(first.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert_eq!(v["hookSpecificOutput"]["hookEventName"], "PostToolUse");
+    let context = v["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(
+        context.contains(&format!(
+            "- blocked tcp {target}; to allow it: SANDBOX_ALLOW={target} (or --allow)"
+        )),
+        "{context}"
+    );
+    assert_eq!(hook(), "", "told once");
+    // The user can neither write, remove nor replace the file the hook believes (the
+    // host's shell as uid 1000 on the same files: the rootfs has no shell).
+    let dir = events.parent().unwrap().display().to_string();
+    let forged = format!("/tmp/sbx-forged-{}", std::process::id());
+    let attack = format!(
+        "echo forged > {dir}/events.json || echo NOT-WRITTEN; rm -f {dir}/events.json || echo \
+         NOT-REMOVED; mkdir -p {forged} && echo FORGED > {forged}/events.json && \
+         mv -T {forged} {dir} || echo NOT-REPLACED; rm -rf {forged}"
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &attack,
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    for w in ["NOT-WRITTEN", "NOT-REMOVED", "NOT-REPLACED"] {
+        assert!(
+            said.contains(w),
+            "{said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!std::fs::read_to_string(&events).unwrap().contains("FORGED"));
+    running.signal(libc::SIGTERM);
+    running.wait(Duration::from_secs(10));
+}
