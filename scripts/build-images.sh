@@ -182,6 +182,7 @@ for image in "${images[@]}"; do
             cli=$("$repo/scripts/fetch-claude-cli.sh" "$cli_version" "$arch") || exit 1
             put "$cli" "cli/$arch/claude" 0755
             cp "$repo/images/claude/config.toml" "$ctx/config.toml"
+            cp "$repo/images/claude/managed-settings.json" "$ctx/managed-settings.json"
             claude_base=$base
             if [ -z "$claude_base" ]; then claude_base=$(claude_base) || exit 1; fi
             build claude "${tag:-sandbox-init/claude:latest}" \

@@ -515,7 +515,9 @@ args+=(
     --security-opt no-new-privileges
     --read-only
     --tmpfs /tmp:rw,nosuid,nodev,exec,size=2g  # the CLI writes under /tmp
-    # root-only: the staged .gitconfig below and PID 1's status file for `check`
+    # PID 1's files: what was blocked, for the agent's hook (/run/sandbox-init-events, the
+    # user reads it), and, root-only, the staged .gitconfig and the status for `check`
+    --tmpfs /run:rw,nosuid,nodev,noexec,mode=0755,size=8m
     --tmpfs /run/sandbox-init:rw,nosuid,nodev,noexec,mode=0700,size=1m
     --pids-limit "$pids"
     --memory "$memory"

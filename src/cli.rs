@@ -37,7 +37,8 @@ Configuration: /etc/sandbox-init/config.toml < SANDBOX_* environment < flags.
                       sandbox-init config [OPTIONS]\n       \
                       sandbox-init allow|deny ENTRY...   (in a running sandbox, as root)\n       \
                       sandbox-init status|blocked\n       \
-                      sandbox-init exec [--] COMMAND [ARGS...]",
+                      sandbox-init exec [--] COMMAND [ARGS...]\n       \
+                      sandbox-init hook post-tool-use   (Claude Code's hook, as the user)",
     subcommand_value_name = "MODE",
     subcommand_help_heading = "Modes"
 )]
@@ -111,6 +112,14 @@ pub enum Mode {
             allow_hyphen_values = true
         )]
         command: Vec<String>,
+    },
+    /// Claude Code's PostToolUse hook (run as the sandboxed user; the Claude image installs
+    /// it for the Bash tool): prints what the sandbox blocked since its last call as
+    /// context for the model, nothing when nothing new was blocked. Reads the hook's JSON
+    /// on stdin; always exits 0.
+    Hook {
+        #[arg(value_name = "EVENT", value_parser = ["post-tool-use"])]
+        event: String,
     },
 }
 
@@ -224,6 +233,7 @@ impl Cli {
             Some(Mode::Status) => (self.options, Some(ModeKind::Status), vec![]),
             Some(Mode::Blocked) => (self.options, Some(ModeKind::Blocked), vec![]),
             Some(Mode::Exec { command }) => (self.options, Some(ModeKind::Exec), command),
+            Some(Mode::Hook { .. }) => (self.options, Some(ModeKind::Hook), vec![]),
         }
     }
 }
@@ -239,6 +249,8 @@ pub enum ModeKind {
     Status,
     Blocked,
     Exec,
+    /// Claude Code's PostToolUse hook (the only event so far).
+    Hook,
 }
 
 /// Options before the subcommand name combine with those after it; the later one wins.
@@ -300,6 +312,9 @@ mod tests {
         let (o, mode, _) = parse(&["config", "--allow", "a.test"]);
         assert_eq!(mode, Some(ModeKind::Config));
         assert_eq!(o.allow, vec!["a.test"]);
+        let (_, mode, _) = parse(&["hook", "post-tool-use"]);
+        assert_eq!(mode, Some(ModeKind::Hook));
+        assert!(Cli::try_parse_from(["sandbox-init", "hook", "pre-tool-use"]).is_err());
     }
 
     fn typo(args: &[&str]) -> Option<String> {

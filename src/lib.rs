@@ -13,6 +13,7 @@ pub mod environment;
 pub mod error;
 pub mod firewall;
 pub mod home;
+pub mod hook;
 pub mod identity;
 pub mod lockdown;
 pub mod presets;

@@ -67,7 +67,12 @@ fn init_logging(filter: &str) {
                 log::Level::Debug => "debug: ",
                 log::Level::Trace => "trace: ",
             };
-            writeln!(buf, "sandbox-init: {level}{}", record.args())
+            let text = format!("sandbox-init: {level}{}", record.args());
+            // Held while the command draws on the terminal; errors end the session anyway.
+            if record.level() > log::Level::Error && report::terminal::keep(&text) {
+                return Ok(());
+            }
+            writeln!(buf, "{text}")
         })
         .target(env_logger::Target::Stderr)
         .init();
@@ -93,6 +98,10 @@ fn run() -> Result<i32> {
              '-' goes right after --)"
         );
         return Ok(exit::USAGE);
+    }
+    if mode == Some(ModeKind::Hook) {
+        // Runs as the sandboxed user inside the session: no configuration, no changes.
+        return Ok(crate::hook::post_tool_use());
     }
     if let Some(code) = crate::control::client::for_mode(mode, &command) {
         return Ok(code);
@@ -157,7 +166,7 @@ fn run() -> Result<i32> {
 
     match mode {
         // Answered right after loading, before anything is looked up.
-        Some(ModeKind::Config) => Ok(0),
+        Some(ModeKind::Config) | Some(ModeKind::Hook) => Ok(0),
         Some(ModeKind::Check) => Ok(check::run(&cx)),
         Some(ModeKind::Exec) => Ok(exec_sandboxed(&cx)),
         // Answered by the control socket's client before the configuration is read.
@@ -359,7 +368,15 @@ fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Res
     );
     let cmd = child_command(cx);
     let sfd = supervise::block_signals().map_err(Error::Sandbox)?;
-    let child = spawn::spawn(&cmd).map_err(Error::Sandbox)?;
+    // From here on the command may draw on the terminal PID 1 shares with it.
+    report::terminal::hold_if_shared();
+    let child = match spawn::spawn(&cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            report::terminal::release();
+            return Err(Error::Sandbox(e));
+        }
+    };
     log::debug!(
         "started {:?} as {} ({}:{}), pid {child}",
         cmd.argv,
@@ -372,5 +389,9 @@ fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Res
         // a loud warning but not killing a working session.
         log::warn!("{e}");
     }
-    Ok(supervise::supervise(child, sfd, duties))
+    let code = supervise::supervise(child, sfd, duties);
+    // The reports' last duty prints what was held; anything logged after it goes out here.
+    let (kept, _) = report::terminal::release();
+    report::print_after_session(&kept, &[]);
+    Ok(code)
 }

@@ -164,6 +164,15 @@ fn existing_credentials_are_kept_unless_forced() {
     r.assert_code(0);
     assert_eq!(fs::read_to_string(root.join(CREDS)).unwrap(), refreshed);
     assert!(r.stderr.contains("kept the existing"), "{}", r.stderr);
+    // Both ways to replace it: this binary's and the launcher's.
+    assert!(
+        r.stderr.contains(
+            "--force-credentials or SANDBOX_FORCE_CREDENTIALS=1 (run-claude.sh: --fresh-creds) \
+             replaces it"
+        ),
+        "{}",
+        r.stderr
+    );
 
     let r = run(
         &root,
@@ -309,6 +318,26 @@ fn first_run_state_is_merged_without_losing_keys_even_with_no_credential() {
     assert_eq!(settings["env"]["A"], "1");
     assert_eq!(settings["skipDangerousModePermissionPrompt"], true);
     assert!(!root.join(CREDS).exists());
+    // No login given and none on the volume: one line says how to log in.
+    let how = "log in with /login inside Claude Code, or start the container with \
+               CLAUDE_CODE_OAUTH_TOKEN (made by `claude setup-token`";
+    assert_eq!(r.stderr.matches(how).count(), 1, "{}", r.stderr);
+    // A login on the volume (a file, or an API key in the state): nothing to say.
+    write_user(
+        &root,
+        CREDS,
+        r#"{"claudeAiOauth":{"accessToken":"on-the-volume"}}"#,
+    );
+    let r = run(&root, &[], &[], &[]);
+    r.assert_code(0);
+    assert!(!r.stderr.contains(how), "{}", r.stderr);
+    fs::remove_file(root.join(CREDS)).unwrap();
+    let mut state = json_at(&root, STATE);
+    state["primaryApiKey"] = json!("sk-ant-api03-INVENTED-on-the-volume");
+    write_user(&root, STATE, &state.to_string());
+    let r = run(&root, &[], &[], &[]);
+    r.assert_code(0);
+    assert!(!r.stderr.contains(how), "{}", r.stderr);
 }
 
 #[test]

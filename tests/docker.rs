@@ -63,11 +63,20 @@ const KEYCHAIN_TOKEN: &str = "sk-ant-oat01-INVENTED-keychain-c0ffee";
 const GH_TOKEN: &str = "ghp_INVENTEDgithubtoken0123456789";
 
 /// What the agent's Bash tool runs in the tool_use case: print its environment and PID 1's,
-/// then try the blocked host. Markers make the tool_result unambiguous.
+/// then try the blocked host and a name outside the allowlist, and try to forge or remove
+/// the events file its hook reads. Markers make the tool_result unambiguous.
 const TOOL_COMMAND: &str = "echo ENV-START; env; tr '\\0' '\\n' < /proc/1/environ; \
 echo ENV-END; echo UID=$(id -u); \
 if timeout 5 bash -c 'exec 3<>/dev/tcp/10.213.0.30/80' 2>/dev/null; \
-then echo BLOCKED-HOST-REACHED; else echo BLOCKED-HOST-UNREACHABLE; fi";
+then echo BLOCKED-HOST-REACHED; else echo BLOCKED-HOST-UNREACHABLE; fi; \
+if getent hosts pkg.blocked.test >/dev/null; then echo DENIED-NAME-RESOLVED; \
+else echo DENIED-NAME-NXDOMAIN; fi; \
+if (echo forged > /run/sandbox-init-events/events.json) 2>/dev/null; \
+then echo EVENTS-WRITTEN; else echo EVENTS-NOT-WRITTEN; fi; \
+if rm -f /run/sandbox-init-events/events.json 2>/dev/null; \
+then echo EVENTS-REMOVED; else echo EVENTS-NOT-REMOVED; fi; \
+echo OWNERS $(stat -c %u:%a /run/sandbox-init-events /run/sandbox-init-events/events.json \
+/etc/claude-code /etc/claude-code/managed-settings.json) END-OWNERS";
 
 // ---------------------------------------------------------------------------------------
 // docker helpers
@@ -903,6 +912,8 @@ fn claude_opts(clean: &Cleanup, case: &str) -> Vec<String> {
         "--read-only",
         "--tmpfs",
         "/tmp",
+        "--tmpfs",
+        "/run",
         "-v",
         &format!("{vol}:/home/claude"),
     ]
@@ -936,6 +947,27 @@ fn run_claude(clean: &Cleanup, case: &str, prompt: &str, env: &[(&str, &str)]) -
         ],
         &claude_env(env),
     )
+}
+
+/// The launcher with the test image on the test network; HOME is `home`, and the only
+/// credentials are those in `env`.
+fn launcher(home: &Path, dry: bool, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(Path::new(REPO).join("scripts/run-claude.sh"));
+    c.env("HOME", home);
+    for v in [
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "CLAUDE_CREDENTIALS",
+    ] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied());
+    if dry {
+        c.arg("--dry-run");
+    }
+    c.args(["--image", CLAUDE_IMG, "--network", NET, "--docker-arg"])
+        .arg(format!("--dns={DNS_IP}"));
+    c
 }
 
 /// The home volume a launcher dry run mounts.
@@ -1009,24 +1041,13 @@ fn case_claude_api_key_via_launcher(clean: &Cleanup) {
     let home = temp_dir("host-home");
     clean.dir(&home);
     std::fs::write(home.join(".gitconfig"), "[user]\n\tname = Test User\n").unwrap();
-    let launcher = Path::new(REPO).join("scripts/run-claude.sh");
     let common = |dry: bool| {
-        let mut c = Command::new(&launcher);
-        c.env("HOME", &home)
-            .env("ANTHROPIC_API_KEY", API_KEY)
-            .env("ANTHROPIC_BASE_URL", MOCK_URL)
-            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
-            .env_remove("CLAUDE_CREDENTIALS");
-        if dry {
-            c.arg("--dry-run");
-        }
+        let env = [
+            ("ANTHROPIC_API_KEY", API_KEY),
+            ("ANTHROPIC_BASE_URL", MOCK_URL),
+        ];
+        let mut c = launcher(&home, dry, &env);
         c.args([
-            "--image",
-            CLAUDE_IMG,
-            "--network",
-            NET,
-            "--docker-arg",
-            &format!("--dns={DNS_IP}"),
             "--allow",
             "api.mock.test:8080",
             "--env",
@@ -1112,6 +1133,38 @@ fn case_claude_tool_use_is_sandboxed(clean: &Cleanup) {
             "a secret reached the agent's tool: {out}"
         );
     }
+    assert!(out.contains("DENIED-NAME-NXDOMAIN"), "{out}");
+    // The file the hook believes is root's and out of the agent's reach.
+    assert!(
+        out.contains("EVENTS-NOT-WRITTEN") && out.contains("EVENTS-NOT-REMOVED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("OWNERS 0:755 0:644 0:755 0:644 END-OWNERS"),
+        "{out}"
+    );
+    // The request after the tool call carries the hook's context: what was blocked and
+    // the exact entry that allows it.
+    let after = reqs
+        .iter()
+        .map(|q| q["messages"].to_string())
+        .find(|m| m.contains("CASE-TOOL") && m.contains("toolu_sandbox_probe_01"))
+        .unwrap_or_else(|| panic!("no request after the tool call"));
+    for want in [
+        "PostToolUse:Bash hook additional context",
+        "blocked tcp 10.213.0.30:80; to allow it: SANDBOX_ALLOW=10.213.0.30:80 (or --allow)",
+        "blocked dns name pkg.blocked.test (not in the allowlist); to allow it: \
+         SANDBOX_ALLOW=pkg.blocked.test (or --allow)",
+        "run-claude.sh --allow ENTRY",
+    ] {
+        assert!(after.contains(want), "{want:?} not in {after}");
+    }
+    // Without a terminal the lines are on stderr as they happen.
+    assert!(
+        r.stderr
+            .contains("sandbox-init: blocked tcp 10.213.0.30:80; to allow it"),
+        "{r}"
+    );
 }
 
 /// The dev container: sandbox-init stays PID 1, and an editor-style `docker exec` session as
@@ -1352,6 +1405,227 @@ fn case_claude_no_installation_warning(clean: &Cleanup) {
         "the CLI started its UI:\n{screen}"
     );
     assert!(!screen.contains(warning), "{screen}");
+}
+
+/// `check` in a session the launcher started (read-only root, only the capabilities it
+/// needs): as root it reads PID 1's status and the kernel's counters; as the sandboxed user
+/// it shows what that user can see (the events file) and no capability "problems".
+fn case_launcher_check(clean: &Cleanup) {
+    let project = temp_dir("check-project");
+    clean.dir(&project);
+    let home = temp_dir("check-home");
+    clean.dir(&home);
+    let session = "timeout 3 bash -c 'exec 3<>/dev/tcp/10.213.0.30/80'; \
+                   getent hosts pkg.check.test; echo SESSION-READY; exec sleep 120";
+    let launch = |dry: bool| {
+        let mut c = launcher(&home, dry, &[]);
+        c.arg(&project).args(["--", "bash", "-c", session]);
+        c
+    };
+    let dry = run_bounded(launch(true), Duration::from_secs(30));
+    dry.assert_code(0);
+    clean.volume(&dry_run_volume(&dry));
+    assert!(
+        dry.stdout
+            .replace("\\,", ",")
+            .contains("--tmpfs /run:rw,nosuid,nodev,noexec,mode=0755"),
+        "{dry}"
+    );
+    let name = dry
+        .stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "--name")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no --name in the dry run\n{dry}"))
+        .to_string();
+    clean.container(&name);
+    let mut child = launch(false)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let check = |user: &[&str]| {
+        let mut a = vec!["exec"];
+        a.extend_from_slice(user);
+        a.extend_from_slice(&[&name, "sandbox-init", "check"]);
+        let out = docker(&a);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let want = "blocked tcp 10.213.0.30:80; to allow it: SANDBOX_ALLOW=10.213.0.30:80";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let root = loop {
+        let r = check(&[]);
+        if r.1.contains(want) && r.1.contains("pkg.check.test") {
+            break r;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "check never showed the blocked destination: {r:?}\nlauncher: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(root.0, Some(0), "{root:?}");
+    assert!(root.1.contains("reported by PID 1"), "{root:?}");
+    assert!(!root.1.contains("run check as root"), "{root:?}");
+    let user = check(&["-u", "1000"]);
+    assert_eq!(user.0, Some(0), "{user:?}");
+    assert!(!user.1.contains("missing capability"), "{user:?}");
+    assert!(user.1.contains("not root"), "{user:?}");
+    assert!(user.1.contains(want), "{user:?}");
+    assert!(
+        user.1
+            .contains("blocked dns name pkg.check.test (not in the allowlist); to allow it"),
+        "{user:?}"
+    );
+    let _ = docker(&["rm", "-f", &name]);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    // The start said nothing about a status it could not write.
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("will not show what was blocked"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("will not be told"), "{stderr}");
+}
+
+/// A tmux session of its own (own server socket, so it has this process's environment).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// The server starts with this command, so the session gets `env` (values never on
+    /// a command line).
+    fn start(tag: &str, command: &str, env: &[(&str, &str)]) -> Tmux {
+        let t = Tmux {
+            socket: format!("sbx-test-{tag}-{}", std::process::id()),
+        };
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &t.socket,
+                "new-session",
+                "-d",
+                "-s",
+                "s",
+                "-x",
+                "200",
+                "-y",
+                "50",
+            ])
+            .arg(command)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run tmux (apt-get install tmux)");
+        assert!(out.status.success(), "tmux: {}", text(&out.stderr));
+        t
+    }
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux (apt-get install tmux)")
+    }
+    /// The screen as drawn, wrapped lines joined, with its scrollback.
+    fn screen(&self) -> String {
+        text(
+            &self
+                .cmd(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", "s"])
+                .stdout,
+        )
+    }
+    fn keys(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", "s"];
+        a.extend_from_slice(keys);
+        self.cmd(&a);
+    }
+    /// Waits until the screen holds `needle`; every screen seen on the way goes to `seen`.
+    fn wait_for(&self, needle: &str, limit: Duration, seen: &mut Vec<String>) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.screen();
+            seen.push(s.clone());
+            let flat = |x: &str| x.split_whitespace().collect::<String>();
+            if flat(&s).contains(&flat(needle)) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "{needle:?} never appeared on the screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// The interactive CLI under `docker run -it` in tmux, the agent's Bash call blocked during
+/// the session: while the TUI runs no `sandbox-init:` line is on its screen; after /exit
+/// the summary is, with the exact entry to allow it.
+fn case_claude_tui_screen_stays_clean(clean: &Cleanup) {
+    let vol = "sandbox-init-test-home-tui-screen";
+    let name = "sandbox-init-test-tui-screen";
+    let _ = docker(&["rm", "-f", name]);
+    let _ = docker(&["volume", "rm", "-f", vol]);
+    clean.volume(vol);
+    clean.container(name);
+    let line = format!(
+        "docker run --rm -it --name {name} --network {NET} --dns {DNS_IP} --cap-add NET_ADMIN \
+         --read-only --tmpfs /tmp --tmpfs /run -v {vol}:/home/claude -e ANTHROPIC_API_KEY \
+         -e ANTHROPIC_BASE_URL={MOCK_URL} -e SANDBOX_ALLOW=api.mock.test:8080 {CLAUDE_IMG}; \
+         echo SESSION-OVER; sleep 600"
+    );
+    let tmux = Tmux::start("tui", &line, &[("ANTHROPIC_API_KEY", API_KEY)]);
+    let mut during = vec![];
+    tmux.wait_for(
+        "bypass permissions on",
+        Duration::from_secs(60),
+        &mut during,
+    );
+    // PID 1's start lines come before the TUI takes the terminal; no report line may follow.
+    tmux.keys(&["-l", "please RUN-TOOL for CASE-TUI"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("MOCK-TOOL-DONE", Duration::from_secs(60), &mut during);
+    // A moment more for anything late to land on the screen.
+    std::thread::sleep(Duration::from_secs(2));
+    during.push(tmux.screen());
+    for s in &during {
+        assert!(
+            !s.contains("sandbox-init: blocked")
+                && !s.contains("sandbox-init: the sandbox blocked"),
+            "a line of PID 1 on the TUI:\n{s}"
+        );
+    }
+    tmux.keys(&["-l", "/exit"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["Enter"]);
+    let mut after = vec![];
+    let end = tmux.wait_for("SESSION-OVER", Duration::from_secs(30), &mut after);
+    for want in [
+        "sandbox-init: the sandbox blocked",
+        "blocked tcp 10.213.0.30:80; to allow it: SANDBOX_ALLOW=10.213.0.30:80 (or --allow)",
+        "blocked dns name pkg.blocked.test (not in the allowlist); to allow it: \
+         SANDBOX_ALLOW=pkg.blocked.test (or --allow)",
+    ] {
+        let flat = |x: &str| x.split_whitespace().collect::<String>();
+        assert!(
+            flat(&end).contains(&flat(want)),
+            "{want:?} not in the summary:\n{end}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1598,9 +1872,24 @@ fn docker_end_to_end() {
             "claude image: no set-user-ID file, no file capability",
             Box::new(case_claude_image_has_no_privileged_files),
         ),
+        (
+            "launcher: check as root and as the user",
+            Box::new(|| case_launcher_check(&clean)),
+        ),
+        (
+            "claude: the TUI's screen stays clean, the summary comes after",
+            Box::new(|| case_claude_tui_screen_stays_clean(&clean)),
+        ),
     ];
+    // SANDBOX_DOCKER_CASES=word,word runs only the cases whose names hold one of the words
+    // (while working on one of them; the suite runs them all).
+    let only = std::env::var("SANDBOX_DOCKER_CASES").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').filter(|w| !w.is_empty()).collect();
     let mut failed = vec![];
     for (name, case) in &cases {
+        if !only.is_empty() && !only.iter().any(|w| name.contains(w)) {
+            continue;
+        }
         let t = Instant::now();
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(case));
         let verdict = if res.is_ok() { "ok" } else { "FAILED" };

@@ -185,7 +185,14 @@ fn write_as_user(job: &Job) -> Result<()> {
     } else {
         home.as_fd()
     };
-    write_state(state_dir, &job.layout.state_file(), job)?;
+    let has_key = write_state(state_dir, &job.layout.state_file(), job)?;
+    if job.plan.is_empty() && !has_key {
+        let name = OsStr::new(CREDENTIALS_FILE);
+        let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+        if nix::sys::stat::fstatat(config.as_fd(), name, flags).is_err() {
+            log::info!("{LOGIN_HOW}");
+        }
+    }
 
     let settings_path = cfg_path.join(SETTINGS_FILE);
     update_json(config.as_fd(), &settings_path, |existing| {
@@ -268,7 +275,7 @@ fn write_credentials(
             tighten(&fd, shown);
             log::info!(
                 "credentials: kept the existing {} ({from} not written; it may hold a \
-                 refreshed login; --force-credentials or SANDBOX_FORCE_CREDENTIALS=1 replaces it)",
+                 refreshed login; {FORCE_HOW} replaces it)",
                 shown.display()
             );
             return Ok(());
@@ -341,9 +348,25 @@ fn update_json(
     Ok(())
 }
 
-fn write_state(dir: BorrowedFd<'_>, shown: &Path, job: &Job) -> Result<()> {
+/// How to replace credentials kept on the volume, with the flag of either tool the user
+/// may have started the container with.
+const FORCE_HOW: &str = "--force-credentials or SANDBOX_FORCE_CREDENTIALS=1 (run-claude.sh: \
+                         --fresh-creds)";
+
+/// What to do when no login was given and none is on the volume.
+pub const LOGIN_HOW: &str = "credentials: none given and none on the volume: log in with /login \
+     inside Claude Code, or start the container with CLAUDE_CODE_OAUTH_TOKEN (made by `claude \
+     setup-token` on your machine) or ANTHROPIC_API_KEY (run-claude.sh: those variables, or \
+     --keychain on macOS)";
+
+/// Returns whether the state file now holds an API key.
+fn write_state(dir: BorrowedFd<'_>, shown: &Path, job: &Job) -> Result<bool> {
     let mut outcome = KeyOutcome::None;
+    let mut had_key = false;
     update_json(dir, shown, |existing| {
+        had_key = existing
+            .as_ref()
+            .is_some_and(|d| d.get("primaryApiKey").is_some_and(|k| k.is_string()));
         let m = doc::merge_state(
             existing,
             &job.workdir,
@@ -371,10 +394,10 @@ fn write_state(dir: BorrowedFd<'_>, shown: &Path, job: &Job) -> Result<()> {
         KeyOutcome::Same => log::info!("credentials: primaryApiKey in {s} already matches {from}"),
         KeyOutcome::Kept => log::info!(
             "credentials: kept the existing primaryApiKey in {s} ({from} not written; \
-             --force-credentials or SANDBOX_FORCE_CREDENTIALS=1 replaces it)"
+             {FORCE_HOW} replaces it)"
         ),
     }
-    Ok(())
+    Ok(had_key || !matches!(outcome, KeyOutcome::None))
 }
 
 /// Size limit for the host's git configuration.

@@ -12,9 +12,12 @@
 //! on PID 1's one thread, hence `Rc<RefCell<_>>`.
 
 pub mod audit;
+pub mod events;
 pub mod nflog;
 pub mod reader;
+pub mod session;
 pub mod status;
+pub mod terminal;
 
 use crate::allowlist::Suggestion;
 use std::cell::RefCell;
@@ -352,6 +355,8 @@ pub struct Reporter {
     holds: VecDeque<(Instant, String)>,
     /// Tunnelling lines waiting for the rate limit.
     tunnel_lines: VecDeque<String>,
+    /// The recent distinct events, for the agent (see `events`).
+    feed: events::Feed,
 }
 
 impl Default for Reporter {
@@ -373,6 +378,7 @@ impl Default for Reporter {
             name_groups: HashMap::new(),
             holds: VecDeque::new(),
             tunnel_lines: VecDeque::new(),
+            feed: events::Feed::default(),
         }
     }
 }
@@ -434,11 +440,13 @@ impl Reporter {
             }
         }
         let full = self.counts.len() >= MAX_DISTINCT;
+        let mut first = false;
         match self.counts.get_mut(&event) {
             Some(n) => *n += 1,
             None if full => self.uncounted += 1,
             None => {
                 self.counts.insert(event.clone(), 1);
+                first = true;
             }
         }
         if let Event::DeniedName { name } = &event {
@@ -451,9 +459,15 @@ impl Reporter {
                 self.recent.retain(|r| {
                     !matches!(&r.event, Event::DeniedName { name } if parent_domain(name) == parent)
                 });
+                self.feed_tunnel(&parent, wall);
+            } else if first && !tunnel {
+                self.feed_event(&event, wall);
             }
             self.remember_recent(&event, wall, tunnel.then_some(parent));
             return line;
+        }
+        if first {
+            self.feed_event(&event, wall);
         }
         self.remember_recent(&event, wall, None);
         self.show(event, now)
@@ -760,7 +774,8 @@ pub fn start(
 /// Under an interactive TUI the terminal is in raw mode: a leading carriage return and a
 /// CR LF keep the line from being drawn across the UI's own.
 pub fn print(line: &str) {
-    if !log::log_enabled!(log::Level::Warn) {
+    // While the command draws on the terminal, the session summary says it afterwards.
+    if !log::log_enabled!(log::Level::Warn) || !terminal::reports_live() {
         return;
     }
     // SAFETY: isatty on our own stderr.
@@ -770,6 +785,26 @@ pub fn print(line: &str) {
     } else {
         format!("sandbox-init: {line}\n")
     };
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// After a session on a terminal: the log lines it held, then the summary of what was
+/// blocked (`-qq` silences the summary as it does the report lines).
+pub fn print_after_session(kept: &[String], summary: &[String]) {
+    let mut text = String::new();
+    for l in kept {
+        text.push_str(l);
+        text.push('\n');
+    }
+    if log::log_enabled!(log::Level::Warn) {
+        for l in summary {
+            text.push_str("sandbox-init: ");
+            text.push_str(l);
+            text.push('\n');
+        }
+    }
+    // A command killed in raw mode leaves no line discipline to turn LF into CR LF.
+    let text = text.replace('\n', "\r\n");
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 

@@ -2,7 +2,7 @@
 //! destination (deduplicated and rate-limited by the reporter), keeps the status file for
 //! `check` current, and prints the summary when the command is gone.
 
-use super::{nflog, print, status, Event, SharedReporter};
+use super::{events, nflog, print, status, Event, SharedReporter};
 use crate::supervise::Duty;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +23,7 @@ pub struct Reader {
     status_dir: Option<OwnedFd>,
     status_dirty: bool,
     status_written: Option<Instant>,
+    feed_file: events::FeedFile,
     buf: Vec<u8>,
     packets: u64,
     overruns: u64,
@@ -51,7 +52,11 @@ impl Reader {
         let status_dir = match status::open_dir() {
             Ok(d) => Some(d),
             Err(e) => {
-                log::debug!("no status file for `check`: {e}");
+                log::warn!(
+                    "`sandbox-init check` will not show what was blocked (no {}: {e}); on a \
+                     read-only root file system add --tmpfs /run",
+                    status::PATH
+                );
                 None
             }
         };
@@ -62,13 +67,20 @@ impl Reader {
             status_dir,
             status_dirty: true,
             status_written: None,
+            feed_file: events::FeedFile::open(),
             buf: vec![0u8; 1 << 16],
             packets: 0,
             overruns: 0,
             started: SystemTime::now(),
         };
         r.write_status(Instant::now());
+        r.write_feed(Instant::now(), true);
         r
+    }
+
+    fn write_feed(&mut self, now: Instant, force: bool) {
+        let mut r = self.reporter.borrow_mut();
+        self.feed_file.write(&mut r.feed, now, force);
     }
 
     fn snapshot(&self) -> serde_json::Value {
@@ -152,6 +164,8 @@ impl Duty for Reader {
         if due {
             self.write_status(now);
         }
+        // The agent's hook runs right after its command: new events go out at once.
+        self.write_feed(now, false);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -159,10 +173,11 @@ impl Duty for Reader {
             .status_written
             .filter(|_| self.status_dirty)
             .map(|t| t + STATUS_EVERY);
-        match (self.reporter.borrow().deadline(), status) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let r = self.reporter.borrow();
+        [r.deadline(), status, self.feed_file.deadline(&r.feed)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn finish(&mut self) {
@@ -173,7 +188,12 @@ impl Duty for Reader {
             }
             self.read_packets();
         }
+        // The terminal is the shell's again: what the session held back comes out now.
+        let (kept, held) = super::terminal::release();
         let mut r = self.reporter.borrow_mut();
+        if held {
+            super::print_after_session(&kept, &r.session_summary());
+        }
         if let Some(note) = r.note_final() {
             print(&note);
         }
@@ -183,7 +203,8 @@ impl Duty for Reader {
         drop(r);
         self.status_dirty = true;
         self.write_status(Instant::now());
-        if summary.is_empty() {
+        self.write_feed(Instant::now(), true);
+        if summary.is_empty() || held {
             return;
         }
         let mut parts: Vec<String> = summary

@@ -29,7 +29,7 @@ pub fn open_dir() -> Result<OwnedFd, String> {
     Ok(dir)
 }
 
-fn ensure(parent: &OwnedFd, name: &str, mode: u32, uid: u32) -> Result<OwnedFd, String> {
+pub(super) fn ensure(parent: &OwnedFd, name: &str, mode: u32, uid: u32) -> Result<OwnedFd, String> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::{fstat, mkdirat, Mode};
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;

@@ -7,7 +7,8 @@ plain host that answers every GET with a banner.
 
 The mock answers POST /v1/messages (streaming SSE or JSON) and /v1/messages/count_tokens,
 and 404 JSON for everything else. Replies:
-  - the last user turn holds a tool_result          -> text "MOCK-TOOL-DONE"
+  - a user turn after the last assistant turn holds a tool_result
+                                                    -> text "MOCK-TOOL-DONE"
   - the last user text holds RUN-TOOL and the Bash tool is offered
                                                     -> a Bash tool_use running $MOCK_TOOL_COMMAND
   - anything else                                   -> text "MOCK-ANSWER-42"
@@ -49,10 +50,23 @@ def last_user_content(body):
     return []
 
 
+def tool_result_since_last_turn(body):
+    """Whether a user message after the last assistant turn holds a tool_result (hook
+    context may come as a message of its own after it)."""
+    for msg in reversed(body.get("messages") or []):
+        if msg.get("role") == "assistant":
+            return False
+        content = msg.get("content")
+        if isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return True
+    return False
+
+
 def plan_reply(body):
     """Returns (content blocks, stop_reason)."""
     content = last_user_content(body)
-    if any(block.get("type") == "tool_result" for block in content):
+    if tool_result_since_last_turn(body):
         return [{"type": "text", "text": "MOCK-TOOL-DONE"}], "end_turn"
     text = " ".join(b.get("text", "") for b in content if b.get("type") == "text")
     tools = [t.get("name") for t in body.get("tools") or []]
