@@ -1,7 +1,7 @@
 //! `sandbox-init check`: says what the sandbox would look like and what stands in its way,
 //! changing nothing. Exit 0 when it could be built as configured, 1 when not.
 
-use crate::app::run::Context;
+use super::context::Context;
 use crate::sys::{Kernel, Real};
 
 /// A problem found, with the fix the user should apply.

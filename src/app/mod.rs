@@ -1,6 +1,7 @@
 //! The application: the pipeline (`run`) and `sandbox-init check`.
 
 pub mod check;
+pub mod context;
 pub mod run;
 
 /// The process's exit code: the credential broker when this binary was re-executed as one

@@ -3,6 +3,7 @@
 //! does not run and the exit code says why.
 
 use super::check;
+use super::context::Context;
 use crate::policy::cli::{Cli, ModeKind};
 use crate::policy::config::{self, Settings};
 use crate::policy::environment;
@@ -14,17 +15,7 @@ use crate::sys::error::{exit, Error, Result};
 use clap::Parser;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-/// Everything the stages share once preflight is done.
-pub struct Context {
-    pub settings: Settings,
-    pub identity: Identity,
-    pub workdir: PathBuf,
-    /// PID 1's environment as it was given (secrets included: read by the credentials
-    /// stage, never passed on).
-    pub env: HashMap<String, String>,
-}
+use std::path::Path;
 
 pub fn main() -> i32 {
     match run() {

@@ -6,7 +6,7 @@
 
 use crate::policy::allowlist::Entry;
 use crate::policy::cli::Options;
-use crate::policy::identity::UserSpec;
+use crate::policy::identity::{UserSpec, DEFAULT_DROP_GROUPS};
 use crate::policy::presets;
 use crate::sys::error::{Error, Result};
 use serde::Deserialize;
@@ -25,11 +25,6 @@ pub const DEFAULT_HOST_GITCONFIG: &str = "/run/sandbox-init/host.gitconfig";
 pub const DEFAULT_CHILD_ENV: &[(&str, &str)] = &[
     ("DISABLE_AUTOUPDATER", "1"),
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-];
-
-/// Groups that grant root-equivalent power; the user is never given them for the session.
-pub const DEFAULT_DROP_GROUPS: &[&str] = &[
-    "sudo", "wheel", "admin", "docker", "lxd", "libvirt", "disk", "kmem", "shadow",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// Groups that grant root-equivalent power; the user is never given them for the session.
+pub const DEFAULT_DROP_GROUPS: &[&str] = &[
+    "sudo", "wheel", "admin", "docker", "lxd", "libvirt", "disk", "kmem", "shadow",
+];
+
 /// What the configuration asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserSpec {
@@ -267,7 +272,7 @@ mod tests {
         claude:x:1001:\n";
 
     fn drops() -> Vec<String> {
-        crate::policy::config::DEFAULT_DROP_GROUPS
+        super::DEFAULT_DROP_GROUPS
             .iter()
             .map(|s| s.to_string())
             .collect()

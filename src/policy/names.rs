@@ -1,4 +1,5 @@
-//! Which names the child may resolve, and into which firewall sets their addresses go.
+//! Which names the child may resolve, and into which groups of dynamic sets their
+//! addresses go.
 //! `host` matches that name only; `*.host` matches host and every name under it, by whole
 //! labels (`evilhost` and `host.evil` do not match).
 
@@ -67,19 +68,11 @@ impl Policy {
     }
 }
 
-/// The name of a group's dynamic set for one family.
-pub fn set_name(group: Group, v6: bool) -> String {
-    let fam = if v6 { "v6" } else { "v4" };
-    match group {
-        None => format!("dyn_any_{fam}"),
-        Some(p) => format!("dyn_{}{}_{fam}", p.proto, p.number),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::allowlist::Proto;
+    use crate::policy::ruleset::set_name;
 
     fn policy(list: &[&str]) -> Policy {
         let e: Vec<Entry> = list.iter().map(|s| s.parse().unwrap()).collect();

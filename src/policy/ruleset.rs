@@ -7,6 +7,40 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// The one nftables table sandbox-init owns (`inet sandbox_init`); nothing else is touched.
+pub const TABLE: &str = "sandbox_init";
+/// The base chains of the table.
+pub const OUTPUT_CHAIN: &str = "output";
+pub const INPUT_CHAIN: &str = "input";
+/// DNS `filter` mode: the child's port-53 traffic to PID 1's forwarder.
+pub const DNS_REDIRECT_CHAIN: &str = "dns_redirect";
+/// The conntrack mark bit of a flow a root process opened to port 53 (one bit, so other
+/// users of the mark keep theirs).
+pub const ROOT_DNS_MARK: u32 = 0x2000_0000;
+/// Where the DNS filter listens, and the port the child's DNS is redirected to.
+pub const DNS_PORT: u16 = 53;
+pub const DNS_LISTEN_V4: Ipv4Addr = Ipv4Addr::LOCALHOST;
+pub const DNS_LISTEN_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
+/// The timeout of every element of a dynamic set: PID 1 re-adds an address well within it
+/// while the answer that allowed it is valid.
+pub const SET_TIMEOUT: Duration = Duration::from_secs(10);
+/// The NFLOG group of the firewall's reject rules (any fixed number works: a netns has its
+/// own groups; this one is unlikely to collide with a logger an image ships).
+pub const NFLOG_GROUP: u16 = 7041;
+/// The log prefix the reject rules carry (shown by `nft list`; also in every message).
+pub const NFLOG_PREFIX: &str = "sandbox-init blocked";
+
+/// The name of a dynamic set (filled by the DNS filter) for one port group (`None`: every
+/// port) and family.
+pub fn set_name(group: Option<Port>, v6: bool) -> String {
+    let fam = if v6 { "v6" } else { "v4" };
+    match group {
+        None => format!("dyn_any_{fam}"),
+        Some(p) => format!("dyn_{}{}_{fam}", p.proto, p.number),
+    }
+}
 
 /// Addresses allowed for one port (or for every port): single addresses go into kernel
 /// sets, networks become one rule each (sets of rustables 0.9 cannot hold intervals).

@@ -15,13 +15,13 @@ use crate::runtime::supervise::Duty;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-pub const PORT: u16 = 53;
-pub const LISTEN_V4: Ipv4Addr = Ipv4Addr::LOCALHOST;
-pub const LISTEN_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
+pub use crate::policy::ruleset::{
+    DNS_LISTEN_V4 as LISTEN_V4, DNS_LISTEN_V6 as LISTEN_V6, DNS_PORT as PORT,
+};
 
 /// Queries waiting for an upstream answer over UDP (each holds its own socket; beyond:
 /// SERVFAIL at once). Lowered when the descriptor limit is smaller.

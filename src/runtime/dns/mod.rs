@@ -17,7 +17,7 @@ use std::time::Instant;
 /// before the command starts (binding port 53 needs PID 1's privileges).
 pub fn filter(applied: &Applied, reporter: SharedReporter) -> Result<forwarder::Forwarder, String> {
     let policy = policy::Policy::new(&applied.entries);
-    let writer = match sets::SetWriter::open(crate::stages::firewall::netlink::TABLE) {
+    let writer = match sets::SetWriter::open(crate::policy::ruleset::TABLE) {
         Ok(w) => Some(w),
         Err(e) => return Err(format!("DNS filter: cannot open a netlink socket: {e}")),
     };

@@ -9,7 +9,9 @@
 //! later than max(TTL, 10 s) + 10 s after the last answer (the contract), and never while
 //! the answer is still valid (REFRESH < SET_TIMEOUT with margin).
 
-use crate::policy::names::{set_name, Group};
+use crate::policy::names::Group;
+use crate::policy::ruleset::set_name;
+pub use crate::policy::ruleset::SET_TIMEOUT;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -18,7 +20,6 @@ use std::time::{Duration, Instant};
 pub const FLOOR: Duration = Duration::from_secs(10);
 /// Also the TTL we hand to clients at most, so none caches past it.
 pub const CEILING: Duration = Duration::from_secs(3600);
-pub const SET_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REFRESH: Duration = Duration::from_secs(3);
 /// An address re-added less than this ago is not sent again for a new answer.
 const RECENT: Duration = Duration::from_secs(1);

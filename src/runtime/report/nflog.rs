@@ -11,11 +11,7 @@ use super::{Event, Proto};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// The NFLOG group of the firewall's reject rules (any fixed number works: a netns has its
-/// own groups; this one is unlikely to collide with a logger an image ships).
-pub const GROUP: u16 = 7041;
-/// The log prefix the reject rules carry (shown by `nft list`; also in every message).
-pub const PREFIX: &str = "sandbox-init blocked";
+pub use crate::policy::ruleset::{NFLOG_GROUP as GROUP, NFLOG_PREFIX as PREFIX};
 /// Bytes of each packet copied to us: an IPv4 header with options (60) or an IPv6 header
 /// with a short extension header, plus the 4 port bytes of TCP/UDP.
 pub const COPY_RANGE: u32 = 96;

@@ -169,7 +169,7 @@ pub fn kernel_counters() -> Result<Option<Counters>, String> {
     let mut req = vec![0u8; 16];
     req.extend([libc::NFPROTO_INET as u8, 0, 0, 0]);
     for (ty, v) in [
-        (NFTA_RULE_TABLE, crate::stages::firewall::netlink::TABLE),
+        (NFTA_RULE_TABLE, crate::policy::ruleset::TABLE),
         (NFTA_RULE_CHAIN, "output"),
     ] {
         let mut v = v.as_bytes().to_vec();
@@ -283,10 +283,7 @@ pub fn check_lines() -> Vec<String> {
                 }
             ));
         }
-        Ok(None) => out.push(format!(
-            "  no table inet {}",
-            crate::stages::firewall::netlink::TABLE
-        )),
+        Ok(None) => out.push(format!("  no table inet {}", crate::policy::ruleset::TABLE)),
         Err(e) => out.push(format!(
             "  cannot read the reject counters ({e}; run check as root with NET_ADMIN)"
         )),

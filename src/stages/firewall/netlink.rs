@@ -18,19 +18,17 @@ use rustables::{
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-pub const TABLE: &str = "sandbox_init";
-const OUTPUT: &str = "output";
-const INPUT: &str = "input";
-/// DNS `filter` mode: the child's port-53 traffic to PID 1's forwarder.
-const DNS_REDIRECT: &str = "dns_redirect";
+pub use crate::policy::ruleset::TABLE;
+use crate::policy::ruleset::{
+    set_name, DNS_LISTEN_V4, DNS_LISTEN_V6, DNS_PORT, DNS_REDIRECT_CHAIN as DNS_REDIRECT,
+    INPUT_CHAIN as INPUT, NFLOG_GROUP, NFLOG_PREFIX, OUTPUT_CHAIN as OUTPUT, ROOT_DNS_MARK,
+    SET_TIMEOUT,
+};
 /// Before Docker's nat output chain (-100, the 127.0.0.11 rule): the first chain that
 /// translates a connection wins, so the child's queries to 127.0.0.11 come to us too.
 const DNS_REDIRECT_PRIORITY: i32 = -150;
-/// NFT_SET_TIMEOUT: the set's elements expire (see dns::sets for the refresh scheme).
+/// NFT_SET_TIMEOUT: the set's elements expire (the DNS filter re-adds them while valid).
 const SET_FLAG_TIMEOUT: u32 = 0x10;
-/// The conntrack mark bit of a flow a root process opened to port 53 (one bit, so other
-/// users of the mark keep theirs).
-pub const ROOT_DNS_MARK: u32 = 0x2000_0000;
 
 /// A finished transaction: the bytes, what each message does (index = sequence number - 1,
 /// so a kernel error names the object it refused), and what the read-back must find.
@@ -239,6 +237,7 @@ fn group(
             w,
             out,
             b.finish(),
+            SetKind::Static,
             &set_name,
             false,
             port,
@@ -254,6 +253,7 @@ fn group(
             w,
             out,
             b.finish(),
+            SetKind::Static,
             &set_name,
             true,
             port,
@@ -273,11 +273,20 @@ fn group(
     Ok(())
 }
 
+/// A static set holds what the ruleset lists; a dynamic one what the DNS filter adds, each
+/// element with a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetKind {
+    Static,
+    Dynamic,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn add_set_and_rule(
     w: &mut Writer,
     out: &Chain,
     (mut set, elems): (rustables::Set, rustables::set::SetElementList),
+    kind: SetKind,
     set_name: &str,
     v6: bool,
     port: Option<Port>,
@@ -288,9 +297,9 @@ fn add_set_and_rule(
     // The builder leaves the family unset; the id lets the rule find a set of this batch.
     set.family = ProtocolFamily::Inet;
     set.set_id(w.sets.len() as u32);
-    if set_name.starts_with("dyn_") {
+    if kind == SetKind::Dynamic {
         set.set_flags(SET_FLAG_TIMEOUT);
-        set.set_timeout(crate::runtime::dns::sets::SET_TIMEOUT.as_millis() as u64);
+        set.set_timeout(SET_TIMEOUT.as_millis() as u64);
     }
     put!(w, &set, MsgType::Add, "set {set_name}");
     // A dynamic set may start empty (an element list must not be).
@@ -345,16 +354,13 @@ fn reject_pair(
     Ok(())
 }
 
-/// Every reject rule counts and sends the packet's header to NFLOG group
-/// `report::nflog::GROUP`, where PID 1 reads it to say what was blocked and how to allow it
-/// (with no reader bound, the kernel discards the copy).
+/// Every reject rule counts and sends the packet's header to NFLOG group `NFLOG_GROUP`,
+/// where PID 1 reads it to say what was blocked and how to allow it (with no reader bound,
+/// the kernel discards the copy).
 fn counted_and_logged(r: &mut Rule, log: bool) -> BResult<()> {
-    use crate::runtime::report::nflog;
     r.add_expr(Counter::default());
     if log {
-        r.add_expr(
-            rustables::expr::Log::new(Some(nflog::GROUP), Some(nflog::PREFIX)).map_err(berr)?,
-        );
+        r.add_expr(rustables::expr::Log::new(Some(NFLOG_GROUP), Some(NFLOG_PREFIX)).map_err(berr)?);
     }
     Ok(())
 }
@@ -367,18 +373,37 @@ fn dynamic_group(
     port: Option<Port>,
     g: &AddrGroup,
 ) -> BResult<()> {
-    use crate::policy::names::set_name;
     let label = port.map_or("any port".to_string(), |p| {
         format!("{} {}", p.proto, p.number)
     });
     let name = set_name(port, false);
     let mut b = SetBuilder::<Ipv4Addr>::new(&name, table).map_err(berr)?;
     g.v4.iter().for_each(|a| b.add(a));
-    add_set_and_rule(w, out, b.finish(), &name, false, port, &label, g.v4.len())?;
+    add_set_and_rule(
+        w,
+        out,
+        b.finish(),
+        SetKind::Dynamic,
+        &name,
+        false,
+        port,
+        &label,
+        g.v4.len(),
+    )?;
     let name = set_name(port, true);
     let mut b = SetBuilder::<Ipv6Addr>::new(&name, table).map_err(berr)?;
     g.v6.iter().for_each(|a| b.add(a));
-    add_set_and_rule(w, out, b.finish(), &name, true, port, &label, g.v6.len())
+    add_set_and_rule(
+        w,
+        out,
+        b.finish(),
+        SetKind::Dynamic,
+        &name,
+        true,
+        port,
+        &label,
+        g.v6.len(),
+    )
 }
 
 /// DNS `filter` mode: a nat chain sends every port-53 packet of the child (any uid but 0)
@@ -387,7 +412,6 @@ fn dynamic_group(
 /// keeps the child off loopback resolvers (Docker's 127.0.0.11 listens on a second,
 /// unprivileged port that a redirect of port 53 would not cover).
 fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> BResult<()> {
-    use crate::runtime::dns::forwarder::{LISTEN_V4, LISTEN_V6, PORT};
     let nat = Chain::new(table)
         .with_name(DNS_REDIRECT)
         .with_hook(Hook::new(HookClass::Out, DNS_REDIRECT_PRIORITY))
@@ -404,8 +428,8 @@ fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> 
         r.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
     };
     let targets = [
-        (false, IpAddr::V4(LISTEN_V4), ProtocolFamily::Ipv4),
-        (true, IpAddr::V6(LISTEN_V6), ProtocolFamily::Ipv6),
+        (false, IpAddr::V4(DNS_LISTEN_V4), ProtocolFamily::Ipv4),
+        (true, IpAddr::V6(DNS_LISTEN_V6), ProtocolFamily::Ipv6),
     ];
     for (v6, to, family) in targets {
         for proto in [Proto::Udp, Proto::Tcp] {
@@ -421,7 +445,7 @@ fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> 
             not_root(&mut r);
             r.add_expr(Immediate::new_data(octets(to), Register::Reg1));
             r.add_expr(Immediate::new_data(
-                PORT.to_be_bytes().to_vec(),
+                DNS_PORT.to_be_bytes().to_vec(),
                 Register::Reg2,
             ));
             r.add_expr(
@@ -435,7 +459,7 @@ fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> 
                 w,
                 &r,
                 MsgType::Add,
-                "rule {DNS_REDIRECT}: {proto} 53 of non-root users to {to} port {PORT}"
+                "rule {DNS_REDIRECT}: {proto} 53 of non-root users to {to} port {DNS_PORT}"
             );
             w.nat_rules += 1;
         }
@@ -445,7 +469,7 @@ fn dns_filter_rules(w: &mut Writer, table: &Table, out: &Chain, plan: &Plan) -> 
         for proto in [Proto::Udp, Proto::Tcp] {
             let mut r = Rule::new(out).map_err(berr)?;
             daddr_eq(&mut r, to);
-            dport(&mut r, proto, PORT);
+            dport(&mut r, proto, DNS_PORT);
             accept(&mut r);
             rule(
                 w,
@@ -1220,7 +1244,7 @@ mod tests {
         assert_eq!(plain.what, b.what);
         // The reject rules lose their log expression (and its prefix).
         assert!(plain.bytes.len() < b.bytes.len());
-        let log_attr = crate::runtime::report::nflog::PREFIX.as_bytes();
+        let log_attr = NFLOG_PREFIX.as_bytes();
         let has = |bytes: &[u8]| bytes.windows(log_attr.len()).any(|w| w == log_attr);
         assert!(has(&b.bytes) && !has(&plain.bytes));
         assert_eq!(b.expect.input_rules, 3);
