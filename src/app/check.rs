@@ -2,6 +2,7 @@
 //! changing nothing. Exit 0 when it could be built as configured, 1 when not.
 
 use super::context::Context;
+use crate::stages::firewall::{self, Diagnosis};
 use crate::sys::{Kernel, Real};
 
 /// A problem found, with the fix the user should apply.
@@ -67,7 +68,7 @@ pub fn run(cx: &Context) -> i32 {
             fix: "mount /proc in the container".into(),
         }),
     }
-    problems.extend(crate::stages::firewall::diagnose(&cx.settings, &cx.env));
+    print_firewall(firewall::diagnose(&cx.settings, &cx.env), &mut problems);
     // Inside a running sandbox (docker exec): what was blocked so far. Read-only.
     for line in crate::runtime::report::status::check_lines() {
         println!("{line}");
@@ -81,5 +82,47 @@ pub fn run(cx: &Context) -> i32 {
             println!("problem: {}\n  fix: {}", p.what, p.fix);
         }
         1
+    }
+}
+
+/// The firewall part of the report: the plan and each name's addresses, and the findings
+/// as problems.
+fn print_firewall(diagnosis: Diagnosis, problems: &mut Vec<Problem>) {
+    let (findings, names, plan) = match diagnosis {
+        Diagnosis::Off(source) => {
+            println!("firewall: OFF ({source}); the command could reach any address");
+            return;
+        }
+        Diagnosis::On {
+            findings,
+            names,
+            plan,
+        } => (findings, names, plan),
+    };
+    problems.extend(findings.into_iter().map(|f| Problem {
+        what: f.what,
+        fix: f.fix.to_string(),
+    }));
+    let Some(plan) = plan else {
+        return;
+    };
+    println!("allowlist names ({}):", names.len());
+    for (name, res) in &names {
+        match res {
+            Ok(addrs) => println!(
+                "  {name}: {}",
+                addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Err(why) => println!("  {name}: UNRESOLVED ({why})"),
+        }
+    }
+    println!("firewall plan:");
+    print!("{plan}");
+    for w in &plan.warnings {
+        println!("  warning: {w}");
     }
 }

@@ -6,7 +6,7 @@ pub mod netlink;
 pub mod resolve;
 
 use crate::policy::allowlist::{Entry, Target};
-use crate::policy::config::{DnsMode, Settings};
+use crate::policy::config::{DnsMode, Settings, Source};
 use crate::policy::presets;
 use crate::policy::{hostnet, ruleset as plan};
 use crate::sys::error::{Error, Result};
@@ -133,7 +133,7 @@ fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
         Ok(()) => return Ok(built),
         Err(e) => e,
     };
-    let refused = diagnosis(&first, &built.what);
+    let refused = diagnosis(&first, &built.what).what;
     if !matches!(first, netlink::NlError::Kernel { errno, .. } if errno != libc::EPERM) {
         return Err(Error::Sandbox(refused));
     }
@@ -150,61 +150,91 @@ fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
     }
 }
 
-/// Problems `sandbox-init check` should report about the firewall, each with its fix.
-/// Prints the plan and each name's addresses; changes nothing.
-pub fn diagnose(
-    settings: &Settings,
-    _env: &HashMap<String, String>,
-) -> Vec<crate::app::check::Problem> {
-    use crate::app::check::Problem;
-    let mut problems = vec![];
-    if !settings.firewall.value {
-        println!(
-            "firewall: OFF ({}); the command could reach any address",
-            settings.firewall.source
-        );
-        return problems;
+/// What `sandbox-init check` learns about the firewall, changing nothing: what it would be
+/// built from and what stands in its way.
+#[derive(Debug)]
+pub enum Diagnosis {
+    /// The firewall is off, as the named setting says; nothing else was looked at.
+    Off(Source),
+    On {
+        /// What stands in the way, each with its fix.
+        findings: Vec<Finding>,
+        /// Each allowlisted name and what it resolves to now (empty when the allowlist
+        /// itself could not be read).
+        names: resolve::Answers,
+        /// The ruleset the start would apply (`None` when the allowlist could not be read).
+        plan: Option<plan::Plan>,
+    },
+}
+
+/// One thing that keeps the firewall from being built as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub what: String,
+    pub fix: Fix,
+}
+
+/// What the user does about a finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    AddNetAdmin,
+    UseNfTables,
+    CorrectPresets,
+    /// Strict mode and a name that does not resolve.
+    Unresolvable(String),
+    /// The finding's message says all there is.
+    SeeMessage,
+}
+
+impl std::fmt::Display for Fix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fix::AddNetAdmin => f.write_str("run the container with --cap-add NET_ADMIN"),
+            Fix::UseNfTables => f.write_str(
+                "use a runtime with nf_tables (runc), or --no-firewall / SANDBOX_FIREWALL=off",
+            ),
+            Fix::CorrectPresets => f.write_str("correct the preset list"),
+            Fix::Unresolvable(name) => write!(
+                f,
+                "remove {name} from the allowlist, fix DNS, or drop --strict"
+            ),
+            Fix::SeeMessage => f.write_str("see the message above"),
+        }
     }
-    // Listing needs the same capability and subsystem as applying, and changes nothing.
+}
+
+/// Looks at what the firewall would be built from, as `check` does: the kernel's nf_tables
+/// (listing needs the same capability and subsystem as applying, and changes nothing), the
+/// allowlist, each name's addresses, the plan.
+pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Diagnosis {
+    if !settings.firewall.value {
+        return Diagnosis::Off(settings.firewall.source.clone());
+    }
+    let mut findings = vec![];
     if let Err(e) = netlink::probe() {
-        let what = diagnosis(&e, &[]);
-        problems.push(Problem {
-            fix: fix_for(&what),
-            what,
-        });
+        findings.push(diagnosis(&e, &[]));
     }
     let entries = match entries(settings) {
         Ok(e) => e,
         Err(e) => {
-            problems.push(Problem {
+            findings.push(Finding {
                 what: e.to_string(),
-                fix: "correct the preset list".into(),
+                fix: Fix::CorrectPresets,
             });
-            return problems;
+            return Diagnosis::On {
+                findings,
+                names: resolve::Answers::new(),
+                plan: None,
+            };
         }
     };
-    let names = names(&entries);
-    let answers = resolve::resolve_all(&names);
-    println!("allowlist names ({}):", names.len());
-    for (name, res) in &answers {
-        match res {
-            Ok(addrs) => println!(
-                "  {name}: {}",
-                addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-            Err(why) => println!("  {name}: UNRESOLVED ({why})"),
-        }
-    }
+    let answers = resolve::resolve_all(&names(&entries));
     let (resolved, failed) = split_answers(&answers);
     if settings.strict.value {
         for (name, why) in &failed {
-            problems.push(Problem {
+            findings.push(Finding {
                 what: format!("strict mode: {name} cannot be resolved ({why})"),
-                fix: format!("remove {name} from the allowlist, fix DNS, or drop --strict"),
+                fix: Fix::Unresolvable(name.clone()),
             });
         }
     }
@@ -216,12 +246,11 @@ pub fn diagnose(
         settings.allow_gateway.value,
         settings.dns.value == DnsMode::Filter,
     );
-    println!("firewall plan:");
-    print!("{plan}");
-    for w in &plan.warnings {
-        println!("  warning: {w}");
+    Diagnosis::On {
+        findings,
+        names: answers,
+        plan: Some(plan),
     }
-    problems
 }
 
 /// The effective allowlist: every selected preset, then the allow entries.
@@ -285,7 +314,7 @@ fn marker(plan: &plan::Plan) -> String {
 const UNSUPPORTED: &str = "this container runtime cannot enforce egress rules";
 
 /// Turns a netlink failure into what the user must do about it.
-pub fn diagnosis(e: &netlink::NlError, what: &[String]) -> String {
+pub fn diagnosis(e: &netlink::NlError, what: &[String]) -> Finding {
     use netlink::NlError::*;
     let opt_out = "run it on a runtime with nf_tables (runc), or opt out explicitly with \
                    --no-firewall / SANDBOX_FIREWALL=off";
@@ -303,51 +332,65 @@ pub fn diagnosis(e: &netlink::NlError, what: &[String]) -> String {
             std::io::Error::from_raw_os_error(n)
         )
     };
-    match *e {
-        Open(n) | Kernel { errno: n, .. } | Send(n) if n == libc::EPERM || n == libc::EACCES => {
+    let (what, fix) = match *e {
+        Open(n) | Kernel { errno: n, .. } | Send(n) if n == libc::EPERM || n == libc::EACCES => (
             format!(
                 "cannot program the firewall: {}: the container lacks CAP_NET_ADMIN; add \
                  --cap-add NET_ADMIN to docker run (or --no-firewall to run without it, loudly)",
                 name(n)
-            )
-        }
-        Open(n) if n == libc::EPROTONOSUPPORT || n == libc::EAFNOSUPPORT => format!(
-            "{UNSUPPORTED}: there is no nf_tables netlink here ({}; gVisor and some WSL2 \
-             kernels lack it); {opt_out}",
-            name(n)
+            ),
+            Fix::AddNetAdmin,
         ),
-        Kernel { errno: n, seq: 0 } if n == libc::EOPNOTSUPP || n == libc::ENOENT => format!(
-            "{UNSUPPORTED}: the kernel has no nf_tables ({}); {opt_out}",
-            name(n)
+        Open(n) if n == libc::EPROTONOSUPPORT || n == libc::EAFNOSUPPORT => (
+            format!(
+                "{UNSUPPORTED}: there is no nf_tables netlink here ({}; gVisor and some WSL2 \
+                 kernels lack it); {opt_out}",
+                name(n)
+            ),
+            Fix::UseNfTables,
         ),
-        Kernel { errno: n, seq } if n == libc::EOPNOTSUPP => format!(
-            "{UNSUPPORTED}: the kernel's nf_tables refused {} ({}; some WSL2 kernels lack set \
-             support); {opt_out}",
-            applying(seq),
-            name(n)
+        Kernel { errno: n, seq: 0 } if n == libc::EOPNOTSUPP || n == libc::ENOENT => (
+            format!(
+                "{UNSUPPORTED}: the kernel has no nf_tables ({}); {opt_out}",
+                name(n)
+            ),
+            Fix::UseNfTables,
         ),
-        Kernel { errno: n, seq } => format!(
-            "the kernel refused the firewall: {} while applying {}; nothing was changed",
-            name(n),
-            applying(seq)
+        Kernel { errno: n, seq } if n == libc::EOPNOTSUPP => (
+            format!(
+                "{UNSUPPORTED}: the kernel's nf_tables refused {} ({}; some WSL2 kernels lack \
+                 set support); {opt_out}",
+                applying(seq),
+                name(n)
+            ),
+            Fix::UseNfTables,
         ),
-        Open(n) => format!("cannot open a netfilter netlink socket: {}", name(n)),
-        Send(n) => format!("cannot send the firewall to the kernel: {}", name(n)),
-        Recv(n) if n == libc::EAGAIN => {
-            "the kernel did not acknowledge the firewall within 5 s".to_string()
-        }
-        Recv(n) => format!("cannot read the kernel's answer: {}", name(n)),
-    }
-}
-
-fn fix_for(what: &str) -> String {
-    if what.contains("NET_ADMIN") {
-        "run the container with --cap-add NET_ADMIN".into()
-    } else if what.contains(UNSUPPORTED) {
-        "use a runtime with nf_tables (runc), or --no-firewall / SANDBOX_FIREWALL=off".into()
-    } else {
-        "see the message above".into()
-    }
+        Kernel { errno: n, seq } => (
+            format!(
+                "the kernel refused the firewall: {} while applying {}; nothing was changed",
+                name(n),
+                applying(seq)
+            ),
+            Fix::SeeMessage,
+        ),
+        Open(n) => (
+            format!("cannot open a netfilter netlink socket: {}", name(n)),
+            Fix::SeeMessage,
+        ),
+        Send(n) => (
+            format!("cannot send the firewall to the kernel: {}", name(n)),
+            Fix::SeeMessage,
+        ),
+        Recv(n) if n == libc::EAGAIN => (
+            "the kernel did not acknowledge the firewall within 5 s".to_string(),
+            Fix::SeeMessage,
+        ),
+        Recv(n) => (
+            format!("cannot read the kernel's answer: {}", name(n)),
+            Fix::SeeMessage,
+        ),
+    };
+    Finding { what, fix }
 }
 
 fn errno_name(n: i32) -> &'static str {
@@ -385,7 +428,9 @@ mod tests {
             },
             NlError::Open(libc::EPERM),
         ] {
-            let m = diagnosis(&e, &[]);
+            let f = diagnosis(&e, &[]);
+            assert_eq!(f.fix, Fix::AddNetAdmin);
+            let m = f.what;
             assert!(m.contains("--cap-add NET_ADMIN"), "{m}");
             assert!(m.contains("EPERM"), "{m}");
         }
@@ -405,7 +450,9 @@ mod tests {
                 seq: 2,
             },
         ] {
-            let m = diagnosis(&e, &["a".into(), "set any_v4".into()]);
+            let f = diagnosis(&e, &["a".into(), "set any_v4".into()]);
+            assert_eq!(f.fix, Fix::UseNfTables);
+            let m = f.what;
             assert!(m.contains("cannot enforce egress"), "{m}");
             assert!(
                 m.contains("--no-firewall") && m.contains("SANDBOX_FIREWALL=off"),
@@ -420,13 +467,15 @@ mod tests {
             "table inet sandbox_init".to_string(),
             "rule output: accept tcp 443 to 10.0.0.0/8".into(),
         ];
-        let m = diagnosis(
+        let f = diagnosis(
             &NlError::Kernel {
                 errno: libc::EEXIST,
                 seq: 2,
             },
             &what,
         );
+        assert_eq!(f.fix, Fix::SeeMessage);
+        let m = f.what;
         assert!(m.contains("EEXIST"), "{m}");
         assert!(m.contains("accept tcp 443 to 10.0.0.0/8"), "{m}");
         // a sequence number beyond the list still gives a message
@@ -436,7 +485,8 @@ mod tests {
                 seq: 99,
             },
             &what,
-        );
+        )
+        .what;
         assert!(m.contains("message 99"), "{m}");
     }
 
