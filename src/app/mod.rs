@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod context;
+pub mod exit;
 pub mod run;
 
 /// The process's exit code: the credential broker when this binary was re-executed as one

@@ -4,6 +4,7 @@
 
 use super::check;
 use super::context::Context;
+use super::exit::{self, Error, Result};
 use crate::policy::cli::{Cli, ModeKind};
 use crate::policy::config::{self, Settings};
 use crate::policy::environment;
@@ -11,7 +12,6 @@ use crate::policy::identity::{self, Identity};
 use crate::runtime::{report, spawn, supervise};
 use crate::stages::{credentials, firewall, home, lockdown, privileges};
 use crate::sys;
-use crate::sys::error::{exit, Error, Result};
 use clap::Parser;
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,7 +26,7 @@ pub fn main() -> i32 {
             if !log::log_enabled!(log::Level::Error) {
                 eprintln!("sandbox-init: error: {e}");
             }
-            e.exit_code()
+            exit::code(&e)
         }
     }
 }
@@ -130,7 +130,7 @@ fn run() -> Result<i32> {
     let workdir = match &settings.workdir.value {
         Some(w) => w.clone(),
         None => std::env::current_dir()
-            .map_err(|e| Error::Config(format!("cannot read the current directory: {e}")))?,
+            .map_err(|e| Error::Preflight(format!("cannot read the current directory: {e}")))?,
     };
     let cx = Context {
         settings,
@@ -161,17 +161,17 @@ fn resolve_identity(s: &Settings) -> Result<Identity> {
         std::fs::read_to_string(p).or_else(|e| match e.kind() {
             // A scratch image may have no group file; a numeric user still works.
             std::io::ErrorKind::NotFound => Ok(String::new()),
-            _ => Err(Error::Config(format!("cannot read {p}: {e}"))),
+            _ => Err(Error::Preflight(format!("cannot read {p}: {e}"))),
         })
     };
-    identity::resolve(
+    Ok(identity::resolve(
         s.user.value.as_ref(),
         s.uid.value,
         s.gid.value,
         &read("/etc/passwd")?,
         &read("/etc/group")?,
         &s.drop_groups.value,
-    )
+    )?)
 }
 
 /// Invariant 8: a config file the sandboxed user can change would let the agent widen the
@@ -185,7 +185,7 @@ fn refuse_agent_writable(path: &Path, id: &Identity) -> Result<()> {
             let group = m.mode() & 0o020 != 0 && id.groups.contains(&m.gid());
             let owner = m.uid() == id.uid || m.uid() == id.image_uid;
             if owner || group || world {
-                return Err(Error::Config(format!(
+                return Err(Error::Preflight(format!(
                     "config file {} is writable by the sandboxed user ({} is {}); the agent \
                      could widen its own sandbox. Make it root-owned and not group/world-writable",
                     path.display(),
@@ -216,7 +216,7 @@ fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
             to_uid: cx.identity.uid,
             to_gid: cx.identity.gid,
         };
-        let n = home::reown_home(&cx.identity.home, change).map_err(Error::Config)?;
+        let n = home::reown_home(&cx.identity.home, change).map_err(Error::Home)?;
         log::info!(
             "running as {}:{} (host ids); re-owned {n} entries in {}",
             cx.identity.uid,
@@ -281,7 +281,7 @@ fn duties(
     )?];
     if let Some(a) = applied.filter(|_| dns_filter_on(cx)) {
         duties.push(Box::new(
-            crate::runtime::dns::filter(a, reporter.clone()).map_err(Error::Sandbox)?,
+            crate::runtime::dns::filter(a, reporter.clone()).map_err(Error::Start)?,
         ));
     }
     Ok(duties)
@@ -307,8 +307,8 @@ fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Res
         workdir: cx.workdir.clone(),
         identity: cx.identity.clone(),
     };
-    let sfd = supervise::block_signals().map_err(Error::Sandbox)?;
-    let child = spawn::spawn(&cmd).map_err(Error::Sandbox)?;
+    let sfd = supervise::block_signals().map_err(Error::Start)?;
+    let child = spawn::spawn(&cmd).map_err(Error::Start)?;
     log::debug!(
         "started {:?} as {} ({}:{}), pid {child}",
         cmd.argv,

@@ -8,7 +8,6 @@ use crate::policy::allowlist::Entry;
 use crate::policy::cli::Options;
 use crate::policy::identity::{UserSpec, DEFAULT_DROP_GROUPS};
 use crate::policy::presets;
-use crate::sys::error::{Error, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -26,6 +25,26 @@ pub const DEFAULT_CHILD_ENV: &[(&str, &str)] = &[
     ("DISABLE_AUTOUPDATER", "1"),
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
 ];
+
+/// A setting that cannot be used: given on the command line, or in the file or the
+/// environment (a different exit class: `app::exit`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad flag or argument.
+    #[error("{0}")]
+    Usage(String),
+    /// A bad value in the config file or a `SANDBOX_*` variable.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -239,7 +258,7 @@ impl FileCtx<'_> {
         }
     }
     fn error<T>(&self, v: &Spanned<T>, key: &str, msg: &str) -> Error {
-        Error::Config(format!(
+        Error::Invalid(format!(
             "{}:{}: {key}: {msg}",
             self.path.display(),
             self.line(v.span().start)
@@ -250,7 +269,7 @@ impl FileCtx<'_> {
 /// Turns a TOML or serde error into `file:line: key: message`.
 fn file_error(path: &Path, text: &str, err: &toml::de::Error) -> Error {
     let Some(span) = err.span() else {
-        return Error::Config(format!("{}: {}", path.display(), err.message()));
+        return Error::Invalid(format!("{}: {}", path.display(), err.message()));
     };
     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("");
@@ -264,7 +283,7 @@ fn file_error(path: &Path, text: &str, err: &toml::de::Error) -> Error {
     } else {
         format!("{key}: ")
     };
-    Error::Config(format!(
+    Error::Invalid(format!(
         "{}:{line_no}: {key}{}",
         path.display(),
         err.message()
@@ -440,7 +459,7 @@ fn env_bool(name: &'static str, v: &str) -> Result<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(Error::Config(format!(
+        _ => Err(Error::Invalid(format!(
             "{name}='{v}' is not a boolean (use 1 or 0)"
         ))),
     }
@@ -449,7 +468,7 @@ fn env_bool(name: &'static str, v: &str) -> Result<bool> {
 fn env_id(name: &'static str, v: &str) -> Result<u32> {
     v.trim()
         .parse()
-        .map_err(|_| Error::Config(format!("{name}='{v}' is not a numeric id")))
+        .map_err(|_| Error::Invalid(format!("{name}='{v}' is not a numeric id")))
 }
 
 /// Splits `a, b c` into entries: comma or whitespace separated.
@@ -463,7 +482,7 @@ fn apply_env(s: &mut Settings, env: &HashMap<String, String>) -> Result<()> {
     if let Some(v) = get("SANDBOX_USER") {
         let spec = v
             .parse::<UserSpec>()
-            .map_err(|e| Error::Config(format!("SANDBOX_USER: {e}")))?;
+            .map_err(|e| Error::Invalid(format!("SANDBOX_USER: {e}")))?;
         s.user.set(Some(spec), Source::Env("SANDBOX_USER"));
     }
     if let Some(v) = get("SANDBOX_UID") {
@@ -481,7 +500,7 @@ fn apply_env(s: &mut Settings, env: &HashMap<String, String>) -> Result<()> {
     if let Some(v) = get("SANDBOX_PRESETS") {
         let names: Vec<String> = split_list(v).map(str::to_string).collect();
         for n in &names {
-            check_preset(n).map_err(|e| Error::Config(format!("SANDBOX_PRESETS: {e}")))?;
+            check_preset(n).map_err(|e| Error::Invalid(format!("SANDBOX_PRESETS: {e}")))?;
         }
         s.presets.set(names, Source::Env("SANDBOX_PRESETS"));
     }
@@ -489,7 +508,7 @@ fn apply_env(s: &mut Settings, env: &HashMap<String, String>) -> Result<()> {
         for raw in split_list(v) {
             let entry = raw
                 .parse::<Entry>()
-                .map_err(|e| Error::Config(format!("SANDBOX_ALLOW: {e}")))?;
+                .map_err(|e| Error::Invalid(format!("SANDBOX_ALLOW: {e}")))?;
             s.allow.push(Sourced {
                 value: entry,
                 source: Source::Env("SANDBOX_ALLOW"),
@@ -510,7 +529,7 @@ fn apply_env(s: &mut Settings, env: &HashMap<String, String>) -> Result<()> {
         }
     }
     if let Some(v) = get("SANDBOX_DNS") {
-        let mode = DnsMode::parse(v).map_err(|e| Error::Config(format!("SANDBOX_DNS: {e}")))?;
+        let mode = DnsMode::parse(v).map_err(|e| Error::Invalid(format!("SANDBOX_DNS: {e}")))?;
         s.dns.set(mode, Source::Env("SANDBOX_DNS"));
     }
     if let Some(v) = get("SANDBOX_AUDIT_LOG") {
@@ -616,12 +635,7 @@ pub fn load(o: &Options, command: &[String], env: &HashMap<String, String>) -> R
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => None,
-        Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read config file {}: {e}",
-                path.display()
-            )))
-        }
+        Err(source) => return Err(Error::Read { path, source }),
     };
     build(
         o,
@@ -783,9 +797,15 @@ mod tests {
         Some((Path::new("/etc/sandbox-init/config.toml"), text))
     }
 
-    fn err(r: Result<Settings>) -> (i32, String) {
+    /// The error's kind ("usage" for the command line, "config" for the file and the
+    /// environment) and its message.
+    fn err(r: Result<Settings>) -> (&'static str, String) {
         let e = r.expect_err("expected an error");
-        (e.exit_code(), e.to_string())
+        let kind = match e {
+            Error::Usage(_) => "usage",
+            Error::Invalid(_) | Error::Read { .. } => "config",
+        };
+        (kind, e.to_string())
     }
 
     #[test]
@@ -889,7 +909,7 @@ mod tests {
             &env(&[]),
             file("user = \"a\"\n\n[firewall]\nalow = [\"x\"]\n"),
         ));
-        assert_eq!(code, 78);
+        assert_eq!(code, "config");
         assert!(
             msg.starts_with("/etc/sandbox-init/config.toml:4: alow"),
             "{msg}"
@@ -905,7 +925,7 @@ mod tests {
             &env(&[]),
             file("\nuid = \"x\"\n"),
         ));
-        assert_eq!(code, 78);
+        assert_eq!(code, "config");
         assert!(
             msg.starts_with("/etc/sandbox-init/config.toml:2: uid"),
             "{msg}"
@@ -917,7 +937,7 @@ mod tests {
             &env(&[]),
             file("[firewall]\nallow = [\n  \"ok.test\",\n  \"bad host\",\n]\n"),
         ));
-        assert_eq!(code, 78);
+        assert_eq!(code, "config");
         assert!(
             msg.starts_with("/etc/sandbox-init/config.toml:4: firewall.allow:"),
             "{msg}"
@@ -968,7 +988,7 @@ mod tests {
             ("SANDBOX_USER", "root"),
         ] {
             let (code, msg) = err(build(&Options::default(), &[], &env(&[(k, v)]), None));
-            assert_eq!(code, 78, "{k}");
+            assert_eq!(code, "config", "{k}");
             assert!(msg.contains(k), "{msg}");
         }
     }
@@ -979,12 +999,12 @@ mod tests {
             allow: vec!["bad name".into()],
             ..Default::default()
         };
-        assert_eq!(err(build(&o, &[], &env(&[]), None)).0, 64);
+        assert_eq!(err(build(&o, &[], &env(&[]), None)).0, "usage");
         let o = Options {
             presets: vec!["nope".into()],
             ..Default::default()
         };
-        assert_eq!(err(build(&o, &[], &env(&[]), None)).0, 64);
+        assert_eq!(err(build(&o, &[], &env(&[]), None)).0, "usage");
     }
 
     #[test]
@@ -1025,9 +1045,9 @@ mod tests {
             config: Some("/nonexistent/x.toml".into()),
             ..Default::default()
         };
-        assert_eq!(err(load(&o, &[], &env(&[]))).0, 78);
+        assert_eq!(err(load(&o, &[], &env(&[]))).0, "config");
         let e = env(&[("SANDBOX_CONFIG", "/nonexistent/y.toml")]);
-        assert_eq!(err(load(&Options::default(), &[], &e)).0, 78);
+        assert_eq!(err(load(&Options::default(), &[], &e)).0, "config");
     }
 
     #[test]

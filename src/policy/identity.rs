@@ -1,10 +1,22 @@
 //! The target user: who the command runs as. Read straight from the container's
 //! /etc/passwd and /etc/group (a static binary has no NSS), and never root.
 
-use crate::sys::error::{Error, Result};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+/// Why the target user cannot be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user asked for (or the default one) cannot be run as: not in /etc/passwd, root.
+    #[error("{0}")]
+    Unusable(String),
+    /// A bug in sandbox-init: two of its own decisions disagree.
+    #[error("internal error: {0}; please report this as a bug of sandbox-init")]
+    Internal(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Groups that grant root-equivalent power; the user is never given them for the session.
 pub const DEFAULT_DROP_GROUPS: &[&str] = &[
@@ -166,7 +178,7 @@ pub fn resolve(
 
     let entry = match spec {
         Some(UserSpec::Name(n)) => Some(users.iter().find(|u| &u.name == n).ok_or_else(|| {
-            Error::Config(format!(
+            Error::Unusable(format!(
                 "user '{n}' is not in /etc/passwd; create it in the image or set SANDBOX_USER \
                  to an existing user or UID[:GID]"
             ))
@@ -178,7 +190,7 @@ pub fn resolve(
             .or_else(|| users.iter().find(|u| u.uid == 1000))
             .map(Some)
             .ok_or_else(|| {
-                Error::Config(
+                Error::Unusable(
                     "no target user: /etc/passwd has neither 'claude' nor uid 1000; set \
                      SANDBOX_USER (a name or UID[:GID])"
                         .into(),
@@ -207,16 +219,12 @@ pub fn resolve(
         ),
         // A name that is not found was an error above; say so rather than panic if the two
         // ever drift apart.
-        (None, _) => {
-            return Err(Error::Config(
-                "internal: no /etc/passwd entry for the target user".into(),
-            ))
-        }
+        (None, _) => return Err(Error::Internal("no /etc/passwd entry for the target user")),
     };
     let uid = uid_override.unwrap_or(image_uid);
     let gid = gid_override.unwrap_or(image_gid);
     if uid == 0 || gid == 0 || image_uid == 0 {
-        return Err(Error::Config(format!(
+        return Err(Error::Unusable(format!(
             "user '{name}' resolves to uid {uid} gid {gid}: {NEVER_ROOT}"
         )));
     }
@@ -289,7 +297,7 @@ mod tests {
         assert_eq!(id.name, "node");
         let none = "root:x:0:0::/root:/bin/sh\n";
         let e = resolve(None, None, None, none, "", &drops()).unwrap_err();
-        assert_eq!(e.exit_code(), 78);
+        assert!(matches!(e, Error::Unusable(_)), "{e}");
         assert!(e.to_string().contains("SANDBOX_USER"));
     }
 
@@ -346,7 +354,7 @@ mod tests {
     fn unknown_name_is_a_config_error() {
         let spec = UserSpec::Name("ghost".into());
         let e = resolve(Some(&spec), None, None, PASSWD, GROUP, &drops()).unwrap_err();
-        assert_eq!(e.exit_code(), 78);
+        assert!(matches!(e, Error::Unusable(_)), "{e}");
         assert!(e.to_string().contains("'ghost'"));
         assert!("bad name".parse::<UserSpec>().is_err());
         assert!("12x".parse::<UserSpec>().is_err());

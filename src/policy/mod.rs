@@ -5,6 +5,7 @@ pub mod allowlist;
 pub mod cli;
 pub mod config;
 pub mod environment;
+pub mod exit;
 pub mod hostnet;
 pub mod identity;
 pub mod names;

@@ -4,9 +4,9 @@
 //! Everything the child needs is prepared before the fork, so the child allocates little
 //! and cannot fail halfway without saying why: it prints one line and exits 126/127/70/78.
 
+use crate::policy::exit;
 use crate::policy::identity::Identity;
 use crate::stages::privileges;
-use crate::sys::error::exit;
 use crate::sys::Real;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{self, ForkResult, Pid};

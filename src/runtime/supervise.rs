@@ -170,7 +170,7 @@ pub fn supervise(child: Pid, mut sfd: SignalFd, mut duties: Vec<Box<dyn Duty>>) 
             }
         }
     };
-    let code = exit_code(status).unwrap_or(crate::sys::error::exit::SOFTWARE);
+    let code = exit_code(status).unwrap_or(crate::policy::exit::SOFTWARE);
     log::debug!("command exited: {status:?} -> exit code {code}");
     end_group(child, &mut sfd);
     for d in duties.iter_mut() {

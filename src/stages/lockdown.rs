@@ -45,8 +45,8 @@
 
 use crate::policy::config::Settings;
 use crate::policy::identity::Identity;
-use crate::sys::error::{Error, Result};
 use crate::sys::fs::{self as files, Found};
+use crate::sys::Cause;
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstatat, Mode};
@@ -59,6 +59,30 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
+
+/// Why the lockdown was not completed (the command does not start without it).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+    #[error(transparent)]
+    Fs(#[from] files::Error),
+}
+
+impl Error {
+    fn os(what: String, source: impl Into<Cause>) -> Error {
+        Error::Os {
+            what,
+            source: source.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The sudoers policy left in place: root only, nobody else may run anything.
 pub const SUDOERS_POLICY: &str = "# Written by sandbox-init (lockdown.remove_sudo): in this \
@@ -267,9 +291,9 @@ pub fn strip(root: &Path, prune: &HashSet<PathBuf>, what: Strip) -> Result<Strip
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Error::Sandbox(format!("cannot open {}: {e}", root.display())))?;
+    .map_err(|e| Error::os(format!("cannot open {}", root.display()), e))?;
     let mount = Mount::of(fd.as_fd())
-        .map_err(|e| Error::Sandbox(format!("cannot stat {}: {e}", root.display())))?;
+        .map_err(|e| Error::os(format!("cannot stat {}", root.display()), e))?;
     let walk = Walk {
         base: root,
         what,
@@ -817,8 +841,8 @@ fn list(dir: &OwnedFd, buf: &mut Vec<u8>, out: &mut Vec<(CString, Kind)>) -> nix
     }
 }
 
-fn sandbox(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Sandbox(format!("cannot {what} {}: {e}", path.display()))
+fn sandbox(what: &str, path: &Path, e: impl Into<Cause>) -> Error {
+    Error::os(format!("cannot {what} {}", path.display()), e)
 }
 
 /// Leaves `etc` (normally /etc) with a sudo policy that grants nothing to anyone but root.

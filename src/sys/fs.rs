@@ -10,7 +10,7 @@
 //! read) is moved aside under a new name, with a warning, and the start goes on; only
 //! when even that fails is the start refused, naming the path to remove.
 
-use crate::sys::error::{Error, Result};
+use crate::sys::Cause;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode};
@@ -20,6 +20,33 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+
+/// What the link-proof layer reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What stands at a path may not be used as it is (a link, a device, another owner, no
+    /// way to move it aside): the user's input to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// The kernel refused an operation on a path that was fine.
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl Error {
+    fn os(what: String, source: impl Into<Cause>) -> Error {
+        Error::Os {
+            what,
+            source: source.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Larger existing files are refused rather than read into PID 1's memory (the lockdown's
 /// /etc files).
@@ -37,7 +64,7 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 fn io(what: &str, path: &Path, e: Errno) -> Error {
-    Error::Sandbox(format!("cannot {what} {}: {e}", path.display()))
+    Error::os(format!("cannot {what} {}", path.display()), e)
 }
 
 fn is_type(st: &FileStat, kind: libc::mode_t) -> bool {
@@ -58,7 +85,7 @@ fn refusal(st: &FileStat, uid: u32) -> Option<String> {
 }
 
 fn refuse(path: &Path, why: &str) -> Error {
-    Error::Config(format!(
+    Error::Refused(format!(
         "{} {why}; refusing to write credentials through it (it may have been planted in \
          an earlier session). Remove it or fix its owner, then start again",
         path.display()
@@ -117,8 +144,8 @@ pub fn ensure_dir(parent: BorrowedFd<'_>, name: &OsStr, uid: u32, shown: &Path) 
             let st = fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| io("stat", shown, e))?;
             let backup = move_aside(parent, name, shown).map_err(|e| match e {
-                Error::Config(m) => {
-                    Error::Config(format!("{} {}; {m}", shown.display(), kind(&st)))
+                Error::Refused(m) => {
+                    Error::Refused(format!("{} {}; {m}", shown.display(), kind(&st)))
                 }
                 other => other,
             })?;
@@ -174,7 +201,7 @@ pub fn read_existing(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<
         Err(Errno::ENOENT) => return Ok(Found::Absent),
         Err(Errno::ELOOP) => return Ok(Found::Symlink),
         Err(Errno::ENXIO) => {
-            return Err(Error::Config(format!(
+            return Err(Error::Refused(format!(
                 "{} is a socket or device, not a file; remove it",
                 shown.display()
             )))
@@ -183,13 +210,13 @@ pub fn read_existing(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<
     };
     let st = fstat(&fd).map_err(|e| io("stat", shown, e))?;
     if !is_type(&st, libc::S_IFREG) {
-        return Err(Error::Config(format!(
+        return Err(Error::Refused(format!(
             "{} is not a regular file; remove it",
             shown.display()
         )));
     }
     if st.st_size as u64 > READ_LIMIT {
-        return Err(Error::Config(format!(
+        return Err(Error::Refused(format!(
             "{} is larger than {} MiB; move it away",
             shown.display(),
             READ_LIMIT >> 20
@@ -197,12 +224,12 @@ pub fn read_existing(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<
     }
     let dup = fd
         .try_clone()
-        .map_err(|e| Error::Sandbox(format!("cannot duplicate a descriptor: {e}")))?;
+        .map_err(|e| Error::os("cannot duplicate a descriptor".into(), e))?;
     let mut bytes = Vec::with_capacity(st.st_size as usize);
     File::from(dup)
         .take(READ_LIMIT)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::Sandbox(format!("cannot read {}: {e}", shown.display())))?;
+        .map_err(|e| Error::os(format!("cannot read {}", shown.display()), e))?;
     Ok(Found::File(bytes, fd))
 }
 
@@ -211,7 +238,7 @@ pub fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>> {
     match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
-        Err(e) => Err(Error::Sandbox(format!("cannot stat {name:?}: {e}"))),
+        Err(e) => Err(Error::os(format!("cannot stat {name:?}"), e)),
     }
 }
 
@@ -221,10 +248,10 @@ fn random_hex() -> Result<String> {
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
-        return Err(Error::Sandbox(format!(
-            "cannot get random bytes for a temporary name: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(Error::os(
+            "cannot get random bytes for a temporary name".into(),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
@@ -267,7 +294,7 @@ pub fn write_atomic(
         fchmod(f.as_fd(), m).map_err(|e| io("set the mode of", shown, e))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
-            .map_err(|e| Error::Sandbox(format!("cannot write {}: {e}", shown.display())))?;
+            .map_err(|e| Error::os(format!("cannot write {}", shown.display()), e))?;
         renameat(dir, tmp.as_os_str(), dir, name).map_err(|e| io("rename into place", shown, e))
     };
     let result = finish();
@@ -336,7 +363,7 @@ pub fn move_aside(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Str
             }
         }
     }
-    Err(Error::Config(format!(
+    Err(Error::Refused(format!(
         "cannot move {} aside ({last}); remove {} and start again",
         shown.display(),
         shown.display()
@@ -395,7 +422,7 @@ pub fn read_or_set_aside(
 ) -> Result<Found> {
     let set_aside = |why: String| -> Result<Found> {
         let backup = move_aside(dir, name, shown).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{} {why}; {m}", shown.display())),
+            Error::Refused(m) => Error::Refused(format!("{} {why}; {m}", shown.display())),
             other => other,
         })?;
         log::warn!(
@@ -458,12 +485,12 @@ pub fn read_or_set_aside(
     };
     let dup = fd
         .try_clone()
-        .map_err(|e| Error::Sandbox(format!("cannot duplicate a descriptor: {e}")))?;
+        .map_err(|e| Error::os("cannot duplicate a descriptor".into(), e))?;
     let mut bytes = Vec::with_capacity(st.st_size as usize);
     File::from(dup)
         .take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::Sandbox(format!("cannot read {}: {e}", shown.display())))?;
+        .map_err(|e| Error::os(format!("cannot read {}", shown.display()), e))?;
     if let Some(why) = too_big(bytes.len() as u64) {
         return set_aside(why);
     }
@@ -518,18 +545,18 @@ mod tests {
         let uid = nix::unistd::geteuid().as_raw();
         let e = ensure_dir(fd.as_fd(), OsStr::new("link"), uid, &d.join("link")).unwrap_err();
         assert!(
-            matches!(e, Error::Config(ref m) if m.contains("symlink")),
+            matches!(e, Error::Refused(ref m) if m.contains("symlink")),
             "{e}"
         );
         let e = open_owned_dir(&d.join("link"), uid).unwrap_err();
         assert!(
-            matches!(e, Error::Config(ref m) if m.contains("symlink")),
+            matches!(e, Error::Refused(ref m) if m.contains("symlink")),
             "{e}"
         );
         // owned by someone else
         let e = ensure_dir(fd.as_fd(), OsStr::new("real"), uid + 1, &d).unwrap_err();
         assert!(
-            matches!(e, Error::Config(ref m) if m.contains("owned by")),
+            matches!(e, Error::Refused(ref m) if m.contains("owned by")),
             "{e}"
         );
         // created when missing, 0700

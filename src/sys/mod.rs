@@ -2,10 +2,13 @@
 //! ordering and failure handling are unit-tested with a recording fake; the real kernel's
 //! answers are checked by the privileged integration tiers.
 
-pub mod error;
 pub mod fs;
 
 use std::io;
+
+/// The underlying error of a failed operation (an errno, an I/O error), kept as the
+/// `source` of the stage's error that says what was being done.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Capability sets and NoNewPrivs as the kernel reports them in /proc/self/status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

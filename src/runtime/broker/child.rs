@@ -40,7 +40,7 @@ fn main() -> i32 {
             "sandbox-init: {} is started by sandbox-init itself, not by hand",
             wire::ARGV0
         );
-        return crate::sys::error::exit::USAGE;
+        return crate::policy::exit::USAGE;
     };
     let mut status = std::fs::File::from(status);
     match prepare() {
@@ -52,13 +52,13 @@ fn main() -> i32 {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("sandbox-init: broker: {e}");
-                    crate::sys::error::exit::SOFTWARE
+                    crate::policy::exit::SOFTWARE
                 }
             }
         }
         Err(e) => {
             let _ = writeln!(status, "{e}");
-            crate::sys::error::exit::SANDBOX
+            crate::policy::exit::SANDBOX
         }
     }
 }

@@ -13,7 +13,6 @@
 
 use super::{endpoint, shown_name, suggestion, Event};
 use crate::policy::allowlist::Suggestion;
-use crate::sys::error::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, Mode};
@@ -23,6 +22,15 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Why the audit log cannot be written: the path given is not one root may write safely.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Unusable(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `time` in RFC 3339, UTC, milliseconds: `2025-01-31T12:00:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
@@ -561,7 +569,7 @@ impl Drop for AuditLog {
 }
 
 fn refuse(path: &Path, why: &str) -> Error {
-    Error::Config(format!(
+    Error::Unusable(format!(
         "audit log {}: {why}; refusing to write it as root (it may have been planted). Give \
          a path in a directory only root can write, e.g. a volume at /var/log/sandbox-init",
         path.display()
@@ -584,7 +592,7 @@ fn open_in_dir(path: &Path) -> Result<(OwnedFd, std::ffi::OsString, OwnedFd)> {
     };
     let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let io = |what: &str, e: Errno| {
-        Error::Config(format!("audit log {}: cannot {what}: {e}", path.display()))
+        Error::Unusable(format!("audit log {}: cannot {what}: {e}", path.display()))
     };
     let mut dir: OwnedFd =
         nix::fcntl::open("/", dir_flags, Mode::empty()).map_err(|e| io("open /", e))?;

@@ -708,7 +708,7 @@ pub fn start(
     settings: &crate::policy::config::Settings,
     identity: &crate::policy::identity::Identity,
     applied: Option<&crate::stages::firewall::Applied>,
-) -> crate::sys::error::Result<Box<dyn crate::runtime::supervise::Duty>> {
+) -> audit::Result<Box<dyn crate::runtime::supervise::Duty>> {
     if let Some(path) = &settings.audit_log.value {
         let log = audit::AuditLog::open(path)?;
         let uids = [identity.uid, identity.image_uid];

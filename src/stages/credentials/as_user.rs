@@ -3,17 +3,23 @@
 //! link points at, the child can reach no more than the user itself could.
 //!
 //! The work (and any secret it carries) reaches the child as a copy of our memory, never
-//! through argv or the environment. Its error comes back through a pipe, its kind through
-//! the exit code.
+//! through argv or the environment. Its error comes back through a pipe, its variant
+//! through the exit status.
 
+use super::{Error, Result};
 use crate::policy::identity::Identity;
-use crate::sys::error::{exit, Error, Result};
+use crate::sys::fs;
 use crate::sys::{Kernel, Real};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
+
+/// The child's exit status for each variant of its error (its text goes through the pipe).
+const FAILED: i32 = 1;
+const INPUT: i32 = 2;
+const REFUSED: i32 = 3;
 
 /// fork() from a multi-threaded process could leave the child a lock (the allocator's)
 /// held forever. PID 1 is single-threaded here by design; a thread that is still winding
@@ -28,7 +34,7 @@ fn wait_single_threaded() -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::Sandbox(format!(
+            return Err(Error::Failed(format!(
                 "internal: PID 1 still has {n} threads; refusing to fork the credential writer"
             )));
         }
@@ -57,13 +63,11 @@ fn become_user(id: &Identity) -> std::io::Result<()> {
 pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
     wait_single_threaded()?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::Sandbox(format!("cannot create a pipe: {e}")))?;
+        .map_err(|e| Error::os("cannot create a pipe".into(), e))?;
     // SAFETY: PID 1 is single-threaded (checked above); the child only runs our code and
     // leaves with _exit, never returning into the caller.
     match unsafe { fork() } {
-        Err(e) => Err(Error::Sandbox(format!(
-            "cannot fork the credential writer: {e}"
-        ))),
+        Err(e) => Err(Error::os("cannot fork the credential writer".into(), e)),
         Ok(ForkResult::Child) => {
             drop(rd);
             child(id, wr, work)
@@ -82,14 +86,13 @@ pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
             };
             match status {
                 Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-                Ok(WaitStatus::Exited(_, code)) if code == exit::CONFIG => Err(Error::Config(msg)),
-                Ok(WaitStatus::Exited(_, _)) if !msg.is_empty() => Err(Error::Sandbox(msg)),
-                Ok(st) => Err(Error::Sandbox(format!(
+                Ok(WaitStatus::Exited(_, INPUT)) => Err(Error::Input(msg)),
+                Ok(WaitStatus::Exited(_, REFUSED)) => Err(fs::Error::Refused(msg).into()),
+                Ok(WaitStatus::Exited(_, _)) if !msg.is_empty() => Err(Error::Failed(msg)),
+                Ok(st) => Err(Error::Failed(format!(
                     "the credential writer failed ({st:?})"
                 ))),
-                Err(e) => Err(Error::Sandbox(format!(
-                    "cannot wait for the credential writer: {e}"
-                ))),
+                Err(e) => Err(Error::os("cannot wait for the credential writer".into(), e)),
             }
         }
     }
@@ -97,21 +100,28 @@ pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
 
 fn child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> ! {
     let outcome = match become_user(id) {
-        Err(e) => Err(Error::Sandbox(format!(
-            "cannot become {} ({}:{}) to write its files: {e}",
-            id.name, id.uid, id.gid
-        ))),
+        Err(e) => Err(Error::os(
+            format!(
+                "cannot become {} ({}:{}) to write its files",
+                id.name, id.uid, id.gid
+            ),
+            e,
+        )),
         Ok(()) => {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-                .unwrap_or_else(|_| Err(Error::Sandbox("the credential writer panicked".into())))
+                .unwrap_or_else(|_| Err(Error::Failed("the credential writer panicked".into())))
         }
     };
     let code = match outcome {
         Ok(()) => 0,
         Err(e) => {
             let _ = std::fs::File::from(wr).write_all(e.to_string().as_bytes());
-            e.exit_code()
+            match e {
+                Error::Input(_) => INPUT,
+                Error::Fs(fs::Error::Refused(_)) => REFUSED,
+                _ => FAILED,
+            }
         }
     };
     // _exit: no atexit handlers or buffered stdio of the parent's run twice.

@@ -13,15 +13,45 @@ pub mod gitconfig;
 
 use crate::policy::config::Settings;
 use crate::policy::identity::Identity;
-use crate::sys::error::{Error, Result};
-use crate::sys::fs as files;
+use crate::sys::{fs, Cause};
 use doc::{Existing, KeyOutcome, Plan};
 use files::Found;
+use fs as files;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+
+/// Why the credentials were not installed (the command does not start without them).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What was given (the credential variables, the host's git configuration) or what the
+    /// home holds cannot be used as it is: the user's to fix.
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+    #[error(transparent)]
+    Fs(#[from] fs::Error),
+}
+
+impl Error {
+    fn os(what: String, source: impl Into<Cause>) -> Error {
+        Error::Os {
+            what,
+            source: source.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const CREDENTIALS_FILE: &str = ".credentials.json";
 const STATE_FILE: &str = ".claude.json";
@@ -63,7 +93,7 @@ impl Layout {
                     && p.components()
                         .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
                 if !clean || p == Path::new("/") {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Input(format!(
                         "{}={dir:?} must be an absolute path without '..' (and not /)",
                         doc::CONFIG_DIR
                     )));
@@ -109,7 +139,7 @@ pub fn install(
     env: &HashMap<String, String>,
     workdir: &Path,
 ) -> Result<()> {
-    let plan = doc::plan(env).map_err(Error::Config)?;
+    let plan = doc::plan(env).map_err(Error::Input)?;
     if let Some(ignored) = plan.ignored {
         log::warn!(
             "both {} and {ignored} are set: using {}, ignoring {ignored}",
@@ -133,13 +163,13 @@ pub fn install(
 
     if let Err(e) = std::fs::symlink_metadata(&identity.home) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(Error::Sandbox(format!(
-                "cannot look at the home {}: {e}",
-                identity.home.display()
-            )));
+            return Err(Error::os(
+                format!("cannot look at the home {}", identity.home.display()),
+                e,
+            ));
         }
         if !plan.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::Input(format!(
                 "the home of {} ({}) does not exist: nowhere to store the credentials",
                 identity.name,
                 identity.home.display()
@@ -204,13 +234,18 @@ fn write_as_user(job: &Job) -> Result<()> {
 fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
     let l = &job.layout;
     if !l.state_in_config_dir {
-        return files::ensure_dir(home.as_fd(), OsStr::new(".claude"), job.uid, &l.config_dir);
+        return Ok(files::ensure_dir(
+            home.as_fd(),
+            OsStr::new(".claude"),
+            job.uid,
+            &l.config_dir,
+        )?);
     }
     // Inside the home: every component is checked on the way down (the user shaped them).
     if let Ok(rel) = l.config_dir.strip_prefix(&l.home) {
         let mut dir = home
             .try_clone()
-            .map_err(|e| Error::Sandbox(format!("cannot duplicate a descriptor: {e}")))?;
+            .map_err(|e| Error::os("cannot duplicate a descriptor".into(), e))?;
         let mut shown = l.home.clone();
         for c in rel.components() {
             shown.push(c);
@@ -220,14 +255,14 @@ fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
     }
     // Elsewhere: the levels above are the image's; the directory itself must be the user's.
     let (Some(parent), Some(name)) = (l.config_dir.parent(), l.config_dir.file_name()) else {
-        return Err(Error::Config(format!(
+        return Err(Error::Input(format!(
             "{} is not a usable {}",
             l.config_dir.display(),
             doc::CONFIG_DIR
         )));
     };
     std::fs::create_dir_all(parent).map_err(|e| {
-        Error::Config(format!(
+        Error::Input(format!(
             "cannot create {} (for {}) as the user: {e}",
             parent.display(),
             doc::CONFIG_DIR
@@ -238,8 +273,8 @@ fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| Error::Config(format!("cannot open {}: {e}", parent.display())))?;
-    files::ensure_dir(p.as_fd(), name, job.uid, &l.config_dir)
+    .map_err(|e| Error::Input(format!("cannot open {}: {e}", parent.display())))?;
+    Ok(files::ensure_dir(p.as_fd(), name, job.uid, &l.config_dir)?)
 }
 
 fn tighten(fd: &OwnedFd, shown: &Path) {
@@ -397,12 +432,7 @@ fn stage_host_gitconfig(path: &Path) -> Result<Option<HostGit>> {
     let dir = match open(dir_path, dir_flags, Mode::empty()) {
         Ok(d) => d,
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
-        Err(e) => {
-            return Err(Error::Sandbox(format!(
-                "cannot open {}: {e}",
-                dir_path.display()
-            )))
-        }
+        Err(e) => return Err(Error::os(format!("cannot open {}", dir_path.display()), e)),
     };
     let file_flags = OFlag::O_RDONLY
         | OFlag::O_NOFOLLOW
@@ -414,10 +444,9 @@ fn stage_host_gitconfig(path: &Path) -> Result<Option<HostGit>> {
         other => other,
     };
     // Something is staged: its directory is sealed first, whatever it turns out to be.
-    let st =
-        fstat(&dir).map_err(|e| Error::Sandbox(format!("stat {}: {e}", dir_path.display())))?;
+    let st = fstat(&dir).map_err(|e| Error::os(format!("stat {}", dir_path.display()), e))?;
     let exposed = |why: String| {
-        Error::Config(format!(
+        Error::Input(format!(
             "the host git configuration {} would stay readable by the sandboxed user: {why}. \
              Stage it in a directory only root can enter (the default {}; with a read-only \
              root file system mount one there: docker run --tmpfs {}:mode=0700), or mount \
@@ -462,7 +491,7 @@ fn stage_host_gitconfig(path: &Path) -> Result<Option<HostGit>> {
         Err(Errno::ELOOP) => return unusable("it is a symlink"),
         Err(e) => return unusable(&format!("cannot open it: {e}")),
     };
-    let fst = fstat(&file).map_err(|e| Error::Sandbox(format!("stat {}: {e}", path.display())))?;
+    let fst = fstat(&file).map_err(|e| Error::os(format!("stat {}", path.display()), e))?;
     if fst.st_mode & libc::S_IFMT != libc::S_IFREG {
         return unusable("it is not a regular file");
     }
@@ -507,7 +536,7 @@ fn copy_gitconfig(
                 "host git configuration {}: {e}; nothing of it copied",
                 host.shown.display()
             );
-            gitconfig::reduce("", workdir).map_err(Error::Config)?
+            gitconfig::reduce("", workdir).map_err(Error::Input)?
         }
     };
     let shown = home_path.join(GITCONFIG_FILE);
@@ -590,7 +619,7 @@ mod tests {
                 &env(&[("CLAUDE_CONFIG_DIR", bad)]),
                 &BTreeMap::new(),
             );
-            assert!(matches!(e, Err(Error::Config(_))), "{bad}");
+            assert!(matches!(e, Err(Error::Input(_))), "{bad}");
         }
     }
 }

@@ -9,10 +9,30 @@ use crate::policy::allowlist::{Entry, Target};
 use crate::policy::config::{DnsMode, Settings, Source};
 use crate::policy::presets;
 use crate::policy::{hostnet, ruleset as plan};
-use crate::sys::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Instant;
+
+/// Why the firewall was not applied (the command does not start without it).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A selected preset does not exist or has an entry that does not parse.
+    #[error("{0}")]
+    Preset(String),
+    /// Strict mode, and allowlisted names that did not resolve.
+    #[error("{0}")]
+    Strict(String),
+    /// The ruleset could not be encoded as netlink messages.
+    #[error("{0}")]
+    Build(String),
+    /// The kernel refused the ruleset or could not be reached (the message says what to do).
+    #[error("{0}")]
+    Kernel(String),
+    #[error("the firewall did not read back as applied: {0}")]
+    ReadBack(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What the firewall was built from: PID 1's later duties (the DNS filter, the reports of
 /// blocked destinations) work from the same allowlist and names.
@@ -60,7 +80,7 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     let resolved_in = started.elapsed();
     let (resolved, failed) = split_answers(&answers);
     if settings.strict.value && !failed.is_empty() {
-        return Err(Error::Sandbox(format!(
+        return Err(Error::Strict(format!(
             "strict mode ({}): cannot resolve {}; the command was not started",
             settings.strict.source,
             failed
@@ -93,8 +113,7 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
     let kernel_started = Instant::now();
     let built = apply_batch(&plan, &marker)?;
     let sent_in = kernel_started.elapsed();
-    netlink::verify(&built.expect)
-        .map_err(|e| Error::Sandbox(format!("the firewall did not read back as applied: {e}")))?;
+    netlink::verify(&built.expect).map_err(Error::ReadBack)?;
     let groups = || plan.ports.values().chain(plan.dynamic.values());
     let v4 = plan.any.v4.len() + groups().map(|g| g.v4.len()).sum::<usize>();
     let v6 = plan.any.v6.len() + groups().map(|g| g.v6.len()).sum::<usize>();
@@ -128,16 +147,16 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
 /// more without the NFLOG copies, which need the kernel's nfnetlink_log that some hosts
 /// lack; if that goes through, the sandbox runs without reports, and says so.
 fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
-    let built = netlink::build(plan, marker, true).map_err(Error::Sandbox)?;
+    let built = netlink::build(plan, marker, true).map_err(Error::Build)?;
     let first = match netlink::send(&built) {
         Ok(()) => return Ok(built),
         Err(e) => e,
     };
     let refused = diagnosis(&first, &built.what).what;
     if !matches!(first, netlink::NlError::Kernel { errno, .. } if errno != libc::EPERM) {
-        return Err(Error::Sandbox(refused));
+        return Err(Error::Kernel(refused));
     }
-    let plain = netlink::build(plan, marker, false).map_err(Error::Sandbox)?;
+    let plain = netlink::build(plan, marker, false).map_err(Error::Build)?;
     match netlink::send(&plain) {
         Ok(()) => {
             log::warn!(
@@ -146,7 +165,7 @@ fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
             );
             Ok(plain)
         }
-        Err(_) => Err(Error::Sandbox(refused)),
+        Err(_) => Err(Error::Kernel(refused)),
     }
 }
 
@@ -163,7 +182,7 @@ pub enum Diagnosis {
         /// itself could not be read).
         names: resolve::Answers,
         /// The ruleset the start would apply (`None` when the allowlist could not be read).
-        plan: Option<plan::Plan>,
+        plan: Option<Box<plan::Plan>>,
     },
 }
 
@@ -249,7 +268,7 @@ pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Diagnosi
     Diagnosis::On {
         findings,
         names: answers,
-        plan: Some(plan),
+        plan: Some(Box::new(plan)),
     }
 }
 
@@ -258,11 +277,11 @@ fn entries(settings: &Settings) -> Result<Vec<Entry>> {
     let mut out = vec![];
     for name in &settings.presets.value {
         let p = presets::lookup(name)
-            .ok_or_else(|| Error::Config(format!("unknown preset '{name}'")))?;
+            .ok_or_else(|| Error::Preset(format!("unknown preset '{name}'")))?;
         for e in p.entries {
             out.push(
                 e.parse::<Entry>()
-                    .map_err(|why| Error::Config(format!("preset {name}: {why}")))?,
+                    .map_err(|why| Error::Preset(format!("preset {name}: {why}")))?,
             );
         }
     }
