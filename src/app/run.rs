@@ -174,8 +174,8 @@ fn resolve_identity(s: &Settings) -> Result<Identity> {
     )?)
 }
 
-/// Invariant 8: a config file the sandboxed user can change would let the agent widen the
-/// next start's allowlist. Refuse it (and a directory above it the user can write).
+/// A config file the sandboxed user can change would let the agent widen the next start's
+/// allowlist. Refuse it (and a directory above it the user can write).
 fn refuse_agent_writable(path: &Path, id: &Identity) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mut p = Some(path);

@@ -2,7 +2,8 @@
 //!
 //! Every effective value remembers where it came from, so `sandbox-init check` can say why
 //! the sandbox looks the way it does. Nothing here reads the workspace: the file path comes
-//! from the image, the environment or a flag given at `docker run` (invariant 8).
+//! from the image, the environment or a flag given at `docker run` (the agent must not be
+//! able to choose its own configuration).
 
 use crate::policy::allowlist::Entry;
 use crate::policy::cli::Options;

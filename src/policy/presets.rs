@@ -22,7 +22,7 @@ pub const PRESETS: &[Preset] = &[
             "claude.com",
             "platform.claude.com",
             "console.anthropic.com",
-            // plugins and release downloads, MCP proxy (peers.md item 6)
+            // plugins and release downloads, MCP proxy
             "downloads.claude.ai",
             "mcp-proxy.anthropic.com",
         ],

@@ -1,5 +1,5 @@
 //! The documents Claude Code reads, built and merged as plain values (no I/O), so every
-//! rule about their shape is unit-tested without root. Formats: ../shared/notes/claude-cli.md.
+//! rule about their shape is unit-tested without root.
 //!
 //! No message built here contains a secret: parse errors report a position only.
 
