@@ -273,15 +273,22 @@ fn duties(
     }
     // The reader of blocked packets always; the DNS filter when it is on. Both feed the
     // same reporter (names learned, names denied).
-    let mut duties: Vec<Box<dyn supervise::Duty>> = vec![report::start(
-        &reporter,
-        &cx.settings,
-        &cx.identity,
-        applied,
-    )?];
+    let setup = report::Setup {
+        audit_log: cx.settings.audit_log.value.as_deref(),
+        user_uids: [cx.identity.uid, cx.identity.image_uid],
+        user_groups: &cx.identity.groups,
+        blocked_gateways: applied.map(|a| a.plan.blocked_gateways.as_slice()),
+    };
+    let mut duties: Vec<Box<dyn supervise::Duty>> = vec![report::start(&reporter, &setup)?];
     if let Some(a) = applied.filter(|_| dns_filter_on(cx)) {
         duties.push(Box::new(
-            crate::runtime::dns::filter(a, reporter.clone()).map_err(Error::Start)?,
+            crate::runtime::dns::filter(
+                &a.entries,
+                &a.plan.upstreams,
+                &a.resolved,
+                reporter.clone(),
+            )
+            .map_err(Error::Start)?,
         ));
     }
     Ok(duties)

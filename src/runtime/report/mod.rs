@@ -698,6 +698,18 @@ impl Reporter {
     }
 }
 
+/// What the reports need from the configuration, the user and the firewall.
+pub struct Setup<'a> {
+    /// The audit log asked for, if any.
+    pub audit_log: Option<&'a std::path::Path>,
+    /// The sandboxed user's uids (host and image) and groups: the audit log's directory
+    /// should not be theirs to write.
+    pub user_uids: [u32; 2],
+    pub user_groups: &'a [u32],
+    /// The gateways the firewall blocks; `None` when the firewall is off.
+    pub blocked_gateways: Option<&'a [IpAddr]>,
+}
+
 /// Sets up reporting before the command starts (PID 1 is still root with its
 /// capabilities): the audit log is opened, the blocked gateways noted, the NFLOG group
 /// bound. Returns the duty that reads blocked packets. Only a bad audit log path is an
@@ -705,14 +717,11 @@ impl Reporter {
 /// still blocks and a warning says the reports are missing.
 pub fn start(
     reporter: &SharedReporter,
-    settings: &crate::policy::config::Settings,
-    identity: &crate::policy::identity::Identity,
-    applied: Option<&crate::stages::firewall::Applied>,
+    setup: &Setup<'_>,
 ) -> audit::Result<Box<dyn crate::runtime::supervise::Duty>> {
-    if let Some(path) = &settings.audit_log.value {
+    if let Some(path) = setup.audit_log {
         let log = audit::AuditLog::open(path)?;
-        let uids = [identity.uid, identity.image_uid];
-        if audit::dir_writable_by(path, &uids, &identity.groups) {
+        if audit::dir_writable_by(path, &setup.user_uids, setup.user_groups) {
             log::warn!(
                 "the audit log {} lies in a directory the sandboxed user can write: the \
                  command cannot write the log, but it can remove or replace it; prefer a \
@@ -724,12 +733,12 @@ pub fn start(
             .borrow_mut()
             .set_audit(log, &path.display().to_string());
     }
-    if let Some(a) = applied {
-        reporter.borrow_mut().set_gateways(&a.plan.blocked_gateways);
+    if let Some(gateways) = setup.blocked_gateways {
+        reporter.borrow_mut().set_gateways(gateways);
     }
     Ok(Box::new(reader::Reader::new(
         reporter.clone(),
-        applied.is_some(),
+        setup.blocked_gateways.is_some(),
     )))
 }
 
