@@ -43,7 +43,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 fn fs_class(e: &fs::Error) -> i32 {
     match e {
         fs::Error::Refused(_) => CONFIG,
-        fs::Error::Os { .. } => SANDBOX,
+        fs::Error::Os(_) => SANDBOX,
     }
 }
 
@@ -62,11 +62,9 @@ pub fn code(e: &Error) -> i32 {
             | firewall::Error::ReadBack(_),
         ) => SANDBOX,
         Error::Credentials(credentials::Error::Input(_)) => CONFIG,
-        Error::Credentials(credentials::Error::Failed(_) | credentials::Error::Os { .. }) => {
-            SANDBOX
-        }
+        Error::Credentials(credentials::Error::Failed(_) | credentials::Error::Os(_)) => SANDBOX,
         Error::Credentials(credentials::Error::Fs(e)) => fs_class(e),
-        Error::Lockdown(lockdown::Error::Os { .. }) => SANDBOX,
+        Error::Lockdown(lockdown::Error::Os(_)) => SANDBOX,
         Error::Lockdown(lockdown::Error::Fs(e)) => fs_class(e),
         Error::AuditLog(audit::Error::Unusable(_)) => CONFIG,
         Error::Preflight(_) | Error::Home(_) => CONFIG,
@@ -108,10 +106,9 @@ mod tests {
     fn refused_paths_are_input_and_kernel_failures_are_the_sandbox() {
         let refused = fs::Error::Refused("is a symlink".into());
         assert_eq!(code(&credentials::Error::Fs(refused).into()), CONFIG);
-        let os = fs::Error::Os {
-            what: "cannot write /x".into(),
-            source: Box::new(std::io::Error::from_raw_os_error(libc::EIO)),
-        };
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let os = fs::Error::Os(crate::sys::Failure::new("cannot write /x".into(), eio));
+        assert!(os.to_string().starts_with("cannot write /x: "), "{os}");
         assert_eq!(code(&lockdown::Error::Fs(os).into()), SANDBOX);
         let preset = firewall::Error::Preset("unknown preset 'x'".into());
         assert_eq!(code(&preset.into()), CONFIG);

@@ -46,7 +46,7 @@
 use crate::policy::config::Settings;
 use crate::policy::identity::Identity;
 use crate::sys::fs::{self as files, Found};
-use crate::sys::Cause;
+use crate::sys::{Cause, Failure};
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstatat, Mode};
@@ -63,22 +63,15 @@ use std::time::Instant;
 /// Why the lockdown was not completed (the command does not start without it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {source}")]
-    Os {
-        what: String,
-        #[source]
-        source: Cause,
-    },
+    #[error(transparent)]
+    Os(#[from] Failure),
     #[error(transparent)]
     Fs(#[from] files::Error),
 }
 
 impl Error {
     fn os(what: String, source: impl Into<Cause>) -> Error {
-        Error::Os {
-            what,
-            source: source.into(),
-        }
+        Error::Os(Failure::new(what, source))
     }
 }
 

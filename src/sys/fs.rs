@@ -10,7 +10,7 @@
 //! read) is moved aside under a new name, with a warning, and the start goes on; only
 //! when even that fails is the start refused, naming the path to remove.
 
-use crate::sys::Cause;
+use crate::sys::{Cause, Failure};
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode};
@@ -29,20 +29,13 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
     /// The kernel refused an operation on a path that was fine.
-    #[error("{what}: {source}")]
-    Os {
-        what: String,
-        #[source]
-        source: Cause,
-    },
+    #[error(transparent)]
+    Os(#[from] Failure),
 }
 
 impl Error {
     fn os(what: String, source: impl Into<Cause>) -> Error {
-        Error::Os {
-            what,
-            source: source.into(),
-        }
+        Error::Os(Failure::new(what, source))
     }
 }
 

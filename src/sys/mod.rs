@@ -11,9 +11,27 @@ pub use real::Real;
 
 use std::io;
 
-/// The underlying error of a failed operation (an errno, an I/O error), kept as the
-/// `source` of the stage's error that says what was being done.
+/// The errno or I/O error underneath a failure.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// An operation the kernel refused: what was being done, and the errno or I/O error as the
+/// `source` (the stages' errors carry it as their `Os` variant).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct Failure {
+    pub what: String,
+    #[source]
+    pub source: Cause,
+}
+
+impl Failure {
+    pub fn new(what: String, source: impl Into<Cause>) -> Self {
+        Failure {
+            what,
+            source: source.into(),
+        }
+    }
+}
 
 /// Capability sets and NoNewPrivs as the kernel reports them in /proc/self/status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

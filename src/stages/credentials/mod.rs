@@ -13,7 +13,7 @@ pub mod gitconfig;
 
 use crate::policy::config::Settings;
 use crate::policy::identity::Identity;
-use crate::sys::{fs, Cause};
+use crate::sys::{fs, Cause, Failure};
 use doc::{Existing, KeyOutcome, Plan};
 use files::Found;
 use fs as files;
@@ -32,22 +32,15 @@ pub enum Error {
     Input(String),
     #[error("{0}")]
     Failed(String),
-    #[error("{what}: {source}")]
-    Os {
-        what: String,
-        #[source]
-        source: Cause,
-    },
+    #[error(transparent)]
+    Os(#[from] Failure),
     #[error(transparent)]
     Fs(#[from] fs::Error),
 }
 
 impl Error {
     fn os(what: String, source: impl Into<Cause>) -> Error {
-        Error::Os {
-            what,
-            source: source.into(),
-        }
+        Error::Os(Failure::new(what, source))
     }
 }
 
