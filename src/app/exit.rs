@@ -29,8 +29,8 @@ pub enum Error {
     #[error("{0}")]
     Preflight(String),
     /// The home could not be re-owned for the host's ids.
-    #[error("{0}")]
-    Home(String),
+    #[error(transparent)]
+    Home(fs::Error),
     /// A duty of PID 1 (the DNS filter, signal handling) or the command could not start.
     #[error("{0}")]
     Start(String),
@@ -67,7 +67,9 @@ pub fn code(e: &Error) -> i32 {
         Error::Lockdown(lockdown::Error::Os(_)) => SANDBOX,
         Error::Lockdown(lockdown::Error::Fs(e)) => fs_class(e),
         Error::AuditLog(audit::Error::Unusable(_)) => CONFIG,
-        Error::Preflight(_) | Error::Home(_) => CONFIG,
+        Error::Preflight(_) => CONFIG,
+        // Whatever stopped it, the home is the user's to fix (or the ids to change).
+        Error::Home(fs::Error::Refused(_) | fs::Error::Os(_)) => CONFIG,
         Error::Start(_) => SANDBOX,
     }
 }

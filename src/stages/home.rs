@@ -6,6 +6,8 @@
 //! the walk does not cross into other mounts (the workspace, bind mounts) — except
 //! `~/.claude`, which is usually its own volume and must follow the user.
 
+// The walk fails as the link-proof layer does: a refusal, or what the kernel refused.
+use crate::sys::fs::{Error, Result};
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode};
@@ -35,7 +37,7 @@ const MAX_DEPTH: usize = 64;
 
 /// Re-owns `home` and everything below it on the same mount, plus `home/.claude` (own
 /// mount or not). Returns the number of entries changed.
-pub fn reown_home(home: &Path, change: Reown) -> Result<usize, String> {
+pub fn reown_home(home: &Path, change: Reown) -> Result<usize> {
     if home == Path::new("/") {
         return Ok(0);
     }
@@ -50,14 +52,19 @@ pub fn reown_home(home: &Path, change: Reown) -> Result<usize, String> {
         Ok(fd) => fd,
         Err(nix::errno::Errno::ENOENT) => return Ok(0),
         Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::ENOTDIR) => {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "the home {} is a symlink or not a directory; refusing to re-own it",
                 home.display()
+            )))
+        }
+        Err(e) => {
+            return Err(Error::os(
+                format!("cannot open the home {}", home.display()),
+                e,
             ))
         }
-        Err(e) => return Err(format!("cannot open the home {}: {e}", home.display())),
     };
-    let st = fstat(&root).map_err(|e| format!("stat {}: {e}", home.display()))?;
+    let st = fstat(&root).map_err(|e| Error::os(format!("stat {}", home.display()), e))?;
     if st.st_uid != change.from_uid && st.st_uid != change.to_uid {
         log::warn!(
             "the home {} belongs to uid {}, not to the user: leaving its ownership alone",
@@ -71,7 +78,7 @@ pub fn reown_home(home: &Path, change: Reown) -> Result<usize, String> {
     Ok(n)
 }
 
-fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, change: Reown) -> Result<usize, String> {
+fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, change: Reown) -> Result<usize> {
     match change.target(uid, gid) {
         None => Ok(0),
         Some((u, g)) => {
@@ -82,22 +89,22 @@ fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, change: Reown) -> Result<usize, St
                 g.map(Gid::from_raw),
                 AtFlags::AT_EMPTY_PATH,
             )
-            .map_err(|e| format!("cannot re-own the home: {e}"))?;
+            .map_err(|e| Error::os("cannot re-own the home".into(), e))?;
             Ok(1)
         }
     }
 }
 
-fn walk(dir: &OwnedFd, dev: u64, change: Reown, depth: usize, top: bool) -> Result<usize, String> {
+fn walk(dir: &OwnedFd, dev: u64, change: Reown, depth: usize, top: bool) -> Result<usize> {
     if depth > MAX_DEPTH {
         log::warn!("home deeper than {MAX_DEPTH} levels: the rest keeps its owner");
         return Ok(0);
     }
     let dup = dir
         .try_clone()
-        .map_err(|e| format!("cannot walk the home: {e}"))?;
-    let mut entries =
-        Dir::from_fd(dup).map_err(|e| format!("cannot list a directory in the home: {e}"))?;
+        .map_err(|e| Error::os("cannot walk the home".into(), e))?;
+    let mut entries = Dir::from_fd(dup)
+        .map_err(|e| Error::os("cannot list a directory in the home".into(), e))?;
     let mut names = vec![];
     for ent in entries.iter().flatten() {
         let name = ent.file_name().to_owned();
@@ -126,7 +133,7 @@ fn walk(dir: &OwnedFd, dev: u64, change: Reown, depth: usize, top: bool) -> Resu
                 g.map(Gid::from_raw),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| format!("cannot re-own {:?} in the home: {e}", name))?;
+            .map_err(|e| Error::os(format!("cannot re-own {:?} in the home", name), e))?;
             n += 1;
         }
         if is_dir {

@@ -34,7 +34,7 @@ pub enum Error {
 }
 
 impl Error {
-    fn os(what: String, source: impl Into<Cause>) -> Error {
+    pub fn os(what: String, source: impl Into<Cause>) -> Error {
         Error::Os(Failure::new(what, source))
     }
 }
