@@ -2,9 +2,5 @@
 //! only turns its answer into the process's exit code.
 
 fn main() {
-    // The credential broker is this same binary, re-executed by PID 1 under its own uid.
-    if let Some(code) = sandbox_init::broker::child::main_if_invoked() {
-        std::process::exit(code);
-    }
-    std::process::exit(sandbox_init::run::main());
+    std::process::exit(sandbox_init::app::main());
 }

@@ -11,7 +11,7 @@ mod common;
 
 use common::netns::*;
 use common::*;
-use sandbox_init::allowlist::Entry;
+use sandbox_init::policy::allowlist::Entry;
 use serde_json::Value;
 use std::time::Duration;
 

@@ -7,11 +7,11 @@
 
 mod common;
 
-use sandbox_init::broker::account::{self, Account};
-use sandbox_init::broker::launch::{self, Launch, Running};
-use sandbox_init::broker::secret::Secret;
-use sandbox_init::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
-use sandbox_init::broker::{placeholder, store};
+use sandbox_init::runtime::broker::account::{self, Account};
+use sandbox_init::runtime::broker::launch::{self, Launch, Running};
+use sandbox_init::runtime::broker::secret::Secret;
+use sandbox_init::runtime::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
+use sandbox_init::runtime::broker::{placeholder, store};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -709,7 +709,7 @@ fn a_keychain_login_is_refreshed_saved_root_only_and_used_at_the_next_start() {
     assert_eq!(refresh["refresh_token"], "sk-ant-ort01-INPUT");
     assert_eq!(
         refresh["client_id"],
-        sandbox_init::broker::wire::DEFAULT_CLIENT_ID
+        sandbox_init::runtime::broker::wire::DEFAULT_CLIENT_ID
     );
     assert_eq!(refresh["scope"], "user:inference user:profile");
     assert_eq!(refresh["answer"], 200);

@@ -741,7 +741,7 @@ fn both_read(text: &str) -> (Option<Vec<String>>, Option<Vec<String>>) {
 
 /// The same, as sandbox-init's reader sees it.
 fn we_read(text: &str) -> Option<Vec<String>> {
-    use sandbox_init::credentials::gitconfig::parse;
+    use sandbox_init::stages::credentials::gitconfig::parse;
     parse(text).ok().map(|settings| {
         settings
             .iter()

@@ -1,0 +1,130 @@
+//! Running a piece of work as the target user: fork, drop to the user's ids in the child,
+//! do the work, exit. Root never writes into a tree the user controls; whatever a planted
+//! link points at, the child can reach no more than the user itself could.
+//!
+//! The work (and any secret it carries) reaches the child as a copy of our memory, never
+//! through argv or the environment. Its error comes back through a pipe, its variant
+//! through the exit status.
+
+use super::{Error, Result};
+use crate::policy::identity::Identity;
+use crate::sys::fs;
+use crate::sys::{Kernel, Real};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+/// The child's exit status for each variant of its error (its text goes through the pipe).
+const FAILED: i32 = 1;
+const INPUT: i32 = 2;
+const REFUSED: i32 = 3;
+
+/// fork() from a multi-threaded process could leave the child a lock (the allocator's)
+/// held forever. PID 1 is single-threaded here by design; a thread that is still winding
+/// down (a resolver runtime just dropped) gets a moment to disappear.
+fn wait_single_threaded() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        let n = std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(1);
+        if n <= 1 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Failed(format!(
+                "internal: PID 1 still has {n} threads; refusing to fork the credential writer"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn become_user(id: &Identity) -> std::io::Result<()> {
+    let k = Real;
+    k.set_groups(&id.groups)?;
+    k.set_resgid(id.gid)?;
+    k.set_resuid(id.uid)?;
+    // Not dumpable: other processes of the user must not read the secret from our memory
+    // (the kernel already resets this on the uid change; make it explicit).
+    k.set_dumpable(false)?;
+    let (uid, gid) = k.ids();
+    if (uid, gid) != (id.uid, id.gid) || uid == 0 {
+        return Err(std::io::Error::other(format!(
+            "still running as {uid}:{gid}"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `work` in a child process that runs as `id` (uid, gid, groups; no capabilities).
+pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
+    wait_single_threaded()?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::os("cannot create a pipe".into(), e))?;
+    // SAFETY: PID 1 is single-threaded (checked above); the child only runs our code and
+    // leaves with _exit, never returning into the caller.
+    match unsafe { fork() } {
+        Err(e) => Err(Error::os("cannot fork the credential writer".into(), e)),
+        Ok(ForkResult::Child) => {
+            drop(rd);
+            child(id, wr, work)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd)
+                .take(64 * 1024)
+                .read_to_string(&mut msg);
+            let status = loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            match status {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                Ok(WaitStatus::Exited(_, INPUT)) => Err(Error::Input(msg)),
+                Ok(WaitStatus::Exited(_, REFUSED)) => Err(fs::Error::Refused(msg).into()),
+                Ok(WaitStatus::Exited(_, _)) if !msg.is_empty() => Err(Error::Failed(msg)),
+                Ok(st) => Err(Error::Failed(format!(
+                    "the credential writer failed ({st:?})"
+                ))),
+                Err(e) => Err(Error::os("cannot wait for the credential writer".into(), e)),
+            }
+        }
+    }
+}
+
+fn child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> ! {
+    let outcome = match become_user(id) {
+        Err(e) => Err(Error::os(
+            format!(
+                "cannot become {} ({}:{}) to write its files",
+                id.name, id.uid, id.gid
+            ),
+            e,
+        )),
+        Ok(()) => {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(Error::Failed("the credential writer panicked".into())))
+        }
+    };
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = std::fs::File::from(wr).write_all(e.to_string().as_bytes());
+            match e {
+                Error::Input(_) => INPUT,
+                Error::Fs(fs::Error::Refused(_)) => REFUSED,
+                _ => FAILED,
+            }
+        }
+    };
+    // _exit: no atexit handlers or buffered stdio of the parent's run twice.
+    // SAFETY: terminates this (child) process only.
+    unsafe { libc::_exit(code) }
+}
