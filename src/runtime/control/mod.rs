@@ -9,7 +9,7 @@ pub mod live;
 pub mod protocol;
 pub mod server;
 
-use crate::policy::allowlist::Suggestion;
+pub use crate::runtime::report::live::{allow_command, live_advice, live_target, LiveTarget};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 
@@ -77,7 +77,7 @@ pub fn serve(
     };
     let container = container_name();
     if let Some(c) = &container {
-        let _ = LIVE_TARGET.set(LiveTarget {
+        crate::runtime::report::live::set_target(LiveTarget {
             container: c.clone(),
             names: applied.plan.filter,
         });
@@ -85,29 +85,6 @@ pub fn serve(
     Some(server::Server::new(
         listener, state, policy, reporter, container,
     ))
-}
-
-/// How a running sandbox is changed from outside, for the advice of its blocked lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveTarget {
-    /// The container's name as `docker exec` takes it.
-    pub container: String,
-    /// Names can be allowed live (DNS `filter` mode); otherwise only addresses.
-    pub names: bool,
-}
-
-/// Set once PID 1 serves the control socket.
-static LIVE_TARGET: std::sync::OnceLock<LiveTarget> = std::sync::OnceLock::new();
-
-/// Where this process serves `sandbox-init allow`, if it does.
-pub fn live_target() -> Option<&'static LiveTarget> {
-    LIVE_TARGET.get()
-}
-
-/// The command that allows `s` in the running sandbox `t`, when `allow` can take it.
-pub fn live_advice(s: &Suggestion, t: &LiveTarget) -> Option<String> {
-    let by_name = !matches!(s.entry().target, crate::policy::allowlist::Target::Net(_));
-    (t.names || !by_name).then(|| allow_command(s, Some(&t.container)))
 }
 
 /// The container's name as `docker exec` takes it, when the hostname can be one (the
@@ -126,14 +103,6 @@ fn plain_container_name(name: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     ok.then(|| name.to_string())
-}
-
-/// The command that allows `s` in this running sandbox.
-pub fn allow_command(s: &Suggestion, container: Option<&str>) -> String {
-    match container {
-        Some(c) => format!("docker exec {c} sandbox-init allow {s}"),
-        None => format!("docker exec CONTAINER sandbox-init allow {s}"),
-    }
 }
 
 /// Why the entrypoint or `apply` must not run here, if it must not: PID 1 of this
@@ -181,6 +150,7 @@ pub fn refuse_rebuild(host_ok: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::allowlist::Suggestion;
 
     #[test]
     fn a_second_sandbox_init_or_a_host_is_refused() {

@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod events;
+pub mod live;
 pub mod nflog;
 pub mod reader;
 pub mod session;
@@ -142,7 +143,7 @@ pub fn suggestion(
 /// `everything`: the packet had no port (ICMP and the like), so the bare entry we suggest
 /// opens every port and protocol, which the user must know before pasting it.
 fn advice(s: Option<&Suggestion>, everything: Option<Proto>, extra: &str) -> String {
-    advice_in(s, everything, extra, crate::runtime::control::live_target())
+    advice_in(s, everything, extra, live::live_target())
 }
 
 /// As `advice`; `live`: the running sandbox serves `sandbox-init allow` under a known
@@ -151,11 +152,11 @@ fn advice_in(
     s: Option<&Suggestion>,
     everything: Option<Proto>,
     extra: &str,
-    live: Option<&crate::runtime::control::LiveTarget>,
+    live: Option<&live::LiveTarget>,
 ) -> String {
     let now = s
         .zip(live)
-        .and_then(|(s, t)| crate::runtime::control::live_advice(s, t))
+        .and_then(|(s, t)| live::live_advice(s, t))
         .map_or(String::new(), |c| format!("; to allow it now: {c}"));
     let setting = match s {
         None => "; no allowlist entry can allow it".into(),
@@ -827,7 +828,7 @@ mod tests {
 
     #[test]
     fn a_live_sandbox_offers_the_allow_command_too() {
-        let live = |names| crate::runtime::control::LiveTarget {
+        let live = |names| live::LiveTarget {
             container: "claude-p-1a2b3c4d".into(),
             names,
         };
