@@ -8,7 +8,7 @@
 #   build   cargo, a C linker, the kernel headers and libclang for rustables' bindgen (the
 #           libclang.so / libclang-N.so* it loads: libclang-cpp does not count), the musl target
 #   test    the privileged tiers (needs root): nft, dnsmasq, ip, unshare/setpriv, script,
-#           python3, dig, debootstrap, npm, Docker with a running engine (started only when
+#           tmux, git, python3, dig, debootstrap, npm, Docker with a running engine (started only when
 #           none answers: a second dockerd would delete the first one's bridge)
 #   arm64   qemu-aarch64-static, the arm64 kernel headers, the aarch64 musl target
 #   bench   the benchmark and the alternatives it compares with: nft, dnsmasq, ip,
@@ -81,6 +81,8 @@ check_test() {
     have ip || need iproute2 "ip: network namespaces"
     have unshare && have setpriv || need util-linux "unshare, setpriv"
     have script || need bsdutils "script: a pseudo-terminal"
+    have tmux || need tmux "tmux: the interactive session (the TUI) in the Docker tier"
+    have git || need git "git: the workspace tier and the .gitconfig reader's tests"
     have python3 || need python3 "python3: test servers"
     have dig || need dnsutils "dig: DNS from the sandboxed user"
     have debootstrap || need debootstrap "debootstrap: the Debian root filesystem and image base"
