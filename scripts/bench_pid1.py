@@ -56,11 +56,14 @@ def prepare(rootfs, init, probe):
 
 
 def alternatives(root):
+    # The throwaway root is chrooted in this PID namespace, where sandbox-init refuses to
+    # build a sandbox unless told that this is meant (it would otherwise strip a host).
+    here = "--allow-host-pid-namespace"
     alts = [
-        ("sandbox-init", [INIT, "-q", "--no-firewall", "--"]),
+        ("sandbox-init", [INIT, "-q", "--no-firewall", here, "--"]),
         (
             "sandbox-init, lockdown off",
-            [INIT, "-q", "--no-firewall", "--config",
+            [INIT, "-q", "--no-firewall", here, "--config",
              "/etc/sandbox-init/lockdown-off.toml", "--"],
         ),
     ]
