@@ -71,12 +71,13 @@ fn start_upstream(events: usize, mib: usize) -> SocketAddr {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
+            .unwrap_or_else(|e| fail("runtime", e));
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
+                .unwrap_or_else(|e| fail("bind", e));
+            tx.send(listener.local_addr().unwrap_or_else(|e| fail("addr", e)))
+                .unwrap_or_else(|e| fail("send", e));
             let sse = sse_events(events);
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
             loop {
@@ -108,17 +109,26 @@ fn start_upstream(events: usize, mib: usize) -> SocketAddr {
             }
         });
     });
-    rx.recv().expect("upstream address")
+    rx.recv().unwrap_or_else(|e| fail("upstream address", e))
+}
+
+/// Ends the benchmark with what failed (a port taken, a runtime the kernel refused): a
+/// measurement that cannot run has nothing to report.
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("broker-bench: {what} failed: {e}");
+    std::process::exit(1)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 async fn connect(addr: SocketAddr) -> Sender {
-    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| fail("connect", e));
     let _ = s.set_nodelay(true);
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
         .await
-        .expect("handshake");
+        .unwrap_or_else(|e| fail("handshake", e));
     tokio::spawn(conn);
     send
 }
@@ -137,15 +147,18 @@ async fn once(send: &mut Sender, path: &str, key: &str) -> (Duration, Duration, 
                 .map_err(|never| match never {})
                 .boxed(),
         )
-        .expect("request");
+        .unwrap_or_else(|e| fail("request", e));
     let t0 = Instant::now();
-    let resp = send.send_request(req).await.expect("response");
+    let resp = send
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| fail("response", e));
     assert!(resp.status().is_success(), "status {}", resp.status());
     let mut body = resp.into_body();
     let mut first = None;
     let mut bytes = 0;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.expect("body").into_data() {
+        if let Ok(data) = frame.unwrap_or_else(|e| fail("body", e)).into_data() {
             if first.is_none() && !data.is_empty() {
                 first = Some(t0.elapsed());
             }
@@ -219,7 +232,7 @@ fn main() {
         Launch {
             program: Path::new("/proc/self/exe"),
             account: acct,
-            listen: "127.0.0.1:0".parse().expect("address"),
+            listen: "127.0.0.1:0".parse().unwrap_or_else(|e| fail("address", e)),
             store: None,
             timeout: Duration::from_secs(10),
         },
@@ -243,7 +256,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .unwrap_or_else(|e| fail("runtime", e));
     rt.block_on(async {
         let mut direct = connect(upstream).await;
         let mut broker = connect(running.addr).await;
