@@ -52,13 +52,7 @@ fn init_logging(filter: &str) {
         .filter_module("rustables", log::LevelFilter::Warn)
         .parse_filters(filter)
         .format(|buf, record| {
-            let level = match record.level() {
-                log::Level::Error => "error: ",
-                log::Level::Warn => "warning: ",
-                log::Level::Info => "",
-                log::Level::Debug => "debug: ",
-                log::Level::Trace => "trace: ",
-            };
+            let level = report::level_prefix(record.level());
             let text = format!("sandbox-init: {level}{}", record.args());
             // Held while the command draws on the terminal; errors end the session anyway.
             if record.level() > log::Level::Error && report::terminal::keep(&text) {

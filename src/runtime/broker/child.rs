@@ -194,13 +194,7 @@ fn init_logging(filter: &str) {
     let _ = env_logger::Builder::new()
         .parse_filters(filter)
         .format(|buf, record| {
-            let level = match record.level() {
-                log::Level::Error => "error: ",
-                log::Level::Warn => "warning: ",
-                log::Level::Info => "",
-                log::Level::Debug => "debug: ",
-                log::Level::Trace => "trace: ",
-            };
+            let level = crate::runtime::report::level_prefix(record.level());
             writeln!(buf, "sandbox-init: broker: {level}{}", record.args())
         })
         .target(env_logger::Target::Stderr)

@@ -818,6 +818,18 @@ pub fn print_after_session(kept: &[String], summary: &[String]) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// How a log line of `level` starts after "sandbox-init: " (PID 1's and the broker's logs
+/// read alike: info lines carry no word).
+pub fn level_prefix(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "error: ",
+        log::Level::Warn => "warning: ",
+        log::Level::Info => "",
+        log::Level::Debug => "debug: ",
+        log::Level::Trace => "trace: ",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
