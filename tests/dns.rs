@@ -597,6 +597,32 @@ fn assert_not_hijacked(r: &Value, real: &str) {
     }
 }
 
+/// The control of the attacks on PID 1's upstream: the same sandbox and the same attack,
+/// with our two rules against it deleted from the live table (by handle, from outside,
+/// once PID 1 has built it; the probe starts when `tmp/go` exists). Returns the report.
+fn hijack_without_the_guards(root: &Rootfs, net: &Net, attack: &[&str]) -> Value {
+    let mut args = vec!["--dns", "filter", "--allow", "*.allowed.test", "--"];
+    #[rustfmt::skip]
+    args.extend_from_slice(&[
+        PROBE_IN_ROOT, "hijack", "--wait-file", "/tmp/go", "--answer", PLANTED,
+        "--port", "80",
+    ]);
+    args.extend_from_slice(attack);
+    let mut cmd = root.command(&args, &[NO_PRESETS], Some(&net.box_ns));
+    let sbx = Running::start(&mut cmd);
+    delete_hijack_guards(|args| {
+        let mut argv = vec!["nft"];
+        argv.extend_from_slice(args);
+        net.in_box(&argv)
+    });
+    root.write("tmp/go", "");
+    let r: Value = serde_json::from_str(&sbx.line(Duration::from_secs(60))).unwrap();
+    eprintln!("control (guards deleted) report: {r}");
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    r
+}
+
 #[test]
 fn pid1s_udp_upstream_cannot_be_answered_by_the_user() {
     let mut net = Net::new();
@@ -626,6 +652,18 @@ fn pid1s_udp_upstream_cannot_be_answered_by_the_user() {
         "{:?}",
         drops(&net)
     );
+    // Control: in a fresh namespace, the same attack with our two rules deleted takes PID
+    // 1's upstream query and plants its answer. (The probe asks the filter's own address:
+    // its flows planted towards every port would catch its own query to 127.0.0.11 too.)
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    #[rustfmt::skip]
+    let r = hijack_without_the_guards(&root, &net, &[
+        "--method", "plant", "--resolver", "127.0.0.11:53", "--ask", "127.0.0.1:53",
+        "--name", "x.allowed.test",
+    ]);
+    assert_eq!(r["hijacked"], true, "{r}");
 }
 
 /// The attack waits until the conntrack entry of PID 1's earlier, legitimate query has
@@ -702,6 +740,16 @@ fn pid1s_tcp_upstream_cannot_be_answered_by_the_user() {
         "{:?}",
         drops(&net)
     );
+    // Control: without our two rules the same attack takes PID 1's upstream connection.
+    let mut net = Net::new();
+    let _docker = net.docker_dns();
+    let root = rootfs("127.0.0.11");
+    #[rustfmt::skip]
+    let r = hijack_without_the_guards(&root, &net, &[
+        "--method", "tcp-plant", "--prime", "p.allowed.test", "--resolver", "127.0.0.11:53",
+        "--ask", "127.0.0.1:53", "--name", "x.allowed.test",
+    ]);
+    assert_eq!(r["hijacked"], true, "{r}");
 }
 
 /// IPv6: `IPV6_FREEBIND` lets any user bind the upstream's own address and send from it to

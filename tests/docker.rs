@@ -736,8 +736,8 @@ fn case_probe_dns_filter() {
 /// flows planted from 127.0.0.11:53 (which any uid may bind in a container) to PID 1's
 /// sockets, UDP and TCP, then a query for an allowed name and connections to the address
 /// it tried to plant. Nothing is intercepted, the real answer arrives, the planted address
-/// stays closed.
-fn case_probe_dns_hijack() {
+/// stays closed; with our two rules against it deleted, the same attack succeeds.
+fn case_probe_dns_hijack(clean: &Cleanup) {
     // UDP: planted before PID 1's first query (a live flow of PID 1's would hold the
     // tuple; the netns tier covers waiting one out). TCP: after one, whose port shows
     // where the next lies; the probe asks 127.0.0.1, so that its own connections do not
@@ -784,7 +784,72 @@ fn case_probe_dns_hijack() {
             "the real answer: {rep}"
         );
         assert_rejected_fast(&rep["connect"][0]);
+        // Control: the same container and attack with our two rules against it deleted
+        // from the live table takes PID 1's upstream query (UDP: the probe asks the
+        // filter's own address, as its flows planted to every port would catch its own).
+        let ask = if method == "plant" {
+            "127.0.0.1:53"
+        } else {
+            ask
+        };
+        let rep = hijack_without_the_guards(clean, method, prime, ask);
+        assert_eq!(rep["hijacked"], true, "control: {rep}");
     }
+}
+
+/// Runs the hijack case's container detached, with the probe waiting for /workspace/go;
+/// deletes the output chain's rules against answering for a resolver (from the host, in
+/// the container's network namespace) once PID 1 has built them; lets the probe go.
+fn hijack_without_the_guards(
+    clean: &Cleanup,
+    method: &str,
+    prime: Option<&str>,
+    ask: &str,
+) -> Value {
+    #[rustfmt::skip]
+    let mut a = vec![
+        "run", "-d", "--network", NET, "--dns", DNS_IP, "--cap-add", "NET_ADMIN",
+        "-e", "SANDBOX_ALLOW=*.allowed.test", "-e", "SANDBOX_PRESETS=",
+        "-e", "SANDBOX_DNS=filter", PROBE_IMG, "sandbox-probe", "hijack",
+        "--wait-file", "/workspace/go", "--method", method, "--resolver", "127.0.0.11:53",
+        "--ask", ask, "--name", "x.allowed.test", "--answer", BLOCKED_IP, "--port", "80",
+    ];
+    if let Some(p) = prime {
+        a.extend(["--prime", p]);
+    }
+    let id = docker_ok(&a).trim().to_string();
+    clean.container(&id);
+    let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let pid = pid.trim();
+    common::delete_hijack_guards(|args| {
+        let out = Command::new("nsenter")
+            .args(["-t", pid, "-n", "nft"])
+            .args(args)
+            .output()
+            .expect("nsenter");
+        let said = if out.status.success() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
+        (out.status.success(), text(said))
+    });
+    let go = temp_dir("hijack-go");
+    clean.dir(&go);
+    std::fs::write(go.join("go"), "").unwrap();
+    docker_ok(&[
+        "cp",
+        go.join("go").to_str().unwrap(),
+        &format!("{id}:/workspace/go"),
+    ]);
+    docker_ok(&["wait", &id]);
+    let out = docker(&["logs", &id]);
+    let line = text(&out.stdout);
+    let line = line.lines().last().unwrap_or("");
+    let rep: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\n{}", text(&out.stderr)));
+    eprintln!("docker tier: hijack {method} without the guards: {rep}");
+    rep
 }
 
 /// The same probe without the firewall: each target the firewalled case found blocked is
@@ -1826,7 +1891,7 @@ fn docker_end_to_end() {
         ),
         (
             "probe: the user cannot answer for PID 1's upstream DNS",
-            Box::new(case_probe_dns_hijack),
+            Box::new(|| case_probe_dns_hijack(&clean)),
         ),
         (
             "probe: control without the firewall",

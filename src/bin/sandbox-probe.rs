@@ -59,6 +59,7 @@
 //!   sandbox-probe hijack --method plant|tcp-plant|spoof --resolver ADDR:PORT --ask ADDR:PORT
 //!                        --name NAME --answer IP [--port P]... [--prime NAME]
 //!                        [--wait-flow-ms MS] [--no-trigger] [--victim-wait-ms MS]
+//!                        [--wait-file PATH]
 //!                                   answer DNS in place of a root process's upstream
 //!                                   (see sandbox-probe/hijack.rs); one JSON report
 

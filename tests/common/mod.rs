@@ -451,3 +451,50 @@ pub fn set_file_caps(path: &std::path::Path, caps: u64) {
 }
 
 pub mod netns;
+
+/// The handles of our output chain's rules against answering for a resolver, in `nft -j
+/// list chain inet sandbox_init output`: the drop of every non-root user's traffic from
+/// port 53 or from a resolver's address, and the drop of root's DNS in a flow root did not
+/// open (the conntrack mark). The hijack tests' controls delete them.
+pub fn hijack_guard_handles(chain: &serde_json::Value) -> Vec<u64> {
+    chain["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| {
+            let e = r["expr"].to_string();
+            e.contains("\"drop\"") && (e.contains("\"mark\"") || e.contains("\"skuid\""))
+        })
+        .filter_map(|r| r["handle"].as_u64())
+        .collect()
+}
+
+/// Waits (up to 30 s) until our output chain holds the rules against answering for a
+/// resolver, then deletes them by handle. `nft` runs nft with the given arguments in the
+/// sandbox's network namespace and returns (success, stdout or stderr).
+pub fn delete_hijack_guards(nft: impl Fn(&[&str]) -> (bool, String)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let guards = loop {
+        let (_, out) = nft(&["-j", "list", "chain", "inet", "sandbox_init", "output"]);
+        let guards = hijack_guard_handles(&serde_json::from_str(&out).unwrap_or_default());
+        if guards.len() >= 2 {
+            break guards;
+        }
+        assert!(Instant::now() < deadline, "no guard rules in {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for handle in guards {
+        let h = handle.to_string();
+        let (ok, out) = nft(&[
+            "delete",
+            "rule",
+            "inet",
+            "sandbox_init",
+            "output",
+            "handle",
+            &h,
+        ]);
+        assert!(ok, "deleting rule {h}: {out}");
+    }
+}

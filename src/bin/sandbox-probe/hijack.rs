@@ -40,6 +40,8 @@ struct Opts {
     wait_flow: Duration,
     trigger: bool,
     victim_wait: Duration,
+    /// Start only once this file exists (a test removes a protection first).
+    wait_file: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -54,6 +56,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         wait_flow: Duration::ZERO,
         trigger: true,
         victim_wait: Duration::from_secs(10),
+        wait_file: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -74,6 +77,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 o.victim_wait = Duration::from_millis(val()?.parse().map_err(|_| bad("ms"))?)
             }
             "--no-trigger" => o.trigger = false,
+            "--wait-file" => o.wait_file = Some(val()?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -91,6 +95,16 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    if let Some(path) = &o.wait_file {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::path::Path::new(path).exists() {
+            if Instant::now() > deadline {
+                eprintln!("sandbox-probe hijack: {path} never appeared");
+                return 2;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut r = Map::new();
     r.insert("method".into(), json!(o.method));
     r.insert("resolver".into(), json!(o.resolver.to_string()));
