@@ -53,6 +53,7 @@ use nix::sys::stat::{fchmod, fstatat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -160,8 +161,7 @@ fn container_no_new_privs() -> Option<&'static str> {
     if !no_new_privs(&own) {
         return None;
     }
-    // SAFETY: plain getter.
-    if unsafe { libc::getpid() } == 1 {
+    if std::process::id() == 1 {
         return Some("PID 1 started with no_new_privs (the container's no-new-privileges)");
     }
     no_new_privs(&read("/proc/1/status")?).then_some(
@@ -396,28 +396,23 @@ struct Entry {
     mount: Option<u64>,
 }
 
-const STATX_MASK: u32 = libc::STATX_TYPE
-    | libc::STATX_MODE
-    | libc::STATX_UID
-    | libc::STATX_GID
-    | libc::STATX_INO
-    | libc::STATX_MNT_ID;
+/// rustix's errno as nix's (the rest of the stage speaks nix).
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
 
 fn statx(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> nix::Result<Entry> {
-    // SAFETY: an all-zero statx is a valid value of this plain C struct.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor, NUL-terminated name, and a buffer we own.
-    let rc = unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, STATX_MASK, &mut st) };
-    if rc != 0 {
-        return Err(Errno::last());
-    }
+    use rustix::fs::StatxFlags as F;
+    let mask = F::TYPE | F::MODE | F::UID | F::GID | F::INO | F::MNT_ID;
+    let flags = rustix::fs::AtFlags::from_bits_truncate(flags as u32);
+    let st = rustix::fs::statx(dir, name, flags, mask).map_err(errno)?;
     Ok(Entry {
         mode: st.stx_mode as u32,
         uid: st.stx_uid,
         gid: st.stx_gid,
         ino: st.stx_ino,
         dev: (st.stx_dev_major, st.stx_dev_minor),
-        mount: (st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id),
+        mount: (st.stx_mask & F::MNT_ID.bits() != 0).then_some(st.stx_mnt_id),
     })
 }
 
@@ -483,7 +478,7 @@ struct Walk<'a> {
 struct Walker {
     tally: Tally,
     /// getdents64 buffer, shared by every directory this walker reads.
-    dirents: Vec<u8>,
+    dirents: Vec<MaybeUninit<u8>>,
     entries: Vec<(CString, Kind)>,
     pending: Vec<Job>,
 }
@@ -666,15 +661,7 @@ impl Walk<'_> {
     fn lgetxattr_size(&self, path: &Path, name: &CStr) -> nix::Result<usize> {
         let rel = path.strip_prefix("/").unwrap_or(path);
         let full = self.base.join(rel).join(OsStr::from_bytes(name.to_bytes()));
-        let full = CString::new(full.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        // SAFETY: C strings valid for the call; a zero size asks for the length only.
-        let rc =
-            unsafe { libc::lgetxattr(full.as_ptr(), CAPS_XATTR.as_ptr(), std::ptr::null_mut(), 0) };
-        if rc < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(rc as usize)
-        }
+        rustix::fs::lgetxattr_query(full.as_path(), CAPS_XATTR).map_err(errno)
     }
 }
 
@@ -736,27 +723,21 @@ fn neutralize(
         return Err(Errno::ESTALE);
     }
     if caps {
-        // SAFETY: our descriptor and a C string.
-        let rc = unsafe { libc::fremovexattr(fd.as_raw_fd(), CAPS_XATTR.as_ptr()) };
-        match (rc, Errno::last()) {
-            (0, _) | (_, Errno::ENODATA) => {}
+        match rustix::fs::fremovexattr(&fd, CAPS_XATTR).map_err(errno) {
+            Ok(()) | Err(Errno::ENODATA) => {}
             // Without CAP_SETFCAP: setting the owner it already has makes the kernel drop
             // the file's capabilities (and its set-uid bit) all the same.
-            (_, Errno::EPERM) => {
+            Err(Errno::EPERM) => {
                 nix::unistd::fchown(
                     &fd,
                     Some(nix::unistd::Uid::from_raw(now.uid)),
                     Some(nix::unistd::Gid::from_raw(now.gid)),
                 )?;
-                // SAFETY: as above; a zero size asks for the length only.
-                let left = unsafe {
-                    libc::fgetxattr(fd.as_raw_fd(), CAPS_XATTR.as_ptr(), std::ptr::null_mut(), 0)
-                };
-                if left >= 0 {
+                if rustix::fs::fgetxattr_query(&fd, CAPS_XATTR).is_ok() {
                     return Err(Errno::EPERM);
                 }
             }
-            (_, e) => return Err(e),
+            Err(e) => return Err(e),
         }
     }
     if !suid {
@@ -785,53 +766,32 @@ enum Kind {
 /// descriptor: no duplicate descriptor, no rewind, one call per 32 KiB of entries. The walk
 /// visits every directory of the root filesystem, so syscalls per directory count.
 /// `buf` and `out` are reused across calls.
-fn list(dir: &OwnedFd, buf: &mut Vec<u8>, out: &mut Vec<(CString, Kind)>) -> nix::Result<()> {
-    // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
-    const NAME_AT: usize = 19;
+fn list(
+    dir: &OwnedFd,
+    buf: &mut Vec<MaybeUninit<u8>>,
+    out: &mut Vec<(CString, Kind)>,
+) -> nix::Result<()> {
+    use rustix::fs::FileType;
     if buf.len() < 32 * 1024 {
-        buf.resize(32 * 1024, 0);
+        buf.resize(32 * 1024, MaybeUninit::uninit());
     }
     out.clear();
-    loop {
-        // SAFETY: the kernel writes at most buf.len() bytes into the buffer we own.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                dir.as_raw_fd(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
+    let mut entries = rustix::fs::RawDir::new(dir, buf);
+    while let Some(entry) = entries.next() {
+        let entry = entry.map_err(errno)?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            FileType::Directory => Kind::Dir,
+            FileType::RegularFile => Kind::File,
+            FileType::Unknown => Kind::Unknown,
+            _ => Kind::Other,
         };
-        if n < 0 {
-            return Err(Errno::last());
-        }
-        let n = n as usize;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut off = 0;
-        while off + NAME_AT <= n {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen < NAME_AT || off + reclen > n {
-                break; // malformed record: never read past what the kernel wrote
-            }
-            let kind = match buf[off + 18] {
-                libc::DT_DIR => Kind::Dir,
-                libc::DT_REG => Kind::File,
-                libc::DT_UNKNOWN => Kind::Unknown,
-                _ => Kind::Other,
-            };
-            let raw = &buf[off + NAME_AT..off + reclen];
-            let name = &raw[..raw.iter().position(|b| *b == 0).unwrap_or(raw.len())];
-            off += reclen;
-            if name == b"." || name == b".." {
-                continue;
-            }
-            if let Ok(name) = CString::new(name) {
-                out.push((name, kind));
-            }
-        }
+        out.push((name.to_owned(), kind));
     }
+    Ok(())
 }
 
 fn sandbox(what: &str, path: &Path, e: impl Into<Cause>) -> Error {

@@ -513,8 +513,10 @@ mod tests {
     }
 
     fn me() -> Identity {
-        // SAFETY: plain getters.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         Identity {
             name: "t".into(),
             uid,

@@ -238,14 +238,8 @@ pub fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>> {
 /// 64 random bits as hex: names an earlier session cannot have planted anything at.
 fn random_hex() -> Result<String> {
     let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        return Err(Error::os(
-            "cannot get random bytes for a temporary name".into(),
-            std::io::Error::last_os_error(),
-        ));
-    }
+    super::random_bytes(&mut b)
+        .map_err(|e| Error::os("cannot get random bytes for a temporary name".into(), e))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

@@ -7,6 +7,11 @@ pub(crate) mod fake;
 pub mod fs;
 mod real;
 
+/// Fills `buf` from the kernel's random source (getrandom(2)).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    getrandom::fill(buf).map_err(|e| io::Error::other(e.to_string()))
+}
+
 pub use real::Real;
 
 use std::io;

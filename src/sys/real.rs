@@ -1,6 +1,9 @@
 //! The running kernel behind the `Kernel` seam.
 
 use super::{CapState, Kernel};
+use caps::{CapSet, CapsHashSet};
+use nix::sys::prctl;
+use nix::unistd::{self, Gid, Uid};
 use std::io;
 
 /// The running kernel.
@@ -14,18 +17,23 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
+fn caps_error(e: caps::errors::CapsError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
 impl Kernel for Real {
     fn set_groups(&self, gids: &[u32]) -> io::Result<()> {
-        // SAFETY: the pointer and length describe a live slice of gid_t (u32).
-        check(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) })
+        let gids: Vec<Gid> = gids.iter().copied().map(Gid::from_raw).collect();
+        Ok(unistd::setgroups(&gids)?)
     }
     fn set_resgid(&self, gid: u32) -> io::Result<()> {
-        // SAFETY: plain syscall wrapper; musl applies it to every thread.
-        check(unsafe { libc::setresgid(gid, gid, gid) })
+        // musl applies it to every thread of the process.
+        let gid = Gid::from_raw(gid);
+        Ok(unistd::setresgid(gid, gid, gid)?)
     }
     fn set_resuid(&self, uid: u32) -> io::Result<()> {
-        // SAFETY: as above.
-        check(unsafe { libc::setresuid(uid, uid, uid) })
+        let uid = Uid::from_raw(uid);
+        Ok(unistd::setresuid(uid, uid, uid)?)
     }
     fn last_cap(&self) -> u32 {
         std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -36,6 +44,8 @@ impl Kernel for Real {
             .unwrap_or(63)
     }
     fn drop_bounding(&self, cap: u32) -> io::Result<()> {
+        // By number, not through the `caps` crate: its enum names only the capabilities it
+        // was written for, and a newer kernel's must go from the bounding set too.
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         match check(rc) {
@@ -44,64 +54,24 @@ impl Kernel for Real {
         }
     }
     fn clear_ambient(&self) -> io::Result<()> {
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        match check(rc) {
-            // Kernels before 4.3 have no ambient set: nothing to clear.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-            other => other,
-        }
+        caps::clear(None, CapSet::Ambient).map_err(caps_error)
     }
     fn set_caps(&self, keep: u64) -> io::Result<()> {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        const V3: u32 = 0x2008_0522;
-        let mut hdr = Header {
-            version: V3,
-            pid: 0,
-        };
-        let lo = keep as u32;
-        let hi = (keep >> 32) as u32;
-        let data = [
-            Data {
-                effective: lo,
-                permitted: lo,
-                inheritable: 0,
-            },
-            Data {
-                effective: hi,
-                permitted: hi,
-                inheritable: 0,
-            },
-        ];
-        // SAFETY: capset(2) with a v3 header and two data structs, as the ABI requires.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) };
-        check(rc as libc::c_int)
+        let keep: CapsHashSet = caps::all()
+            .into_iter()
+            .filter(|c| keep & c.bitmask() != 0)
+            .collect();
+        // Effective first (a subset of the permitted set as it is), then permitted: each
+        // step keeps effective within permitted, as capset(2) requires.
+        caps::set(None, CapSet::Effective, &keep).map_err(caps_error)?;
+        caps::set(None, CapSet::Permitted, &keep).map_err(caps_error)?;
+        caps::clear(None, CapSet::Inheritable).map_err(caps_error)
     }
     fn set_no_new_privs(&self) -> io::Result<()> {
-        // SAFETY: prctl with integer arguments only.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        Ok(prctl::set_no_new_privs()?)
     }
     fn set_dumpable(&self, on: bool) -> io::Result<()> {
-        // SAFETY: prctl with integer arguments only.
-        check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) })
+        Ok(prctl::set_dumpable(on)?)
     }
     fn cap_state(&self) -> io::Result<CapState> {
         let status = std::fs::read_to_string("/proc/self/status").map_err(|e| {
@@ -113,7 +83,6 @@ impl Kernel for Real {
         CapState::parse(&status)
     }
     fn ids(&self) -> (u32, u32) {
-        // SAFETY: getters that cannot fail.
-        unsafe { (libc::geteuid(), libc::getegid()) }
+        (unistd::geteuid().as_raw(), unistd::getegid().as_raw())
     }
 }

@@ -28,12 +28,7 @@ fn take(fd: i32) -> Option<OwnedFd> {
 fn main() -> i32 {
     // exec made the process dumpable again: undo that before the secret is read.
     let _ = Real.set_dumpable(false);
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
 
     let Some(status) = take(wire::STATUS_FD) else {
         eprintln!(

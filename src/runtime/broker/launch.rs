@@ -81,15 +81,11 @@ pub fn spawn(launch: Launch, spec: &Spec) -> Result<Running, String> {
     }
     let (spec_r, spec_w) = pipe().map_err(fail)?;
     // The whole spec sits in the pipe before the fork, so neither side waits on the other.
-    // SAFETY: fcntl on a descriptor we own.
-    let capacity = unsafe {
-        libc::fcntl(
-            spec_w.as_raw_fd(),
-            libc::F_SETPIPE_SZ,
-            wire::MAX_SPEC as libc::c_int,
-        )
-    };
-    if capacity < 0 || (capacity as usize) < payload.len() {
+    let capacity = nix::fcntl::fcntl(
+        &spec_w,
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(wire::MAX_SPEC as libc::c_int),
+    );
+    if capacity.map_or(true, |c| (c as usize) < payload.len()) {
         return Err(fail("the credentials do not fit in a pipe".into()));
     }
     std::fs::File::from(spec_w)
@@ -200,22 +196,19 @@ fn wait_ready(status: OwnedFd, timeout: Duration) -> Result<(), String> {
         if left.is_zero() {
             return Err(format!("no answer within {} s", timeout.as_secs()));
         }
-        let mut pfd = libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("waiting for it: {e}"));
-        }
-        if rc == 0 {
-            continue;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&file),
+            PollFlags::POLLIN,
+        )];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(format!("waiting for it: {e}")),
         }
         let mut buf = [0u8; 512];
         match file.read(&mut buf) {

@@ -539,12 +539,9 @@ mod tests {
     const T0: u64 = 1_900_000_000_000;
 
     fn store_in(dir: &std::path::Path) -> Store {
-        // SAFETY: plain getters.
-        let me = unsafe {
-            super::super::account::Account {
-                uid: libc::geteuid(),
-                gid: libc::getegid(),
-            }
+        let me = super::super::account::Account {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
         };
         Store::open(super::super::store::prepare(dir, me).unwrap()).unwrap()
     }

@@ -36,14 +36,8 @@ pub fn api_key() -> Result<String, String> {
 /// than the broker's crypto library (which refuses to run on CPUs it does not support).
 fn random_hex() -> Result<String, String> {
     let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        return Err(format!(
-            "cannot draw a random placeholder: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    crate::sys::random_bytes(&mut b)
+        .map_err(|e| format!("cannot draw a random placeholder: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

@@ -65,8 +65,7 @@ impl Store {
     /// Takes the directory descriptor, refusing one that is not a private directory of
     /// this process's uid.
     pub fn open(dir: OwnedFd) -> Result<Store, String> {
-        // SAFETY: plain getter.
-        let uid = unsafe { libc::geteuid() };
+        let uid = nix::unistd::geteuid().as_raw();
         let store = Store { dir, uid };
         store.check_dir()?;
         Ok(store)
@@ -247,12 +246,9 @@ mod tests {
     }
 
     fn me() -> Account {
-        // SAFETY: plain getters.
-        unsafe {
-            Account {
-                uid: libc::geteuid(),
-                gid: libc::getegid(),
-            }
+        Account {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
         }
     }
 

@@ -64,9 +64,7 @@ impl Default for Feed {
 
 fn session_id() -> String {
     let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    if crate::sys::random_bytes(&mut b).is_err() {
         // Unique enough to tell two containers apart: a lost cursor only repeats events.
         let t = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -788,8 +788,7 @@ pub fn print(line: &str) {
     if !log::log_enabled!(log::Level::Warn) || !terminal::reports_live() {
         return;
     }
-    // SAFETY: isatty on our own stderr.
-    let tty = unsafe { libc::isatty(2) } == 1;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text = if tty {
         format!("\rsandbox-init: {line}\r\n")
     } else {
