@@ -1641,6 +1641,10 @@ const NOT_IN_ANTHROPIC_PRESET: &[(&str, &str)] = &[
     // The official plugin marketplace, looked up at every interactive start: the `github`
     // preset, or CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL=1 to skip it.
     ("github.com", "the github preset"),
+    // The changelog (anthropics/claude-code's CHANGELOG.md), fetched only with the
+    // non-essential traffic the image switches off: the host serves any GitHub user's
+    // files, too wide for the default; the `github` preset has it.
+    ("raw.githubusercontent.com", "the github preset"),
 ];
 
 /// What PID 1's audit log (SANDBOX_AUDIT_LOG) recorded: the denied names and the blocked
@@ -1680,6 +1684,9 @@ struct FirstStart {
     /// ANTHROPIC_BASE_URL is the mock (a turn is answered); else the CLI talks to
     /// api.anthropic.com as a user's would, and gets no answer.
     mock: bool,
+    /// The image's quiet defaults (DISABLE_AUTOUPDATER, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC)
+    /// cleared, as a user may: the updater and the non-essential calls run.
+    chatty: bool,
 }
 
 impl FirstStart {
@@ -1701,6 +1708,11 @@ impl FirstStart {
             // Offline, the API's retries would only repeat the same name.
             "-e CLAUDE_CODE_MAX_RETRIES=0".to_string()
         };
+        let defaults = if self.chatty {
+            "-e DISABLE_AUTOUPDATER= -e CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="
+        } else {
+            ""
+        };
         let cli = if self.interactive {
             String::new()
         } else {
@@ -1711,7 +1723,7 @@ impl FirstStart {
             "docker run --rm {tty} --name {name} --network {NET} --dns {DNS_IP} \
              --cap-add NET_ADMIN --read-only --tmpfs /tmp --tmpfs /run -v {vol}:/home/claude \
              -v {dir}:/audit -e {cred} -e SANDBOX_PRESETS= -e SANDBOX_ALLOW=api.mock.test:8080 \
-             -e SANDBOX_AUDIT_LOG=/audit/audit.jsonl {api} {CLAUDE_IMG} {cli}",
+             -e SANDBOX_AUDIT_LOG=/audit/audit.jsonl {api} {defaults} {CLAUDE_IMG} {cli}",
             tty = if self.interactive { "-it" } else { "" },
             dir = dir.display(),
         );
@@ -1783,58 +1795,70 @@ fn case_claude_first_start_names(clean: &Cleanup) {
         ("ANTHROPIC_API_KEY", API_KEY),
         ("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN),
     );
-    let run = |tag, credential, interactive, mock| FirstStart {
+    let run = |tag, credential, interactive, mock, chatty| FirstStart {
         tag,
         credential,
         interactive,
         mock,
+        chatty,
     };
     let runs = [
-        run("p-key-mock", key, false, true),
-        run("p-oauth-mock", oauth, false, true),
-        run("p-key", key, false, false),
-        run("p-oauth", oauth, false, false),
-        run("tui-key-mock", key, true, true),
-        run("tui-oauth-mock", oauth, true, true),
-        run("tui-key", key, true, false),
-        run("tui-oauth", oauth, true, false),
+        run("p-key-mock", key, false, true, false),
+        run("p-oauth-mock", oauth, false, true, false),
+        run("p-key", key, false, false, false),
+        run("p-oauth", oauth, false, false, false),
+        run("tui-key-mock", key, true, true, false),
+        run("tui-oauth-mock", oauth, true, true, false),
+        run("tui-key", key, true, false, false),
+        run("tui-oauth", oauth, true, false, false),
+        run("p-oauth-chatty", oauth, false, false, true),
+        run("tui-oauth-chatty", oauth, true, false, true),
     ];
-    let mut uncovered = vec![];
-    let mut all_names = std::collections::BTreeSet::new();
+    // Each name and address with the runs that asked for it.
+    let mut names = std::collections::BTreeMap::<String, Vec<&str>>::new();
+    let mut addrs = std::collections::BTreeMap::<std::net::IpAddr, Vec<&str>>::new();
     for start in &runs {
-        let tag = start.tag;
-        let (names, addrs) = start.destinations(clean);
+        let (n, a) = start.destinations(clean);
         eprintln!(
-            "docker tier: Claude Code {version}, first start {tag}: names {names:?}, \
-             addresses without a name {addrs:?} (and api.mock.test, the mock, allowed)"
+            "docker tier: Claude Code {version}, first start {}: names {n:?}, addresses \
+             without a name {a:?} (and api.mock.test, the mock, allowed)",
+            start.tag
         );
-        for n in names {
-            let why = if allowed.allows(&n) {
-                "anthropic preset".to_string()
-            } else if telemetry.allows(&n) {
-                "telemetry preset (opt-in)".to_string()
-            } else if let Some((_, w)) = NOT_IN_ANTHROPIC_PRESET.iter().find(|(x, _)| *x == n) {
-                format!("left out: {w}")
-            } else {
-                uncovered.push(format!(
-                    "{n} (asked for in the {tag} run): add it to the anthropic preset in \
-                     src/policy/presets.rs when the CLI needs it, or to \
-                     NOT_IN_ANTHROPIC_PRESET in tests/docker.rs with the reason"
-                ));
-                "NOT COVERED".to_string()
-            };
-            all_names.insert(format!("{n} ({why})"));
+        for n in n {
+            names.entry(n).or_default().push(start.tag);
         }
-        for a in addrs {
-            let covered = anthropic
-                .iter()
-                .any(|e| matches!(&e.target, Target::Net(net) if net.contains(&a)));
-            if !covered {
-                uncovered.push(format!(
-                    "address {a} without a DNS name (the {tag} run): add its published \
-                     range to the anthropic preset in src/policy/presets.rs"
-                ));
-            }
+        for a in a {
+            addrs.entry(a).or_default().push(start.tag);
+        }
+    }
+    let mut uncovered = vec![];
+    let mut all_names = vec![];
+    for (n, runs) in &names {
+        let why = if allowed.allows(n) {
+            "anthropic preset".to_string()
+        } else if telemetry.allows(n) {
+            "telemetry preset (opt-in)".to_string()
+        } else if let Some((_, w)) = NOT_IN_ANTHROPIC_PRESET.iter().find(|(x, _)| x == n) {
+            format!("left out: {w}")
+        } else {
+            uncovered.push(format!(
+                "{n} (runs {runs:?}): add it to the anthropic preset in src/policy/presets.rs \
+                 when the CLI needs it, or to NOT_IN_ANTHROPIC_PRESET in tests/docker.rs \
+                 with the reason"
+            ));
+            "NOT COVERED".to_string()
+        };
+        all_names.push(format!("{n} ({why}; runs {runs:?})"));
+    }
+    for (a, runs) in &addrs {
+        let covered = anthropic
+            .iter()
+            .any(|e| matches!(&e.target, Target::Net(net) if net.contains(a)));
+        if !covered {
+            uncovered.push(format!(
+                "address {a} without a DNS name (runs {runs:?}): add its published range \
+                 to the anthropic preset in src/policy/presets.rs"
+            ));
         }
     }
     eprintln!("docker tier: every name Claude Code {version} asked for at first start:");
