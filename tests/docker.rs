@@ -1697,6 +1697,254 @@ fn case_claude_tui_screen_stays_clean(clean: &Cleanup) {
 }
 
 // ---------------------------------------------------------------------------------------
+// the names the CLI asks for
+
+/// Names the real CLI asks for that the `anthropic` preset deliberately leaves out, each
+/// with the preset or setting that covers it. The `telemetry` preset's names are left out
+/// as well (opt-in by design); they are taken from that preset, not repeated here.
+const NOT_IN_ANTHROPIC_PRESET: &[(&str, &str)] = &[
+    // The official plugin marketplace, looked up at every interactive start: the `github`
+    // preset, or CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL=1 to skip it.
+    ("github.com", "the github preset"),
+    // The changelog (anthropics/claude-code's CHANGELOG.md), fetched only with the
+    // non-essential traffic the image switches off: the host serves any GitHub user's
+    // files, too wide for the default; the `github` preset has it.
+    ("raw.githubusercontent.com", "the github preset"),
+];
+
+/// What PID 1's audit log (SANDBOX_AUDIT_LOG) recorded: the denied names and the blocked
+/// addresses, each once. Fails when the log says it held destinations back (they would be
+/// missing from the lists).
+fn audit_destinations(log: &Path) -> (Vec<String>, Vec<std::net::IpAddr>) {
+    let body = std::fs::read_to_string(log)
+        .unwrap_or_else(|e| panic!("PID 1 wrote no audit log {}: {e}", log.display()));
+    let (mut names, mut addrs) = (vec![], vec![]);
+    for line in body.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("audit log line {line:?}: {e}"));
+        match v["event"].as_str() {
+            Some("denied_name") => names.push(v["name"].as_str().unwrap().to_string()),
+            Some("blocked") => addrs.push(v["addr"].as_str().unwrap().parse().unwrap()),
+            Some("summary") => assert!(
+                v["new_not_listed"].as_u64().unwrap_or(0) == 0 && v["of"] != "others",
+                "the audit log held destinations back, so the list is incomplete: {line}"
+            ),
+            _ => {}
+        }
+    }
+    names.sort();
+    names.dedup();
+    addrs.sort();
+    addrs.dedup();
+    (names, addrs)
+}
+
+/// One first start of the real CLI (a fresh home volume) with nothing allowed but the mock:
+/// every other name it asks for is denied, so PID 1's audit log lists them all.
+struct FirstStart {
+    tag: &'static str,
+    credential: (&'static str, &'static str),
+    /// The image's command under `docker run -it` in tmux, else `claude -p`.
+    interactive: bool,
+    /// ANTHROPIC_BASE_URL is the mock (a turn is answered); else the CLI talks to
+    /// api.anthropic.com as a user's would, and gets no answer.
+    mock: bool,
+    /// The image's quiet defaults (DISABLE_AUTOUPDATER, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC)
+    /// cleared, as a user may: the updater and the non-essential calls run.
+    chatty: bool,
+}
+
+impl FirstStart {
+    fn destinations(&self, clean: &Cleanup) -> (Vec<String>, Vec<std::net::IpAddr>) {
+        let tag = self.tag;
+        let dir = temp_dir(&format!("first-start-{tag}"));
+        clean.dir(&dir);
+        let vol = format!("sandbox-init-test-home-first-{tag}");
+        let name = format!("sandbox-init-test-first-{tag}");
+        let _ = docker(&["rm", "-f", &name]);
+        let _ = docker(&["volume", "rm", "-f", &vol]);
+        clean.volume(&vol);
+        clean.container(&name);
+        let (cred, secret) = self.credential;
+        let prompt = format!("hello CASE-FIRST-{tag}");
+        let api = if self.mock {
+            format!("-e ANTHROPIC_BASE_URL={MOCK_URL}")
+        } else {
+            // Offline, the API's retries would only repeat the same name.
+            "-e CLAUDE_CODE_MAX_RETRIES=0".to_string()
+        };
+        let defaults = if self.chatty {
+            "-e DISABLE_AUTOUPDATER= -e CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="
+        } else {
+            ""
+        };
+        let cli = if self.interactive {
+            String::new()
+        } else {
+            format!("claude -p '{prompt}' --dangerously-skip-permissions")
+        };
+        // The image's preset is cleared: only the mock is allowed, by name and port.
+        let line = format!(
+            "docker run --rm {tty} --name {name} --network {NET} --dns {DNS_IP} \
+             --cap-add NET_ADMIN --read-only --tmpfs /tmp --tmpfs /run -v {vol}:/home/claude \
+             -v {dir}:/audit -e {cred} -e SANDBOX_PRESETS= -e SANDBOX_ALLOW=api.mock.test:8080 \
+             -e SANDBOX_AUDIT_LOG=/audit/audit.jsonl {api} {defaults} {CLAUDE_IMG} {cli}",
+            tty = if self.interactive { "-it" } else { "" },
+            dir = dir.display(),
+        );
+        if self.interactive {
+            let tmux = Tmux::start(
+                &format!("first-{tag}"),
+                &format!("{line}; echo SESSION-OVER; sleep 600"),
+                &[(cred, secret)],
+            );
+            let mut seen = vec![];
+            tmux.wait_for("bypass permissions on", Duration::from_secs(60), &mut seen);
+            if self.mock {
+                tmux.keys(&["-l", &prompt]);
+                std::thread::sleep(Duration::from_millis(300));
+                tmux.keys(&["Enter"]);
+                tmux.wait_for("MOCK-ANSWER-42", Duration::from_secs(60), &mut seen);
+            }
+            // The start's background lookups (settings, plugins, marketplace, updater)
+            // run while the UI is up: a capture window, not a timing assertion.
+            std::thread::sleep(Duration::from_secs(10));
+            tmux.keys(&["-l", "/exit"]);
+            std::thread::sleep(Duration::from_millis(300));
+            tmux.keys(&["Enter"]);
+            tmux.wait_for("SESSION-OVER", Duration::from_secs(30), &mut seen);
+        } else {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", &line]).env(cred, secret);
+            let r = run_bounded(cmd, Duration::from_secs(120));
+            if self.mock {
+                r.assert_code(0);
+                assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+            } else {
+                // It ends by itself, with the CLI's own error, not PID 1's.
+                assert!(r.code.is_some_and(|c| c != 0 && c < 64), "{r}");
+            }
+        }
+        audit_destinations(&dir.join("audit.jsonl"))
+    }
+}
+
+/// Every DNS name (and address without a name) the real CLI asks for at its first start:
+/// `claude -p` and the interactive UI, with an API key and with an OAuth token, each once
+/// against the mock and once as a user's would (ANTHROPIC_BASE_URL unset, the API denied).
+/// Each name must be covered by the `anthropic` preset, the `telemetry` preset, or the
+/// deliberate list above. A release that starts asking for a new host fails here, naming it.
+fn case_claude_first_start_names(clean: &Cleanup) {
+    use sandbox_init::policy::allowlist::{Entry, Target};
+    use sandbox_init::policy::{names::Policy, presets};
+    let version = docker_ok(&[
+        "image",
+        "inspect",
+        CLAUDE_IMG,
+        "--format",
+        "{{index .Config.Labels \"dev.sandbox-init.claude-code.version\"}}",
+    ]);
+    let version = version.trim();
+    let entries = |preset: &str| -> Vec<Entry> {
+        presets::lookup(preset)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.parse().unwrap())
+            .collect()
+    };
+    let anthropic = entries("anthropic");
+    let allowed = Policy::new(&anthropic);
+    let telemetry = Policy::new(&entries("telemetry"));
+    let (key, oauth) = (
+        ("ANTHROPIC_API_KEY", API_KEY),
+        ("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN),
+    );
+    let run = |tag, credential, interactive, mock, chatty| FirstStart {
+        tag,
+        credential,
+        interactive,
+        mock,
+        chatty,
+    };
+    let runs = [
+        run("p-key-mock", key, false, true, false),
+        run("p-oauth-mock", oauth, false, true, false),
+        run("p-key", key, false, false, false),
+        run("p-oauth", oauth, false, false, false),
+        run("tui-key-mock", key, true, true, false),
+        run("tui-oauth-mock", oauth, true, true, false),
+        run("tui-key", key, true, false, false),
+        run("tui-oauth", oauth, true, false, false),
+        run("p-oauth-chatty", oauth, false, false, true),
+        run("tui-oauth-chatty", oauth, true, false, true),
+    ];
+    // Each name and address with the runs that asked for it.
+    let mut names = std::collections::BTreeMap::<String, Vec<&str>>::new();
+    let mut addrs = std::collections::BTreeMap::<std::net::IpAddr, Vec<&str>>::new();
+    for start in &runs {
+        let (n, a) = start.destinations(clean);
+        eprintln!(
+            "docker tier: Claude Code {version}, first start {}: names {n:?}, addresses \
+             without a name {a:?} (and api.mock.test, the mock, allowed)",
+            start.tag
+        );
+        for n in n {
+            names.entry(n).or_default().push(start.tag);
+        }
+        for a in a {
+            addrs.entry(a).or_default().push(start.tag);
+        }
+    }
+    let mut uncovered = vec![];
+    let mut all_names = vec![];
+    for (n, runs) in &names {
+        let why = if allowed.allows(n) {
+            "anthropic preset".to_string()
+        } else if telemetry.allows(n) {
+            "telemetry preset (opt-in)".to_string()
+        } else if let Some((_, w)) = NOT_IN_ANTHROPIC_PRESET.iter().find(|(x, _)| x == n) {
+            format!("left out: {w}")
+        } else {
+            uncovered.push(format!(
+                "{n} (runs {runs:?}): add it to the anthropic preset in src/policy/presets.rs \
+                 when the CLI needs it, or to NOT_IN_ANTHROPIC_PRESET in tests/docker.rs \
+                 with the reason"
+            ));
+            "NOT COVERED".to_string()
+        };
+        all_names.push(format!("{n} ({why}; runs {runs:?})"));
+    }
+    for (a, runs) in &addrs {
+        let covered = anthropic
+            .iter()
+            .any(|e| matches!(&e.target, Target::Net(net) if net.contains(a)));
+        if !covered {
+            uncovered.push(format!(
+                "address {a} without a DNS name (runs {runs:?}): add its published range \
+                 to the anthropic preset in src/policy/presets.rs"
+            ));
+        }
+    }
+    eprintln!("docker tier: every name Claude Code {version} asked for at first start:");
+    for n in &all_names {
+        eprintln!("  {n}");
+    }
+    // A capture that saw nothing would make the checks above vacuous: the interactive
+    // start looks up at least its plugin downloads.
+    assert!(
+        !all_names.is_empty(),
+        "the audit log recorded no name at all: the capture is broken"
+    );
+    assert!(
+        uncovered.is_empty(),
+        "Claude Code {version} asked at first start for what the anthropic preset does not \
+         cover:\n  {}",
+        uncovered.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // `docker exec` sessions and the lockdown
 
 const SUDO_BASE: &str = "sandbox-init-test/debian-sudo:bookworm";
@@ -1947,6 +2195,10 @@ fn docker_end_to_end() {
         (
             "claude: the TUI's screen stays clean, the summary comes after",
             Box::new(|| case_claude_tui_screen_stays_clean(&clean)),
+        ),
+        (
+            "claude: the names the CLI asks for at first start",
+            Box::new(|| case_claude_first_start_names(&clean)),
         ),
     ];
     // SANDBOX_DOCKER_CASES=word,word runs only the cases whose names hold one of the words

@@ -10,21 +10,34 @@ pub struct Preset {
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "anthropic",
-        about: "the Claude API (published fixed ranges), login, token refresh, plugins, MCP",
+        about: "the Claude API (published fixed ranges, also Remote Control), login, token \
+                refresh, updater, plugins, claude.ai MCP connectors, Claude Code's docs",
         entries: &[
             // Anthropic's published fixed API ranges: the API keeps working when its
-            // addresses rotate inside them.
+            // addresses rotate inside them. Remote Control's bridge connects to an
+            // address in these ranges without asking DNS for a name.
             "160.79.104.0/23",
             "2607:6bc0::/48",
+            // The Messages API and the CLI's other calls under its base URL (remote
+            // managed settings among them): asked for at every start without
+            // ANTHROPIC_BASE_URL.
             "api.anthropic.com",
-            // OAuth login and token refresh
+            // OAuth login (claude.com, claude.ai, platform.claude.com) and token refresh
+            // (platform.claude.com); console.anthropic.com is where earlier releases
+            // logged in.
             "claude.ai",
             "claude.com",
             "platform.claude.com",
             "console.anthropic.com",
-            // plugins and release downloads, MCP proxy
+            // The updater's releases, the official plugins and the model catalog: asked
+            // for at every interactive start.
             "downloads.claude.ai",
+            // The proxy through which the CLI reaches the MCP connectors of a claude.ai
+            // account.
             "mcp-proxy.anthropic.com",
+            // Claude Code's own documentation, which the CLI fetches as Markdown to
+            // answer questions about itself (and its changelog).
+            "code.claude.com",
         ],
     },
     Preset {
@@ -124,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn anthropic_has_the_published_ranges_and_login_hosts() {
+    fn anthropic_has_the_published_ranges_and_the_hosts_the_cli_uses() {
         let a = lookup("anthropic").unwrap();
         let parsed: Vec<Target> = a
             .entries
@@ -140,6 +153,7 @@ mod tests {
             Target::Host("console.anthropic.com".into()),
             Target::Host("downloads.claude.ai".into()),
             Target::Host("mcp-proxy.anthropic.com".into()),
+            Target::Host("code.claude.com".into()),
         ] {
             assert!(parsed.contains(&must), "{must:?}");
         }
