@@ -773,6 +773,19 @@ mod tests {
     }
 
     #[test]
+    fn the_listening_udp_socket_gets_its_large_buffer_while_privileged() {
+        let w = world();
+        let got = socket2::SockRef::from(&w.f.listeners.udp[0])
+            .recv_buffer_size()
+            .unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(got >= 4 << 20, "{got}");
+        } else {
+            assert!(got > 0);
+        }
+    }
+
+    #[test]
     fn both_attempts_lost_is_servfail_with_the_clients_id_and_question() {
         let mut w = world();
         ask(&w, 0x0707, "a.allowed.test");

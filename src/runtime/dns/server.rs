@@ -33,23 +33,13 @@ pub struct Listeners {
     pub tcp: Vec<TcpListener>,
 }
 
-fn set_rcvbuf(fd: BorrowedFd<'_>, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain setsockopt with an int. FORCE works while PID 1 is still privileged
-    // (binding happens before the command starts); the plain one is the fallback.
-    unsafe {
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &bytes as *const i32 as *const libc::c_void,
-                4,
-            ) == 0
-            {
-                return;
-            }
-        }
+/// A large receive buffer for a listening UDP socket (a burst of queries must not be
+/// dropped): FORCE works while PID 1 is still privileged (binding happens before the
+/// command starts); the plain one, capped by the system's maximum, is the fallback.
+fn set_rcvbuf(s: &UdpSocket, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(s, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &bytes);
     }
 }
 
@@ -67,7 +57,7 @@ impl Listeners {
             });
             match pair {
                 Ok((u, t)) => {
-                    set_rcvbuf(u.as_fd(), 4 << 20);
+                    set_rcvbuf(&u, 4 << 20);
                     udp.push(u);
                     tcp.push(t);
                 }
