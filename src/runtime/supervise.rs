@@ -30,6 +30,12 @@ pub const GRACE: Duration = Duration::from_millis(500);
 /// Work PID 1 does beside supervising while the command runs (answering DNS, reporting
 /// blocked destinations). Everything runs on PID 1's one thread: a duty waits on its
 /// descriptors through the supervisor's poll and must never block.
+///
+/// A duty that must also wait for writability (output a peer has not taken yet) keeps its
+/// sockets in an epoll set of its own, registered for `EPOLLOUT` while output waits, and
+/// hands out that set's descriptor: it is readable whenever any event registered in it is
+/// ready, writability included. So no duty needs a timer to retry a write (the DNS
+/// filter's TCP clients work this way).
 pub trait Duty {
     /// Descriptors to wait for readability on; asked again before every wait.
     fn fds(&self) -> Vec<BorrowedFd<'_>>;

@@ -1,23 +1,26 @@
 //! The DNS forwarder PID 1 serves on loopback port 53 (the child's port-53 traffic is
 //! redirected here by the firewall). Single-threaded and non-blocking: a `Duty` of the
-//! supervisor loop, with its own epoll set (the supervisor polls one descriptor for all of
-//! its sockets). Denied names are answered NXDOMAIN at once and never leave the container;
-//! allowed names go upstream (the resolvers of /etc/resolv.conf, see `upstream` for what
-//! an answer must match), and the addresses of the answer enter the firewall's dynamic
-//! sets before the answer is released.
+//! supervisor loop, with its own epoll set (`events`). This module decides: denied names
+//! are answered NXDOMAIN at once and never leave the container; allowed names go upstream
+//! (the resolvers of /etc/resolv.conf; `upstream` says what an answer must match, `retry`
+//! when an attempt has failed), and the addresses of the answer enter the firewall's
+//! dynamic sets before the answer is released to the client (`server`).
 
+use super::events::Token;
+use super::retry::{Book, Tries};
+use super::server::{Client, Clients, Listeners};
 use super::sets::{SetWriter, Tracker, CEILING};
-use super::upstream::{self, Check, Entropy, Sent};
+use super::upstream::{self, Check, Entropy, Link, Progress, Sent};
 use super::wire::{self, Bad, Query};
 use crate::policy::names::{Group, Policy, Shared};
 use crate::runtime::report::{Event, SharedReporter};
 use crate::runtime::supervise::Duty;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use std::collections::{BTreeSet, HashMap};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use crate::policy::ruleset::{
     DNS_LISTEN_V4 as LISTEN_V4, DNS_LISTEN_V6 as LISTEN_V6, DNS_PORT as PORT,
@@ -26,64 +29,13 @@ pub use crate::policy::ruleset::{
 /// Queries waiting for an upstream answer over UDP (each holds its own socket; beyond:
 /// SERVFAIL at once). Lowered when the descriptor limit is smaller.
 const MAX_PENDING: usize = 1024;
-const MAX_TCP_CLIENTS: usize = 128;
 const MAX_UPSTREAM_TCP: usize = 64;
-/// Per client connection: queries in flight, unsent output.
-const MAX_CLIENT_INFLIGHT: usize = 16;
-const MAX_CLIENT_OUT: usize = 256 * 1024;
-/// A client datagram this size or larger is not a query we answer.
+/// A client message this size or larger is not a query we answer.
 const MAX_QUERY: usize = 4096;
-const TRY_TIMEOUT: Duration = Duration::from_millis(1500);
-const TRIES: u8 = 2;
-const TCP_TIMEOUT: Duration = Duration::from_secs(4);
-const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Datagrams read per socket per event, so no socket starves the others.
+/// Datagrams read per listening socket per event, so no socket starves the others.
 const BURST: usize = 256;
-/// Datagrams read from one attempt's socket per event (one is its answer; the rest is
-/// noise that must not keep PID 1 busy).
-const UPSTREAM_BURST: usize = 16;
 /// Events taken from the epoll set per wake-up.
 const EVENTS: usize = 256;
-/// The EDNS buffer size we advertise upstream (the DNS flag day value).
-const EDNS_SIZE: u16 = 1232;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Client {
-    Udp { sock: usize, from: SocketAddr },
-    Tcp { conn: u64 },
-}
-
-/// What an epoll event is about: a kind in the top byte, an index or id below.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
-    ListenUdp(usize),
-    ListenTcp(usize),
-    Client(u64),
-    Upstream(u64),
-}
-
-impl Token {
-    const SHIFT: u32 = 56;
-    fn encode(self) -> u64 {
-        let (kind, v) = match self {
-            Token::ListenUdp(i) => (1, i as u64),
-            Token::ListenTcp(i) => (2, i as u64),
-            Token::Client(c) => (3, c),
-            Token::Upstream(u) => (4, u),
-        };
-        (kind << Self::SHIFT) | (v & ((1 << Self::SHIFT) - 1))
-    }
-    fn decode(t: u64) -> Option<Token> {
-        let v = t & ((1 << Self::SHIFT) - 1);
-        Some(match t >> Self::SHIFT {
-            1 => Token::ListenUdp(v as usize),
-            2 => Token::ListenTcp(v as usize),
-            3 => Token::Client(v),
-            4 => Token::Upstream(v),
-            _ => return None,
-        })
-    }
-}
 
 /// A client's question, kept until it is answered.
 struct Ask {
@@ -100,51 +52,14 @@ struct Ask {
     edns: bool,
     groups: BTreeSet<Group>,
     tcp: bool,
-    /// The server of the next attempt (an index into the servers, taken modulo).
-    server: usize,
-    tries: u8,
+    tries: Tries,
 }
 
-/// One attempt on the wire: its own socket, id and spelling.
-struct Attempt {
-    sent: Sent,
-    link: Link,
-    deadline: Instant,
-}
-
-enum Link {
-    Udp(UdpSocket),
-    Tcp {
-        s: TcpStream,
-        out: Vec<u8>,
-        written: usize,
-        inbuf: Vec<u8>,
-    },
-}
-
-impl Link {
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Link::Udp(s) => s.as_fd(),
-            Link::Tcp { s, .. } => s.as_fd(),
-        }
-    }
-}
-
+/// A question and its attempt on the wire: its own socket, id and spelling.
 struct Pending {
     ask: Ask,
-    attempt: Attempt,
-}
-
-struct TcpClient {
-    s: TcpStream,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    inflight: usize,
-    eof: bool,
-    idle_until: Instant,
-    /// The interest registered in the epoll set.
-    interest: EpollFlags,
+    sent: Sent,
+    link: Link,
 }
 
 struct Server {
@@ -156,18 +71,14 @@ struct Server {
 
 pub struct Forwarder {
     poll: Epoll,
-    udp: Vec<UdpSocket>,
-    tcp: Vec<TcpListener>,
+    listeners: Listeners,
+    clients: Clients,
     servers: Vec<Server>,
     /// Shared with the control socket, which changes it in a running sandbox.
     policy: Shared,
-    pending: HashMap<u64, Pending>,
-    /// (deadline, pending id), earliest first.
-    timers: BTreeSet<(Instant, u64)>,
-    udp_pending: usize,
-    tcp_pending: usize,
+    pending: Book<Pending>,
     max_pending: usize,
-    clients: HashMap<u64, TcpClient>,
+    /// Ids of attempts and client connections (never reused).
     next_id: u64,
     tracker: Tracker,
     writer: Option<SetWriter>,
@@ -194,32 +105,6 @@ pub struct Stats {
     pub case_fallbacks: u64,
 }
 
-fn nonblocking_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = UdpSocket::bind(addr)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
-fn set_rcvbuf(fd: BorrowedFd<'_>, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain setsockopt with an int. FORCE works while PID 1 is still privileged
-    // (binding happens before the command starts); the plain one is the fallback.
-    unsafe {
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &bytes as *const i32 as *const libc::c_void,
-                4,
-            ) == 0
-            {
-                return;
-            }
-        }
-    }
-}
-
 /// Queries in flight that the descriptor limit allows (each holds a socket): the soft
 /// limit is raised to the hard one first (no privilege needed).
 fn pending_limit() -> usize {
@@ -238,19 +123,6 @@ fn pending_limit() -> usize {
     (spare / 2).clamp(16, MAX_PENDING)
 }
 
-/// The query that goes upstream: our id, RD/CD from the client, the question (as we spell
-/// it) and an EDNS record; nothing else the child put in its message leaves the container.
-fn upstream_query(id: u16, flags: [u8; 2], question: &[u8]) -> Vec<u8> {
-    let mut up = Vec::with_capacity(12 + question.len() + 11);
-    up.extend_from_slice(&id.to_be_bytes());
-    up.extend_from_slice(&[flags[0] & 0x01, flags[1] & 0x10, 0, 1, 0, 0, 0, 0, 0, 1]);
-    up.extend_from_slice(question);
-    up.extend_from_slice(&[0, 0, 41]);
-    up.extend_from_slice(&EDNS_SIZE.to_be_bytes());
-    up.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    up
-}
-
 impl Forwarder {
     /// Binds 127.0.0.1:53 (required) and [::1]:53 (when the host has IPv6), UDP and TCP.
     /// Must run while PID 1 may still bind privileged ports.
@@ -260,60 +132,31 @@ impl Forwarder {
         writer: Option<SetWriter>,
         reporter: SharedReporter,
     ) -> Result<Forwarder, String> {
-        let poll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
-            .map_err(|e| format!("DNS filter: cannot create an epoll set: {e}"))?;
-        let mut udp = vec![];
-        let mut tcp = vec![];
-        for (ip, required) in [
-            (IpAddr::V4(LISTEN_V4), true),
-            (IpAddr::V6(LISTEN_V6), false),
-        ] {
-            let sa = SocketAddr::new(ip, PORT);
-            let pair = nonblocking_udp(sa).and_then(|u| {
-                let t = TcpListener::bind(sa)?;
-                t.set_nonblocking(true)?;
-                Ok((u, t))
-            });
-            match pair {
-                Ok((u, t)) => {
-                    set_rcvbuf(u.as_fd(), 4 << 20);
-                    udp.push(u);
-                    tcp.push(t);
-                }
-                Err(e) if required => {
-                    // Docker lets any process bind low ports in a container
-                    // (ip_unprivileged_port_start=0); other runtimes need the capability.
-                    let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                        "add --cap-add NET_BIND_SERVICE"
-                    } else {
-                        "another DNS server in the container?"
-                    };
-                    return Err(format!(
-                        "DNS filter: cannot listen on {sa}: {e} ({why}); or use --dns resolver"
-                    ));
-                }
-                Err(e) => log::debug!("DNS filter: not listening on {sa}: {e}"),
-            }
-        }
-        let register = |fd: BorrowedFd<'_>, t: Token| {
-            poll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, t.encode()))
-                .map_err(|e| format!("DNS filter: epoll: {e}"))
-        };
-        for (i, u) in udp.iter().enumerate() {
-            register(u.as_fd(), Token::ListenUdp(i))?;
-        }
-        for (i, t) in tcp.iter().enumerate() {
-            register(t.as_fd(), Token::ListenTcp(i))?;
-        }
+        let listen = [
+            (SocketAddr::new(IpAddr::V4(LISTEN_V4), PORT), true),
+            (SocketAddr::new(IpAddr::V6(LISTEN_V6), PORT), false),
+        ];
         // Our own addresses are never an upstream (that would loop).
-        let servers: Vec<Server> = upstreams
+        let servers: Vec<SocketAddr> = upstreams
             .iter()
             .filter(|ip| **ip != IpAddr::V4(LISTEN_V4) && **ip != IpAddr::V6(LISTEN_V6))
-            .map(|ip| Server {
-                addr: SocketAddr::new(*ip, PORT),
-                folds_case: false,
-            })
+            .map(|ip| SocketAddr::new(*ip, PORT))
             .collect();
+        Forwarder::listen(&listen, policy, &servers, writer, reporter)
+    }
+
+    /// A forwarder on the given addresses (required ones must bind), asking `servers`.
+    fn listen(
+        listen: &[(SocketAddr, bool)],
+        policy: Policy,
+        servers: &[SocketAddr],
+        writer: Option<SetWriter>,
+        reporter: SharedReporter,
+    ) -> Result<Forwarder, String> {
+        let poll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|e| format!("DNS filter: cannot create an epoll set: {e}"))?;
+        let listeners = Listeners::bind(listen)?;
+        listeners.register(&poll)?;
         if servers.is_empty() {
             log::warn!(
                 "DNS filter: /etc/resolv.conf names no usable resolver; allowed names will \
@@ -322,16 +165,18 @@ impl Forwarder {
         }
         Ok(Forwarder {
             poll,
-            udp,
-            tcp,
-            servers,
+            listeners,
+            clients: Clients::default(),
+            servers: servers
+                .iter()
+                .map(|addr| Server {
+                    addr: *addr,
+                    folds_case: false,
+                })
+                .collect(),
             policy: std::rc::Rc::new(std::cell::RefCell::new(policy)),
-            pending: HashMap::new(),
-            timers: BTreeSet::new(),
-            udp_pending: 0,
-            tcp_pending: 0,
+            pending: Book::default(),
             max_pending: pending_limit(),
-            clients: HashMap::new(),
             next_id: 0,
             tracker: Tracker::default(),
             writer,
@@ -399,18 +244,16 @@ impl Forwarder {
         }
         let tcp = matches!(client, Client::Tcp { .. });
         let full = if tcp {
-            self.tcp_pending >= MAX_UPSTREAM_TCP
+            self.pending.in_flight(true) >= MAX_UPSTREAM_TCP
         } else {
-            self.udp_pending >= self.max_pending
+            self.pending.in_flight(false) >= self.max_pending
         };
         if self.servers.is_empty() || full {
             self.stats.servfail += 1;
             return wire::error_answer(msg, Some(q.end), wire::RCODE_SERVFAIL);
         }
         if let Client::Tcp { conn } = client {
-            if let Some(c) = self.clients.get_mut(&conn) {
-                c.inflight += 1;
-            }
+            self.clients.forwarded(conn);
         }
         let ask = Ask {
             client,
@@ -421,8 +264,7 @@ impl Forwarder {
             q,
             groups,
             tcp,
-            server: 0,
-            tries: 0,
+            tries: Tries::default(),
         };
         self.stats.forwarded += 1;
         self.launch(ask, now);
@@ -432,9 +274,9 @@ impl Forwarder {
     /// Sends the next attempt of `ask` (a new socket, id and spelling), to the next
     /// server that takes it; SERVFAIL when none does.
     fn launch(&mut self, mut ask: Ask, now: Instant) {
-        let n = self.servers.len();
-        for _ in 0..n.max(1) {
-            let Some(server) = self.servers.get(ask.server % n.max(1)) else {
+        let n = self.servers.len().max(1);
+        for _ in 0..n {
+            let Some(server) = self.servers.get(ask.tries.server % n) else {
                 break;
             };
             let (addr, exact_case) = (server.addr, !server.folds_case);
@@ -443,33 +285,19 @@ impl Forwarder {
             if exact_case {
                 upstream::randomize_case(&mut question, &mut self.rng);
             }
-            let msg = upstream_query(id, ask.client_flags, &question);
-            let link = if ask.tcp {
-                upstream::tcp_connect(addr).map(|s| {
-                    let mut out = (msg.len() as u16).to_be_bytes().to_vec();
-                    out.extend_from_slice(&msg);
-                    Link::Tcp {
-                        s,
-                        out,
-                        written: 0,
-                        inbuf: vec![],
-                    }
-                })
-            } else {
-                upstream::udp_socket(addr, self.ports, &mut self.rng)
-                    .and_then(|s| s.send(&msg).map(|_| Link::Udp(s)))
-            };
-            let link = match link {
+            let msg = upstream::query(id, ask.client_flags, &question);
+            let link = match Link::open(addr, ask.tcp, &msg, self.ports, &mut self.rng) {
                 Ok(l) => l,
                 Err(e) => {
                     log::debug!("DNS filter: to {addr}: {e}");
-                    ask.server += 1;
+                    ask.tries.skip_server();
                     continue;
                 }
             };
-            let interest = match link {
-                Link::Tcp { .. } => EpollFlags::EPOLLOUT,
-                Link::Udp(_) => EpollFlags::EPOLLIN,
+            let interest = if link.writes_first() {
+                EpollFlags::EPOLLOUT
+            } else {
+                EpollFlags::EPOLLIN
             };
             self.next_id += 1;
             let pid = self.next_id;
@@ -480,49 +308,31 @@ impl Forwarder {
                 log::debug!("DNS filter: epoll: {e}");
                 break;
             }
-            ask.tries += 1;
-            let deadline = now + if ask.tcp { TCP_TIMEOUT } else { TRY_TIMEOUT };
-            if ask.tcp {
-                self.tcp_pending += 1;
-            } else {
-                self.udp_pending += 1;
-            }
-            self.timers.insert((deadline, pid));
+            ask.tries.made();
             let sent = Sent {
                 server: addr,
                 id,
                 question,
                 exact_case,
             };
-            let attempt = Attempt {
-                sent,
-                link,
-                deadline,
-            };
-            self.pending.insert(pid, Pending { ask, attempt });
+            let tcp = ask.tcp;
+            self.pending
+                .insert(pid, tcp, now, Pending { ask, sent, link });
             return;
         }
         self.fail(ask);
     }
 
-    /// Ends an attempt: out of the maps and the counts. Its socket closes when the caller
-    /// drops it, which also takes it out of the epoll set (nothing else holds the socket:
-    /// no EPOLL_CTL_DEL needed, one system call less per query).
+    /// Ends an attempt. Its socket closes when the caller drops it, which also takes it
+    /// out of the epoll set (nothing else holds the socket: no EPOLL_CTL_DEL needed, one
+    /// system call less per query).
     fn take(&mut self, pid: u64) -> Option<Pending> {
-        let p = self.pending.remove(&pid)?;
-        self.timers.remove(&(p.attempt.deadline, pid));
-        if p.ask.tcp {
-            self.tcp_pending -= 1;
-        } else {
-            self.udp_pending -= 1;
-        }
-        Some(p)
+        self.pending.take(pid)
     }
 
     /// The attempt failed (timeout, refused, closed): the next one, or SERVFAIL.
     fn retry(&mut self, mut ask: Ask, now: Instant) {
-        if ask.tries < TRIES {
-            ask.server += 1;
+        if ask.tries.failed() {
             self.launch(ask, now);
         } else {
             self.fail(ask);
@@ -545,13 +355,13 @@ impl Forwarder {
     /// A datagram or message that arrived for attempt `pid`: released when it is the
     /// answer, else the attempt goes on (or is repeated without random case).
     fn on_answer(&mut self, pid: u64, from: SocketAddr, msg: &[u8], now: Instant) -> bool {
-        let Some(p) = self.pending.get(&pid) else {
+        let Some(p) = self.pending.get(pid) else {
             return true;
         };
-        match upstream::check(&p.attempt.sent, from, msg) {
+        match upstream::check(&p.sent, from, msg) {
             Check::Accept => {
                 let q = Query {
-                    id: p.attempt.sent.id,
+                    id: p.sent.id,
                     ..p.ask.q.clone()
                 };
                 let Some(a) = wire::parse_answer(msg, &q) else {
@@ -564,7 +374,7 @@ impl Forwarder {
                 true
             }
             Check::CaseOnly => {
-                let i = p.ask.server % self.servers.len().max(1);
+                let i = p.ask.tries.server % self.servers.len().max(1);
                 if let Some(s) = self.servers.get_mut(i) {
                     if !s.folds_case {
                         log::info!(
@@ -578,7 +388,7 @@ impl Forwarder {
                 self.stats.case_fallbacks += 1;
                 if let Some(mut p) = self.take(pid) {
                     // Same server again, plainly: not counted as a try.
-                    p.ask.tries = p.ask.tries.saturating_sub(1);
+                    p.ask.tries.again();
                     self.launch(p.ask, now);
                 }
                 true
@@ -633,35 +443,21 @@ impl Forwarder {
     fn reply(&mut self, client: Client, msg: Vec<u8>, done: bool) {
         match client {
             Client::Udp { sock, from } => {
-                if let Some(s) = self.udp.get(sock) {
+                if let Some(s) = self.listeners.udp.get(sock) {
                     // A full buffer drops the answer; the client retries.
                     let _ = s.send_to(&msg, from);
                 }
             }
-            Client::Tcp { conn } => {
-                let Some(c) = self.clients.get_mut(&conn) else {
-                    return;
-                };
-                if done {
-                    c.inflight = c.inflight.saturating_sub(1);
-                }
-                if c.wbuf.len() + msg.len() + 2 > MAX_CLIENT_OUT {
-                    // Not reading its answers: drop the connection.
-                    self.close_client(conn);
-                    return;
-                }
-                c.wbuf.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-                c.wbuf.extend_from_slice(&msg);
-                flush(c);
-                self.update_client(conn);
-            }
+            Client::Tcp { conn } => self.clients.answer(conn, &msg, done, &self.poll),
         }
     }
 
     fn serve_udp(&mut self, i: usize, now: Instant) {
         let mut buf = std::mem::take(&mut self.buf);
         for _ in 0..BURST {
-            let Some(sock) = self.udp.get(i) else { break };
+            let Some(sock) = self.listeners.udp.get(i) else {
+                break;
+            };
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -680,120 +476,15 @@ impl Forwarder {
     }
 
     fn accept_tcp(&mut self, i: usize, now: Instant) {
-        for _ in 0..BURST {
-            let Some(l) = self.tcp.get(i) else { break };
-            let s = match l.accept() {
-                Ok((s, _)) => s,
-                Err(_) => break,
-            };
-            if self.clients.len() >= MAX_TCP_CLIENTS || s.set_nonblocking(true).is_err() {
-                continue; // dropped: closes at once
-            }
-            self.next_id += 1;
-            let conn = self.next_id;
-            let interest = EpollFlags::EPOLLIN;
-            let ev = EpollEvent::new(interest, Token::Client(conn).encode());
-            if self.poll.add(s.as_fd(), ev).is_err() {
-                continue;
-            }
-            self.clients.insert(
-                conn,
-                TcpClient {
-                    s,
-                    rbuf: vec![],
-                    wbuf: vec![],
-                    inflight: 0,
-                    eof: false,
-                    idle_until: now + TCP_IDLE,
-                    interest,
-                },
-            );
-        }
-    }
-
-    fn close_client(&mut self, conn: u64) {
-        if let Some(c) = self.clients.remove(&conn) {
-            let _ = self.poll.delete(c.s.as_fd());
-        }
-    }
-
-    /// Registers what the client must still be watched for: input until it closed its
-    /// side (a half-closed client is never polled for reading again: its end-of-file
-    /// would wake PID 1 at once, over and over), output while answers wait. A client with
-    /// nothing left to read, send or wait for is closed.
-    fn update_client(&mut self, conn: u64) {
-        let Some(c) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        if c.eof && c.inflight == 0 && c.wbuf.is_empty() {
-            self.close_client(conn);
-            return;
-        }
-        let mut want = EpollFlags::empty();
-        if !c.eof {
-            want |= EpollFlags::EPOLLIN;
-        }
-        if !c.wbuf.is_empty() {
-            want |= EpollFlags::EPOLLOUT;
-        }
-        if want != c.interest {
-            let mut ev = EpollEvent::new(want, Token::Client(conn).encode());
-            if self.poll.modify(c.s.as_fd(), &mut ev).is_ok() {
-                c.interest = want;
-            }
+        if let Some(l) = self.listeners.tcp.get(i) {
+            self.clients.accept(l, &self.poll, &mut self.next_id, now);
         }
     }
 
     fn serve_client(&mut self, conn: u64, flags: EpollFlags, now: Instant) {
-        let mut msgs = vec![];
-        let mut close = false;
-        let Some(c) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        flush(c);
-        let mut tmp = [0u8; 4096];
-        while !c.eof {
-            match c.s.read(&mut tmp) {
-                Ok(0) => c.eof = true,
-                Ok(n) => {
-                    c.rbuf.extend_from_slice(&tmp[..n]);
-                    c.idle_until = now + TCP_IDLE;
-                    if c.rbuf.len() > 2 * 65538 {
-                        close = true;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    close = true;
-                    break;
-                }
-            }
-        }
-        // Complete messages, in order.
-        let mut off = 0;
-        while c.rbuf.len() >= off + 2 {
-            let len = u16::from_be_bytes([c.rbuf[off], c.rbuf[off + 1]]) as usize;
-            if c.rbuf.len() < off + 2 + len {
-                break;
-            }
-            msgs.push(c.rbuf[off + 2..off + 2 + len].to_vec());
-            off += 2 + len;
-        }
-        c.rbuf.drain(..off);
-        // Reset or error: nothing more can be delivered.
-        if close || flags.contains(EpollFlags::EPOLLERR) || flags.contains(EpollFlags::EPOLLHUP) {
-            self.close_client(conn);
-            return;
-        }
-        for m in msgs {
+        for m in self.clients.serve(conn, flags, &self.poll, now) {
             let client = Client::Tcp { conn };
-            let over = self
-                .clients
-                .get(&conn)
-                .is_none_or(|c| c.inflight >= MAX_CLIENT_INFLIGHT);
-            let answer = if over || m.len() >= MAX_QUERY {
+            let answer = if self.clients.busy(conn) || m.len() >= MAX_QUERY {
                 // Too much at once from one connection: not forwarded.
                 wire::parse_query(&m)
                     .ok()
@@ -805,30 +496,18 @@ impl Forwarder {
                 self.reply(client, a, false);
             }
         }
-        self.update_client(conn);
+        self.clients.update(conn, &self.poll);
     }
 
     /// Readiness of an attempt's socket.
     fn serve_upstream(&mut self, pid: u64, flags: EpollFlags, now: Instant) {
-        let Some(p) = self.pending.get_mut(&pid) else {
+        let Some(p) = self.pending.get_mut(pid) else {
             return;
         };
-        let server = p.attempt.sent.server;
-        match &mut p.attempt.link {
+        let server = p.sent.server;
+        match &mut p.link {
             Link::Udp(s) => {
-                let mut got = vec![];
-                let mut error = None;
-                for _ in 0..UPSTREAM_BURST {
-                    match s.recv_from(&mut self.buf) {
-                        Ok((n, from)) => got.push((self.buf[..n].to_vec(), from)),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            error = Some(e);
-                            break;
-                        }
-                    }
-                }
+                let (got, error) = upstream::receive(s, &mut self.buf);
                 for (msg, from) in got {
                     if self.on_answer(pid, from, &msg, now) {
                         return;
@@ -842,111 +521,43 @@ impl Forwarder {
                     }
                 }
             }
-            Link::Tcp {
-                s,
-                out,
-                written,
-                inbuf,
-            } => {
-                let mut failed = flags.contains(EpollFlags::EPOLLERR);
-                while !failed && *written < out.len() {
-                    match s.write(&out[*written..]) {
-                        Ok(n) => *written += n,
-                        Err(e)
-                            if e.kind() == ErrorKind::WouldBlock
-                                || e.kind() == ErrorKind::NotConnected =>
-                        {
-                            break
-                        }
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => failed = true,
-                    }
+            Link::Tcp(t) => match t.progress(flags.contains(EpollFlags::EPOLLERR)) {
+                Progress::Sending | Progress::Waiting => {}
+                Progress::Sent => {
+                    // Sent: wait for the answer only.
+                    let mut ev =
+                        EpollEvent::new(EpollFlags::EPOLLIN, Token::Upstream(pid).encode());
+                    let _ = self.poll.modify(p.link.fd(), &mut ev);
                 }
-                let mut tmp = [0u8; 8192];
-                let mut eof = false;
-                if !failed && *written == out.len() {
-                    loop {
-                        match s.read(&mut tmp) {
-                            Ok(0) => {
-                                eof = true;
-                                break;
-                            }
-                            Ok(n) => {
-                                inbuf.extend_from_slice(&tmp[..n]);
-                                if inbuf.len() > 65537 {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                            Err(_) => {
-                                failed = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                let framed = (inbuf.len() >= 2)
-                    .then(|| u16::from_be_bytes([inbuf[0], inbuf[1]]) as usize)
-                    .filter(|len| inbuf.len() >= 2 + len);
-                if let Some(len) = framed {
-                    let msg = inbuf[2..2 + len].to_vec();
+                Progress::Answer(msg) => {
                     // A connection carries one answer: anything else ends the attempt.
                     if !self.on_answer(pid, server, &msg, now) {
                         if let Some(p) = self.take(pid) {
                             self.retry(p.ask, now);
                         }
                     }
-                    return;
                 }
-                if failed || eof {
+                Progress::Failed => {
                     if let Some(p) = self.take(pid) {
                         self.retry(p.ask, now);
                     }
-                    return;
                 }
-                if *written == out.len() {
-                    // Sent: wait for the answer only.
-                    let mut ev =
-                        EpollEvent::new(EpollFlags::EPOLLIN, Token::Upstream(pid).encode());
-                    let _ = self.poll.modify(s.as_fd(), &mut ev);
-                }
-            }
+            },
         }
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(&(t, pid)) = self.timers.first() {
-            if t > now {
-                break;
-            }
-            self.timers.pop_first();
-            if let Some(p) = self.take(pid) {
-                self.retry(p.ask, now);
-            }
+        for p in self.pending.expired(now) {
+            self.retry(p.ask, now);
         }
-        let idle: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| now >= c.idle_until && c.inflight == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            self.close_client(id);
-        }
+        self.clients.expire(now, &self.poll);
     }
 }
 
-fn flush(c: &mut TcpClient) {
-    while !c.wbuf.is_empty() {
-        match c.s.write(&c.wbuf) {
-            Ok(0) => break,
-            Ok(n) => {
-                c.wbuf.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
+#[cfg(test)]
+impl Forwarder {
+    fn clients_waiting_to_write(&self) -> bool {
+        self.clients.waiting_to_write()
     }
 }
 
@@ -988,15 +599,14 @@ impl Duty for Forwarder {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        let mut d = self.tracker.deadline();
-        let mut consider = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
-        if let Some(&(t, _)) = self.timers.first() {
-            consider(t);
-        }
-        for c in self.clients.values().filter(|c| c.inflight == 0) {
-            consider(c.idle_until);
-        }
-        d
+        [
+            self.tracker.deadline(),
+            self.pending.deadline(),
+            self.clients.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn finish(&mut self) {
@@ -1019,31 +629,406 @@ impl Duty for Forwarder {
     }
 }
 
+/// The forwarder driven with a clock of the test's own (every `on_ready` gets its `now`),
+/// against a resolver and clients on loopback sockets: timelines of seconds run at once.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::allowlist::Entry;
+    use crate::runtime::dns::retry::TRY_TIMEOUT;
+    use crate::runtime::report::Reporter;
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, UdpSocket};
+    use std::time::Duration;
 
-    #[test]
-    fn tokens_round_trip() {
-        for t in [
-            Token::ListenUdp(0),
-            Token::ListenTcp(1),
-            Token::Client(7),
-            Token::Upstream((1 << 56) - 1),
-        ] {
-            assert_eq!(Token::decode(t.encode()), Some(t));
+    const LIVENESS: Duration = Duration::from_secs(2);
+
+    struct World {
+        f: Forwarder,
+        upstream: UdpSocket,
+        client: UdpSocket,
+        t0: Instant,
+    }
+
+    fn loopback_udp() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(LIVENESS)).unwrap();
+        s
+    }
+
+    fn world() -> World {
+        let upstream = loopback_udp();
+        let entries: Vec<Entry> = vec!["*.allowed.test".parse().unwrap()];
+        let f = Forwarder::listen(
+            &[("127.0.0.1:0".parse().unwrap(), true)],
+            Policy::new(&entries),
+            &[upstream.local_addr().unwrap()],
+            None,
+            Reporter::shared(),
+        )
+        .unwrap();
+        let client = loopback_udp();
+        client
+            .connect(f.listeners.udp[0].local_addr().unwrap())
+            .unwrap();
+        World {
+            f,
+            upstream,
+            client,
+            t0: Instant::now(),
         }
-        assert_eq!(Token::decode(0), None);
+    }
+
+    impl World {
+        fn at(&mut self, ms: u64) {
+            self.f.on_ready(self.t0 + Duration::from_millis(ms));
+        }
+
+        /// The next query that reached the resolver, and where from.
+        fn upstream_query(&self) -> (Vec<u8>, SocketAddr) {
+            let mut buf = [0u8; 4096];
+            let (n, from) = self.upstream.recv_from(&mut buf).unwrap();
+            (buf[..n].to_vec(), from)
+        }
+
+        fn nothing_upstream(&self) -> bool {
+            self.upstream.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 4096];
+            let r = self.upstream.recv_from(&mut buf);
+            self.upstream.set_nonblocking(false).unwrap();
+            matches!(r, Err(e) if e.kind() == ErrorKind::WouldBlock)
+        }
+
+        fn client_answer(&self) -> Option<Vec<u8>> {
+            self.client.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 4096];
+            let r = self.client.recv(&mut buf);
+            self.client.set_nonblocking(false).unwrap();
+            r.ok().map(|n| buf[..n].to_vec())
+        }
+    }
+
+    /// The resolver's answer to `query` (as it reached the resolver): its id and question,
+    /// one A record.
+    fn answer_to(query: &[u8], addr: [u8; 4]) -> Vec<u8> {
+        // the question ends before the OPT record (11 bytes) we add
+        let question = &query[wire::HEADER..query.len() - 11];
+        let mut a = query[..2].to_vec();
+        a.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+        a.extend_from_slice(question);
+        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        a.extend_from_slice(&addr);
+        a
+    }
+
+    fn rcode(msg: &[u8]) -> u8 {
+        msg[3] & 0x0f
+    }
+
+    fn ask(w: &World, id: u16, name: &str) {
+        w.client.send(&wire::build_query(id, name, 1)).unwrap();
+    }
+
+    fn assert_released(msg: &[u8], id: u16, name: &str, addr: [u8; 4]) {
+        assert_eq!(&msg[..2], &id.to_be_bytes(), "the client's id");
+        assert_eq!(rcode(msg), 0);
+        let asked = wire::build_query(id, name, 1);
+        assert_eq!(
+            &msg[wire::HEADER..asked.len()],
+            &asked[wire::HEADER..],
+            "the client's spelling"
+        );
+        assert_eq!(&msg[msg.len() - 4..], &addr);
     }
 
     #[test]
-    fn the_upstream_query_carries_only_the_question() {
-        let q = upstream_query(0xabcd, [0xff, 0xff], b"\x01a\x04test\x00\x00\x01\x00\x01");
-        assert_eq!(&q[..2], &[0xab, 0xcd]);
-        // RD and CD only, one question, one additional (OPT), nothing else
-        assert_eq!(&q[2..12], &[0x01, 0x10, 0, 1, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(&q[12..24], b"\x01a\x04test\x00\x00\x01\x00\x01");
-        assert_eq!(&q[24..27], &[0, 0, 41]);
-        assert_eq!(q.len(), 24 + 11);
+    fn a_lost_first_attempt_is_repeated_after_the_timeout_and_its_answer_released() {
+        let mut w = world();
+        ask(&w, 0x4242, "www.Allowed.test");
+        w.at(0);
+        let (first, from1) = w.upstream_query();
+        if let Some((lo, hi)) = w.f.ports {
+            assert!((lo..=hi).contains(&from1.port()), "{from1}");
+        }
+        // lost: nothing more goes out before the attempt's deadline
+        assert_eq!(w.f.deadline(), Some(w.t0 + TRY_TIMEOUT));
+        w.at(1499);
+        assert!(w.nothing_upstream());
+        assert!(w.client_answer().is_none());
+        w.at(1500);
+        let (second, from2) = w.upstream_query();
+        let q = |m: &[u8]| m[wire::HEADER..m.len() - 11].to_vec();
+        assert!(
+            q(&second).eq_ignore_ascii_case(&q(&first)),
+            "the same question"
+        );
+        w.upstream
+            .send_to(&answer_to(&second, [10, 0, 0, 7]), from2)
+            .unwrap();
+        w.at(1510);
+        let got = w.client_answer().expect("the answer of the second attempt");
+        assert_released(&got, 0x4242, "www.Allowed.test", [10, 0, 0, 7]);
+        assert_eq!((w.f.stats.answered, w.f.stats.servfail), (1, 0));
+        assert_eq!(w.f.pending.in_flight(false), 0);
+    }
+
+    #[test]
+    fn the_listening_udp_socket_gets_its_large_buffer_while_privileged() {
+        let w = world();
+        let got = socket2::SockRef::from(&w.f.listeners.udp[0])
+            .recv_buffer_size()
+            .unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(got >= 4 << 20, "{got}");
+        } else {
+            assert!(got > 0);
+        }
+    }
+
+    #[test]
+    fn both_attempts_lost_is_servfail_with_the_clients_id_and_question() {
+        let mut w = world();
+        ask(&w, 0x0707, "a.allowed.test");
+        w.at(0);
+        w.upstream_query();
+        w.at(1500);
+        w.upstream_query();
+        w.at(2999);
+        assert!(
+            w.client_answer().is_none(),
+            "the second attempt is still waiting"
+        );
+        w.at(3000);
+        let got = w.client_answer().expect("SERVFAIL");
+        assert_eq!(&got[..2], &[0x07, 0x07]);
+        assert_eq!(rcode(&got), wire::RCODE_SERVFAIL);
+        let asked = wire::build_query(0x0707, "a.allowed.test", 1);
+        assert_eq!(&got[wire::HEADER..asked.len()], &asked[wire::HEADER..]);
+        assert!(w.nothing_upstream(), "no third attempt");
+        assert_eq!(w.f.stats.servfail, 1);
+        assert_eq!(w.f.deadline(), None, "nothing left to wait for");
+    }
+
+    #[test]
+    fn a_late_answer_to_the_first_attempt_is_not_taken_after_the_retry() {
+        let mut w = world();
+        ask(&w, 0x1111, "late.allowed.test");
+        w.at(0);
+        let (first, from1) = w.upstream_query();
+        w.at(1500);
+        let (second, from2) = w.upstream_query();
+        // the first attempt's answer, at last: to its own (closed) port and to the live
+        // attempt's port; carrying another address than the real answer
+        let late = answer_to(&first, [10, 66, 6, 6]);
+        w.upstream.send_to(&late, from1).unwrap();
+        if first[..2] != second[..2] {
+            w.upstream.send_to(&late, from2).unwrap();
+        }
+        w.at(1600);
+        assert!(
+            w.client_answer().is_none(),
+            "the late answer is not released"
+        );
+        w.upstream
+            .send_to(&answer_to(&second, [10, 0, 0, 8]), from2)
+            .unwrap();
+        w.at(1700);
+        let got = w.client_answer().expect("the second attempt's answer");
+        assert_released(&got, 0x1111, "late.allowed.test", [10, 0, 0, 8]);
+        assert!(w.client_answer().is_none(), "one answer");
+    }
+
+    #[test]
+    fn answers_with_another_id_question_or_sender_are_rejected_and_the_attempt_goes_on() {
+        let mut w = world();
+        ask(&w, 0x2222, "www.allowed.test");
+        w.at(0);
+        let (query, from) = w.upstream_query();
+        let real = answer_to(&query, [10, 0, 0, 9]);
+        let mut wrong_id = real.clone();
+        wrong_id[1] ^= 1;
+        let other_question = answer_to(
+            &upstream::query(
+                u16::from_be_bytes([query[0], query[1]]),
+                [1, 0],
+                &wire::build_query(0, "xww.allowed.test", 1)[wire::HEADER..],
+            ),
+            [10, 66, 6, 6],
+        );
+        let mut other_type = real.clone();
+        other_type[query.len() - 11 - 3] = 28; // AAAA
+        for bad in [&wrong_id, &other_question, &other_type] {
+            w.upstream.send_to(bad, from).unwrap();
+        }
+        // the right answer from another port of the resolver's address
+        let spoofer = loopback_udp();
+        spoofer.send_to(&real, from).unwrap();
+        w.at(10);
+        assert!(w.client_answer().is_none(), "nothing released");
+        assert_eq!(
+            w.f.stats.rejected, 3,
+            "the spoofer's never arrives (connected socket)"
+        );
+        assert_eq!(w.f.pending.in_flight(false), 1, "still waiting");
+        w.upstream.send_to(&real, from).unwrap();
+        w.at(20);
+        let got = w.client_answer().expect("the exact answer");
+        assert_released(&got, 0x2222, "www.allowed.test", [10, 0, 0, 9]);
+    }
+
+    #[test]
+    fn an_answer_in_another_letter_case_is_never_released_the_server_is_asked_plainly() {
+        let mut w = world();
+        ask(&w, 0x3333, "www.allowed.test");
+        w.at(0);
+        let (query, from) = w.upstream_query();
+        let mut folded = answer_to(&query, [10, 66, 6, 6]);
+        // one letter in the other case than we sent it
+        folded[wire::HEADER + 1] ^= 0x20;
+        w.upstream.send_to(&folded, from).unwrap();
+        w.at(10);
+        assert!(w.client_answer().is_none());
+        assert_eq!(w.f.stats.case_fallbacks, 1);
+        // asked again, in the client's spelling, from a fresh socket
+        let (plain, from2) = w.upstream_query();
+        let asked = wire::build_query(0x3333, "www.allowed.test", 1);
+        assert_eq!(
+            &plain[wire::HEADER..plain.len() - 11],
+            &asked[wire::HEADER..]
+        );
+        let mut upper = answer_to(&plain, [10, 0, 0, 3]);
+        upper[wire::HEADER + 1..wire::HEADER + 4].make_ascii_uppercase();
+        w.upstream.send_to(&upper, from2).unwrap();
+        w.at(20);
+        let got = w.client_answer().expect("compared without case now");
+        assert_released(&got, 0x3333, "www.allowed.test", [10, 0, 0, 3]);
+        // the plain attempt did not count as a try: one more is left after a loss
+        ask(&w, 0x3334, "b.allowed.test");
+        w.at(30);
+        w.upstream_query();
+        w.at(1530);
+        w.upstream_query();
+    }
+
+    fn tcp_client(w: &World) -> TcpStream {
+        let s = TcpStream::connect(w.f.listeners.tcp[0].local_addr().unwrap()).unwrap();
+        s.set_read_timeout(Some(LIVENESS)).unwrap();
+        s
+    }
+
+    /// A TCP client whose answers fill the kernel's buffers after a few KiB (small buffers
+    /// on both ends: the forwarder's accepted socket inherits the listener's).
+    fn small_window_client(w: &World) -> TcpStream {
+        let listener = socket2::SockRef::from(&w.f.listeners.tcp[0]);
+        listener.set_send_buffer_size(4096).unwrap();
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_recv_buffer_size(4096).unwrap();
+        c.connect(&w.f.listeners.tcp[0].local_addr().unwrap().into())
+            .unwrap();
+        c.into()
+    }
+
+    fn read_framed(s: &mut TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut msg).unwrap();
+        msg
+    }
+
+    #[test]
+    fn tcp_queries_split_and_batched_are_all_answered_in_order() {
+        let mut w = world();
+        let mut c = tcp_client(&w);
+        w.at(0); // accepted
+        let mut bytes = vec![];
+        for (id, name) in [
+            (1u16, "one.evil.test"),
+            (2, "two.evil.test"),
+            (3, "three.evil.test"),
+        ] {
+            bytes.extend(super::super::framing::frame(&wire::build_query(id, name, 1)).unwrap());
+        }
+        // the first length byte alone, then the rest of the first, two and a half, the end
+        let cuts = [1, 20, bytes.len() - 5, bytes.len()];
+        let mut at = 0;
+        for (i, cut) in cuts.iter().enumerate() {
+            c.write_all(&bytes[at..*cut]).unwrap();
+            at = *cut;
+            w.at(1 + i as u64);
+        }
+        for id in [1u16, 2, 3] {
+            let got = read_framed(&mut c);
+            assert_eq!(&got[..2], &id.to_be_bytes());
+            assert_eq!(rcode(&got), wire::RCODE_NXDOMAIN);
+        }
+        assert_eq!(w.f.stats.denied, 3);
+    }
+
+    #[test]
+    fn a_tcp_client_that_never_reads_its_answers_is_dropped_and_the_rest_is_served() {
+        let mut w = world();
+        let mut c = small_window_client(&w);
+        w.at(0);
+        assert_eq!(w.f.clients.len(), 1);
+        let batch: Vec<u8> = (0..200u16)
+            .flat_map(|i| {
+                super::super::framing::frame(&wire::build_query(i, "never.evil.test", 1)).unwrap()
+            })
+            .collect();
+        let mut t = 1;
+        // 256 KiB of unread answers is about 6,000 of these: bounded, as a liveness check
+        while w.f.clients.len() == 1 && t < 200 {
+            if c.write_all(&batch).is_err() {
+                break; // the forwarder closed it mid-batch
+            }
+            w.at(t);
+            t += 1;
+        }
+        assert_eq!(w.f.clients.len(), 0, "dropped after {t} batches");
+        ask(&w, 9, "x.evil.test");
+        w.at(t + 1);
+        let got = w.client_answer().expect("still serving");
+        assert_eq!(rcode(&got), wire::RCODE_NXDOMAIN);
+    }
+
+    #[test]
+    fn pending_tcp_output_waits_for_writability_not_for_a_timer() {
+        let mut w = world();
+        let mut c = small_window_client(&w);
+        c.set_read_timeout(Some(LIVENESS)).unwrap();
+        w.at(0);
+        // enough answers that some must wait in the forwarder (the client's window is full)
+        let mut sent = 0u16;
+        while !w.f.clients_waiting_to_write() && sent < 4000 {
+            let batch: Vec<u8> = (sent..sent + 100)
+                .flat_map(|i| {
+                    super::super::framing::frame(&wire::build_query(i, "w.evil.test", 1)).unwrap()
+                })
+                .collect();
+            c.write_all(&batch).unwrap();
+            sent += 100;
+            w.at(1);
+        }
+        assert!(w.f.clients_waiting_to_write(), "output is waiting");
+        // no tick: the only deadline is the idle connection's
+        let d = w.f.deadline().expect("the idle timer");
+        assert!(d >= w.t0 + Duration::from_secs(5), "{:?}", d - w.t0);
+        // the client reads: the forwarder's descriptor becomes readable, it writes the rest
+        let mut got = 0u16;
+        while got < sent {
+            let msg = read_framed(&mut c);
+            assert_eq!(&msg[..2], &got.to_be_bytes(), "in order");
+            got += 1;
+            let ready = {
+                let fd = w.f.poll.0.as_fd();
+                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap() > 0
+            };
+            if ready {
+                w.at(2);
+            }
+        }
+        assert!(!w.f.clients_waiting_to_write());
     }
 }

@@ -3,7 +3,11 @@
 //! firewall's dynamic sets before the answer is released and expire after it; every other
 //! name gets NXDOMAIN at once and never leaves the container.
 
+mod events;
 pub mod forwarder;
+mod framing;
+mod retry;
+mod server;
 pub mod sets;
 pub mod upstream;
 pub mod wire;

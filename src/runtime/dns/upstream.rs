@@ -5,8 +5,19 @@
 //! type and class). Everything an off-path sender would have to guess: ~12 bits of port
 //! (see `private_ports`), 16 of id, one per letter of the name.
 
+use super::framing::{self, Deframer, Received};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io::{ErrorKind, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// The EDNS buffer size we advertise upstream (the DNS flag day value).
+const EDNS_SIZE: u16 = 1232;
+/// Datagrams read from one attempt's socket per event (one is its answer; the rest is
+/// noise that must not keep PID 1 busy).
+const UPSTREAM_BURST: usize = 16;
+/// The most an answer over TCP can take: its length and 65535 bytes.
+const MAX_TCP_ANSWER: usize = 2 + 65535;
 
 /// Random bytes from the kernel (getrandom(2)), drawn 512 at a time: ids and case bits
 /// must not be predictable from earlier ones, and a syscall per query would cost more
@@ -228,6 +239,151 @@ pub fn tcp_connect(server: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s.into())
 }
 
+/// The query that goes upstream: our id, RD/CD from the client, the question (as we spell
+/// it) and an EDNS record; nothing else the child put in its message leaves the container.
+pub fn query(id: u16, flags: [u8; 2], question: &[u8]) -> Vec<u8> {
+    let mut up = Vec::with_capacity(12 + question.len() + 11);
+    up.extend_from_slice(&id.to_be_bytes());
+    up.extend_from_slice(&[flags[0] & 0x01, flags[1] & 0x10, 0, 1, 0, 0, 0, 0, 0, 1]);
+    up.extend_from_slice(question);
+    up.extend_from_slice(&[0, 0, 41]);
+    up.extend_from_slice(&EDNS_SIZE.to_be_bytes());
+    up.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    up
+}
+
+/// One attempt's connection to its server.
+pub enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpAttempt),
+}
+
+/// A query over TCP: the connection, what is still to be written, the answer so far.
+pub struct TcpAttempt {
+    s: TcpStream,
+    out: Vec<u8>,
+    written: usize,
+    input: Deframer,
+}
+
+/// Where a TCP attempt stands after its socket was ready.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The query is still being written.
+    Sending,
+    /// The query is out (watch for input only from now on).
+    Sent,
+    /// Written, and the answer has not arrived yet.
+    Waiting,
+    /// The one message the connection carries.
+    Answer(Vec<u8>),
+    /// Refused, reset or closed before an answer.
+    Failed,
+}
+
+impl Link {
+    /// A fresh socket for one attempt of `msg` to `server` (see `udp_socket` for the UDP
+    /// port), the datagram sent or the connection started.
+    pub fn open(
+        server: SocketAddr,
+        tcp: bool,
+        msg: &[u8],
+        ports: Option<(u16, u16)>,
+        rng: &mut Entropy,
+    ) -> std::io::Result<Link> {
+        if tcp {
+            let out = framing::frame(msg).ok_or(ErrorKind::InvalidInput)?;
+            tcp_connect(server).map(|s| {
+                Link::Tcp(TcpAttempt {
+                    s,
+                    out,
+                    written: 0,
+                    input: Deframer::default(),
+                })
+            })
+        } else {
+            let s = udp_socket(server, ports, rng)?;
+            s.send(msg)?;
+            Ok(Link::Udp(s))
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Link::Udp(s) => s.as_fd(),
+            Link::Tcp(t) => t.s.as_fd(),
+        }
+    }
+
+    /// A TCP attempt waits to write first (the connection completes in the background).
+    pub fn writes_first(&self) -> bool {
+        matches!(self, Link::Tcp(_))
+    }
+}
+
+/// The datagrams waiting on an attempt's socket (at most a burst), with their senders, and
+/// the error that ended the reading if any (an ICMP error: port refused, no route).
+pub fn receive(
+    s: &UdpSocket,
+    buf: &mut [u8],
+) -> (Vec<(Vec<u8>, SocketAddr)>, Option<std::io::Error>) {
+    let mut got = vec![];
+    for _ in 0..UPSTREAM_BURST {
+        match s.recv_from(buf) {
+            Ok((n, from)) => got.push((buf[..n].to_vec(), from)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+impl TcpAttempt {
+    /// Writes what is left of the query, then reads what has come of the answer.
+    /// `error`: the socket reported an error.
+    pub fn progress(&mut self, error: bool) -> Progress {
+        let was_sending = self.written < self.out.len();
+        let mut failed = error;
+        while !failed && self.written < self.out.len() {
+            match self.s.write(&self.out[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::NotConnected =>
+                {
+                    break
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => failed = true,
+            }
+        }
+        let sent = self.written == self.out.len();
+        let mut closed = false;
+        if !failed && sent {
+            let mut progress = false;
+            match self
+                .input
+                .read_from(&mut self.s, MAX_TCP_ANSWER, &mut progress)
+            {
+                Received::Waiting | Received::Overflow => {}
+                Received::Closed => closed = true,
+                Received::Failed => failed = true,
+            }
+        }
+        if let Some(msg) = self.input.first() {
+            return Progress::Answer(msg.to_vec());
+        }
+        if failed || closed {
+            return Progress::Failed;
+        }
+        match (sent, was_sending) {
+            (false, _) => Progress::Sending,
+            (true, true) => Progress::Sent,
+            (true, false) => Progress::Waiting,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,5 +529,16 @@ mod tests {
         assert_eq!(private_ports((10000, 20000)), Some((20001, 65535)));
         assert_eq!(private_ports((1024, 65535)), None);
         assert_eq!(private_ports((32768, 65000)), None);
+    }
+
+    #[test]
+    fn the_upstream_query_carries_only_the_question() {
+        let q = query(0xabcd, [0xff, 0xff], b"\x01a\x04test\x00\x00\x01\x00\x01");
+        assert_eq!(&q[..2], &[0xab, 0xcd]);
+        // RD and CD only, one question, one additional (OPT), nothing else
+        assert_eq!(&q[2..12], &[0x01, 0x10, 0, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&q[12..24], b"\x01a\x04test\x00\x00\x01\x00\x01");
+        assert_eq!(&q[24..27], &[0, 0, 41]);
+        assert_eq!(q.len(), 24 + 11);
     }
 }
