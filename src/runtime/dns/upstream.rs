@@ -45,9 +45,7 @@ impl Default for Entropy {
 
 impl Entropy {
     fn refill(&mut self) {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::getrandom(self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-        if n != self.buf.len() as isize {
+        if crate::sys::random_bytes(&mut self.buf).is_err() {
             for b in self.buf.iter_mut() {
                 self.fallback ^= self.fallback << 13;
                 self.fallback ^= self.fallback >> 7;
