@@ -109,8 +109,8 @@ impl Live {
     /// What `deny --kill` closes for `entries`: the addresses and networks (with their
     /// ports) of every entry that is not allowed since the start, and a line for each entry
     /// it cannot close. Start entries are never closed: their connections stay allowed.
-    /// Names are not closed either: PID 1 keeps no record of which addresses a name's
-    /// connections went to (the DNS filter's sets hold addresses per port, not per name).
+    /// Names are not closed either: the addresses the DNS filter learned for a name stay in
+    /// its sets until they expire, so a closed connection would be let in again at once.
     pub fn kill_targets(&self, entries: &[Entry]) -> (Vec<(IpNet, Option<Port>)>, Vec<String>) {
         let mut targets = vec![];
         let mut lines = vec![];
@@ -118,8 +118,9 @@ impl Live {
             match &e.target {
                 Target::Net(n) => targets.push((*n, e.port)),
                 _ => lines.push(format!(
-                    "{e}: its established connections stay open (a name's addresses are not \
-                     recorded per name); to close them, deny --kill the addresses it resolved to"
+                    "{e}: its established connections stay open (the addresses learned for it \
+                     stay allowed until they expire, at most max(TTL, 10 s) + 10 s after its \
+                     last answer); then `deny --kill ADDRESS` closes them"
                 )),
             }
         }
