@@ -44,6 +44,27 @@ fn session(
     Running::start(&mut cmd)
 }
 
+/// The probe's `steps` with allowed.test allowed and the audit log at /root/audit.jsonl.
+fn audited_session(root: &Rootfs, net: &Net, steps: &[&str]) -> Running {
+    let flags = [
+        "--allow",
+        "allowed.test",
+        "--audit-log",
+        "/root/audit.jsonl",
+    ];
+    session(root, net, &flags, steps, &[])
+}
+
+/// The audit log's events whose name starts with `prefix`.
+fn audit_events(root: &Rootfs, prefix: &str) -> Vec<Value> {
+    let audit = fs::read_to_string(root.join("root/audit.jsonl")).unwrap();
+    audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"].as_str().is_some_and(|e| e.starts_with(prefix)))
+        .collect()
+}
+
 /// A session whose command waits for `file`, with its control socket up.
 fn waiting_session(root: &Rootfs, net: &Net, file: &str) -> Running {
     let sbx = session(
@@ -157,18 +178,7 @@ fn allow_and_deny_change_a_running_session_and_the_dns_filter_stays_on() {
         "--connect", &routed80,                           // 7: denied again
         "--query", "udp", &dns1, "never.test", "A",       // 8: never allowed
     ];
-    let sbx = session(
-        &root,
-        &net,
-        &[
-            "--allow",
-            "allowed.test",
-            "--audit-log",
-            "/root/audit.jsonl",
-        ],
-        &steps,
-        &[],
-    );
+    let sbx = audited_session(&root, &net, &steps);
     let s0 = step(&sbx, 0);
     assert_eq!(s0["rcode"], "NXDOMAIN", "{s0}");
     assert_rejected(&step(&sbx, 1));
@@ -252,17 +262,114 @@ fn allow_and_deny_change_a_running_session_and_the_dns_filter_stays_on() {
     );
     assert!(q.iter().all(|l| !l.contains("never.test")), "{q:?}");
     // Every change is on stderr and in the audit log with who made it.
-    let audit = fs::read_to_string(root.join("root/audit.jsonl")).unwrap();
-    let changes: Vec<Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"].as_str().is_some_and(|e| e.starts_with("live_")))
-        .collect();
-    assert_eq!(changes.len(), 2, "{audit}");
+    let changes = audit_events(&root, "live_");
+    assert_eq!(changes.len(), 2, "{changes:?}");
     assert_eq!(changes[0]["event"], "live_allow");
     assert_eq!(changes[0]["uid"], 0);
     assert!(changes[0]["pid"].as_i64().unwrap() > 1);
     assert_eq!(changes[1]["event"], "live_deny");
+}
+
+/// The box's tracked connections from `local_port` to `dst` port 9000 (one line each; the
+/// original direction's fields come first, IPv6 written out in full).
+fn tracked(net: &Net, dst: &str, local_port: u64) -> Vec<String> {
+    let (ok, table) = net.in_box(&["cat", "/proc/net/nf_conntrack"]);
+    assert!(ok, "{table}");
+    let dst: std::net::IpAddr = dst.parse().unwrap();
+    let first = |l: &str, key: &str| -> Option<String> {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(String::from)
+    };
+    table
+        .lines()
+        .filter(|l| {
+            first(l, "dst=").and_then(|a| a.parse().ok()) == Some(dst)
+                && first(l, "sport=") == Some(local_port.to_string())
+                && first(l, "dport=").as_deref() == Some("9000")
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn deny_closes_established_connections_only_with_kill() {
+    let mut net = Net::new();
+    let (v4, v6) = (format!("{OTHER4}:9000"), format!("[{OTHER6}]:9000"));
+    net.serve_echo(v4.parse().unwrap());
+    net.serve_echo(v6.parse().unwrap());
+    let root = rootfs();
+    #[rustfmt::skip]
+    let steps = [
+        "--wait-file", "/tmp/allowed",  // 0
+        "--hold", &v4,                  // 1: allowed live, kept open
+        "--hold", &v6,                  // 2
+        "--wait-file", "/tmp/denied",   // 3
+        "--exchange",                   // 4: denied without --kill: still open
+        "--connect", &v4,               // 5: a new one is refused
+        "--wait-file", "/tmp/killed",   // 6
+        "--exchange",                   // 7: after --kill: closed
+        "--connect", &v4,               // 8
+    ];
+    let sbx = audited_session(&root, &net, &steps);
+    wait_for_socket(&root);
+    sandbox_init(&sbx, &["allow", &v4, &v6]).assert_code(0);
+    root.write("tmp/allowed", "");
+    assert_eq!(step(&sbx, 0)["found"], true);
+    let held: Vec<Value> = (1..=2).map(|n| step(&sbx, n)).collect();
+    let mut ports = vec![];
+    for (h, dst) in held.iter().zip([OTHER4, OTHER6]) {
+        assert_eq!(h["result"], "ok", "{h}");
+        let port = h["local_port"].as_u64().unwrap();
+        let entries = tracked(&net, dst, port);
+        assert!(
+            entries.len() == 1 && entries[0].contains("ESTABLISHED"),
+            "{entries:?} {}",
+            net.in_box(&["cat", "/proc/net/nf_conntrack"]).1
+        );
+        ports.push(port);
+    }
+
+    // Control: deny alone closes nothing established, and refuses a new connection.
+    let deny = sandbox_init(&sbx, &["deny", &v4, &v6]);
+    deny.assert_code(0);
+    assert_has(&deny.stdout, format!("{v4}: denied"));
+    assert!(!deny.stdout.contains("closed"), "{}", deny.stdout);
+    root.write("tmp/denied", "");
+    assert_eq!(step(&sbx, 3)["found"], true);
+    let still = step(&sbx, 4);
+    assert_eq!(
+        still["results"],
+        serde_json::json!([{"result": "ok"}, {"result": "ok"}])
+    );
+    assert_rejected(&step(&sbx, 5));
+    assert_eq!(tracked(&net, OTHER4, ports[0]).len(), 1);
+
+    // --kill (the entries are no longer live: it closes what they named all the same)
+    let kill = sandbox_init(&sbx, &["deny", "--kill", &v4, &v6]);
+    kill.assert_code(0);
+    assert_has(&kill.stdout, "closed 2 established connections (--kill)");
+    for (dst, port) in [OTHER4, OTHER6].iter().zip(&ports) {
+        assert_eq!(tracked(&net, dst, *port), Vec::<String>::new());
+    }
+    let log = sbx.stderr_until(Duration::from_secs(5), |l| l.contains("deny --kill"));
+    assert_has(&log, "live allowlist: deny --kill by uid 0 pid ");
+    root.write("tmp/killed", "");
+    assert_eq!(step(&sbx, 6)["found"], true);
+    let closed = step(&sbx, 7);
+    for r in closed["results"].as_array().unwrap() {
+        assert_eq!(r["result"], "error", "{closed}");
+        assert_eq!(r["error"], "ECONNRESET", "{closed}");
+    }
+    assert_rejected(&step(&sbx, 8));
+    let (code, _) = sbx.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+
+    let kills = audit_events(&root, "live_kill");
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0]["closed"], 2);
+    assert_eq!(kills[0]["uid"], 0);
+    assert!(kills[0]["pid"].as_i64().unwrap() > 1);
 }
 
 #[test]

@@ -306,6 +306,11 @@ fn wait_log(name: &str, needle: &str) {
     }
 }
 
+/// What the agent's Bash tool runs in the retry case, twice: fetch from the blocked host
+/// (its banner is the body), or say it could not.
+const RETRY_COMMAND: &str = "timeout 5 bash -c 'exec 3<>/dev/tcp/10.213.0.30/80 && \
+printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null || echo FETCH-BLOCKED";
+
 fn start_fixtures(clean: &Cleanup) {
     let _ = docker(&["network", "rm", NET]); // stale from a crashed earlier run, same name
     docker_ok(&[
@@ -349,6 +354,7 @@ fn start_fixtures(clean: &Cleanup) {
         &[
             "env",
             &format!("MOCK_TOOL_COMMAND={TOOL_COMMAND}"),
+            &format!("MOCK_RETRY_COMMAND={RETRY_COMMAND}"),
             "python3",
             "-u",
             "/srv/mock_api.py",
@@ -1229,6 +1235,94 @@ fn case_claude_tool_use_is_sandboxed(clean: &Cleanup) {
         r.stderr
             .contains("sandbox-init: blocked tcp 10.213.0.30:80; to allow it"),
         "{r}"
+    );
+}
+
+/// The tool_result the mock received for `tool_id`, and the messages of that request.
+fn tool_result_for(tool_id: &str) -> Option<(String, String)> {
+    mock_requests().iter().find_map(|q| {
+        let result = q["messages"]
+            .as_array()?
+            .iter()
+            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+            .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == tool_id)?;
+        Some((result["content"].to_string(), q["messages"].to_string()))
+    })
+}
+
+/// The real CLI's Bash tool call is blocked; while the CLI waits for the model's next turn,
+/// root allows the host live (`docker exec C sandbox-init allow`); the mock's next turn asks
+/// for the same command, and it now gets the host's real answer. One `claude -p` process.
+fn case_claude_retry_after_live_allow(clean: &Cleanup) {
+    let name = "sandbox-init-test-retry";
+    let _ = docker(&["rm", "-f", name]);
+    clean.container(name);
+    docker_ok(&["exec", C_MOCK, "rm", "-f", "/tmp/retry-gate"]);
+    let mut opts = claude_opts(clean, "retry");
+    opts.extend(["--name".to_string(), name.to_string()]);
+    let session = std::thread::spawn(move || {
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+        let prompt = "please RETRY-LIVE for CASE-RETRY";
+        let argv = [
+            CLAUDE_IMG,
+            "claude",
+            "-p",
+            prompt,
+            "--dangerously-skip-permissions",
+        ];
+        run_in_net(&opts, &argv, &claude_env(&[("ANTHROPIC_API_KEY", API_KEY)]))
+    });
+
+    // The first attempt: blocked (the mock now holds its next turn until the gate opens).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (first, _) = loop {
+        if let Some(r) = tool_result_for("toolu_retry_01") {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline && !session.is_finished(),
+            "the mock never received the first tool_result: {:?}",
+            mock_requests()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(first.contains("FETCH-BLOCKED"), "{first}");
+    assert!(
+        !first.contains("blocked-host"),
+        "control: reached at first: {first}"
+    );
+
+    let allow = docker(&[
+        "exec",
+        name,
+        "sandbox-init",
+        "allow",
+        &format!("{BLOCKED_IP}:80"),
+    ]);
+    assert_eq!(allow.status.code(), Some(0), "{}", text(&allow.stderr));
+    assert!(
+        text(&allow.stdout).contains(&format!("{BLOCKED_IP}:80: allowed")),
+        "{}",
+        text(&allow.stdout)
+    );
+    docker_ok(&["exec", C_MOCK, "touch", "/tmp/retry-gate"]);
+    let r = session.join().unwrap();
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-RETRY-DONE"), "{r}");
+    let (second, history) = tool_result_for("toolu_retry_02")
+        .unwrap_or_else(|| panic!("the mock never received the retry's tool_result\n{r}"));
+    assert!(
+        second.contains("blocked-host") && !second.contains("FETCH-BLOCKED"),
+        "the retry got the host's answer: {second}"
+    );
+    // the same conversation: the blocked attempt is in the history of the retry's request
+    assert!(
+        history.contains("toolu_retry_01") && history.contains("CASE-RETRY"),
+        "{history}"
+    );
+    assert!(
+        r.stderr.contains("live allowlist: allow by uid 0 pid "),
+        "the change is logged: {r}"
     );
 }
 
@@ -2170,6 +2264,10 @@ fn docker_end_to_end() {
         (
             "live allow and exec in a running session",
             Box::new(|| case_live_allow_and_exec(&clean)),
+        ),
+        (
+            "claude: blocked, allowed live, the retry succeeds in the same session",
+            Box::new(|| case_claude_retry_after_live_allow(&clean)),
         ),
         (
             "docker exec sessions gain nothing",

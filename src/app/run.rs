@@ -157,7 +157,7 @@ fn run() -> Result<i32> {
         Some(ModeKind::Check) => Ok(check::run(&cx)),
         Some(ModeKind::Exec) => Ok(exec_sandboxed(&cx)),
         // Answered by the control socket's client before the configuration is read.
-        Some(ModeKind::Allow | ModeKind::Deny | ModeKind::Status | ModeKind::Blocked) => {
+        Some(ModeKind::Allow | ModeKind::Deny { .. } | ModeKind::Status | ModeKind::Blocked) => {
             Ok(exit::USAGE)
         }
         Some(ModeKind::Apply) => {

@@ -48,6 +48,10 @@
 //!       --half-close SERVER NAME MS        a TCP query, then shutdown(SHUT_WR); prints
 //!                                          {"step":"half-closed"} at once, then waits up to
 //!                                          MS for the answer
+//!       --hold ADDR:PORT                   a TCP connection kept open for --exchange, with
+//!                                          one exchange at once (its local port reported)
+//!       --exchange                         on each held connection in order: send a line,
+//!                                          read the echo ({"results": [...]})
 //!       --wait-file PATH                   wait (up to 60 s) until PATH exists
 //!       --sleep MS
 //!   sandbox-probe dns-flood N SERVER SUFFIX ALLOWED
@@ -1289,13 +1293,54 @@ fn search(args: &[String]) -> i32 {
 /// once under load is still answered, and a step that waits this long has really failed.
 const DNS_PATIENCE: Duration = Duration::from_millis(4000);
 
+/// One line out, its echo back, on a held connection.
+fn exchange(mut s: &TcpStream) -> Value {
+    let result = (|| -> std::io::Result<()> {
+        s.write_all(b"ping\n")?;
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b)?;
+        (&b == b"ping\n")
+            .then_some(())
+            .ok_or(std::io::Error::other("not an echo"))
+    })();
+    match result {
+        Ok(()) => json!({"result": "ok"}),
+        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+    }
+}
+
 fn dns_steps(args: &[String]) -> i32 {
     let timeout = DNS_PATIENCE;
     let mut it = args.iter();
     let mut out = std::io::stdout();
+    let mut held: Vec<TcpStream> = vec![];
     while let Some(a) = it.next() {
         let mut next = || it.next().cloned().unwrap_or_default();
         let v = match a.as_str() {
+            "--hold" => {
+                let target = next();
+                let mut v = match target.parse::<SocketAddr>() {
+                    Ok(sa) => match TcpStream::connect_timeout(&sa, timeout) {
+                        Ok(s) => {
+                            let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                            let _ = s.set_read_timeout(Some(timeout));
+                            let mut v = exchange(&s);
+                            v["local_port"] = json!(port);
+                            held.push(s);
+                            v
+                        }
+                        Err(e) => json!({"result": "error", "error": errno_name(&e)}),
+                    },
+                    Err(_) => json!({"result": "bad-address"}),
+                };
+                v["step"] = json!("hold");
+                v["target"] = json!(target);
+                v
+            }
+            "--exchange" => {
+                let results: Vec<Value> = held.iter().map(exchange).collect();
+                json!({"step": "exchange", "results": results})
+            }
             "--query" => {
                 let (p, s, n, t) = (next(), next(), next(), next());
                 one_query(&p, &s, &n, qtype(&t), timeout)

@@ -90,9 +90,17 @@ pub enum Mode {
         #[arg(value_name = "ENTRY", required = true)]
         entries: Vec<String>,
     },
-    /// In a running sandbox: remove entries that `allow` added (connections already
-    /// established continue).
+    /// In a running sandbox: remove entries that `allow` added. New connections to them
+    /// are refused at once; connections already established continue unless --kill.
     Deny {
+        /// Also close the established connections to each address or network denied
+        /// (its port and protocol when the entry names them): their connection-tracking
+        /// entries are deleted, so their next packet is refused. Entries allowed since the
+        /// start are never closed, nor are a name's (its learned addresses stay allowed
+        /// until they expire, at most max(TTL, 10 s) + 10 s after its last answer; then
+        /// deny --kill ADDRESS closes what is still open).
+        #[arg(long)]
+        kill: bool,
         #[arg(value_name = "ENTRY", required = true)]
         entries: Vec<String>,
     },
@@ -229,7 +237,9 @@ impl Cli {
                 (merge(self.options, options), Some(ModeKind::Config), vec![])
             }
             Some(Mode::Allow { entries }) => (self.options, Some(ModeKind::Allow), entries),
-            Some(Mode::Deny { entries }) => (self.options, Some(ModeKind::Deny), entries),
+            Some(Mode::Deny { kill, entries }) => {
+                (self.options, Some(ModeKind::Deny { kill }), entries)
+            }
             Some(Mode::Status) => (self.options, Some(ModeKind::Status), vec![]),
             Some(Mode::Blocked) => (self.options, Some(ModeKind::Blocked), vec![]),
             Some(Mode::Exec { command }) => (self.options, Some(ModeKind::Exec), command),
@@ -245,7 +255,10 @@ pub enum ModeKind {
     Config,
     /// The live modes: their arguments are the entries (allow, deny) or the command (exec).
     Allow,
-    Deny,
+    /// `kill`: also close the established connections (`deny --kill`).
+    Deny {
+        kill: bool,
+    },
     Status,
     Blocked,
     Exec,

@@ -277,6 +277,41 @@ impl Net {
         }
         .parse()
         .unwrap();
+        self.listen_in_world(sa, move |mut s, _| {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\nhello from {sa}\n");
+        });
+    }
+
+    /// A TCP echo server in the world namespace that keeps every connection open (a
+    /// long-lived connection for `deny --kill`), each in its own thread.
+    pub fn serve_echo(&mut self, sa: SocketAddr) {
+        self.listen_in_world(sa, |mut s, stop| {
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    match s.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) if s.write_all(&buf[..n]).is_err() => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        });
+    }
+
+    /// Listens on `sa` in the world namespace until the fixture stops, handing each
+    /// connection (blocking) to `handle`; returns when it is bound.
+    fn listen_in_world(
+        &mut self,
+        sa: SocketAddr,
+        handle: impl Fn(TcpStream, Arc<AtomicBool>) + Send + 'static,
+    ) {
         let stop = self.stop.clone();
         let ns = self.world_ns.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -287,12 +322,9 @@ impl Net {
             tx.send(()).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((mut s, _)) => {
+                    Ok((s, _)) => {
                         let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                        let mut buf = [0u8; 256];
-                        let _ = s.read(&mut buf);
-                        let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\nhello from {sa}\n");
+                        handle(s, stop.clone());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }

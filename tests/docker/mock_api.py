@@ -7,8 +7,16 @@ plain host that answers every GET with a banner.
 
 The mock answers POST /v1/messages (streaming SSE or JSON) and /v1/messages/count_tokens,
 and 404 JSON for everything else. Replies:
+  - the tool_result of toolu_retry_01 (below)       -> once the file $MOCK_RETRY_GATE exists
+                                                       (waits up to 60 s; the test creates it
+                                                       after a live allow), the same Bash
+                                                       tool_use again as toolu_retry_02
+  - the tool_result of toolu_retry_02               -> text "MOCK-RETRY-DONE"
   - a user turn after the last assistant turn holds a tool_result
                                                     -> text "MOCK-TOOL-DONE"
+  - the last user text holds RETRY-LIVE and the Bash tool is offered
+                                                    -> a Bash tool_use toolu_retry_01 running
+                                                       $MOCK_RETRY_COMMAND
   - the last user text holds RUN-TOOL and the Bash tool is offered
                                                     -> a Bash tool_use running $MOCK_TOOL_COMMAND
   - anything else                                   -> text "MOCK-ANSWER-42"
@@ -34,10 +42,12 @@ import os
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARGS = None
 TOKENS = {"current": None, "issued": 0, "lock": threading.Lock()}
+REPLIES = {"n": 0, "lock": threading.Lock()}
 
 
 def last_user_content(body):
@@ -50,34 +60,54 @@ def last_user_content(body):
     return []
 
 
-def tool_result_since_last_turn(body):
-    """Whether a user message after the last assistant turn holds a tool_result (hook
-    context may come as a message of its own after it)."""
+def tool_results_since_last_turn(body):
+    """The tool_use ids of the tool_results in the user messages after the last assistant
+    turn (hook context may come as a message of its own after them)."""
+    ids = []
     for msg in reversed(body.get("messages") or []):
         if msg.get("role") == "assistant":
-            return False
+            break
         content = msg.get("content")
-        if isinstance(content, list) and any(
-                isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
-            return True
-    return False
+        if isinstance(content, list):
+            ids += [b.get("tool_use_id") for b in content
+                    if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return ids
+
+
+def bash_tool_use(tool_id, command):
+    return [{
+        "type": "tool_use",
+        "id": tool_id,
+        "name": "Bash",
+        "input": {"command": command, "description": "probe the sandbox"},
+    }], "tool_use"
+
+
+def wait_for(path, seconds):
+    for _ in range(seconds * 10):
+        if os.path.exists(path):
+            return
+        time.sleep(0.1)
 
 
 def plan_reply(body):
     """Returns (content blocks, stop_reason)."""
     content = last_user_content(body)
-    if tool_result_since_last_turn(body):
+    results = tool_results_since_last_turn(body)
+    retry_command = os.environ.get("MOCK_RETRY_COMMAND", "id")
+    if "toolu_retry_02" in results:
+        return [{"type": "text", "text": "MOCK-RETRY-DONE"}], "end_turn"
+    if "toolu_retry_01" in results:
+        wait_for(os.environ.get("MOCK_RETRY_GATE", "/tmp/retry-gate"), 60)
+        return bash_tool_use("toolu_retry_02", retry_command)
+    if results:
         return [{"type": "text", "text": "MOCK-TOOL-DONE"}], "end_turn"
     text = " ".join(b.get("text", "") for b in content if b.get("type") == "text")
     tools = [t.get("name") for t in body.get("tools") or []]
+    if "RETRY-LIVE" in text and "Bash" in tools:
+        return bash_tool_use("toolu_retry_01", retry_command)
     if "RUN-TOOL" in text and "Bash" in tools:
-        command = os.environ.get("MOCK_TOOL_COMMAND", "id")
-        return [{
-            "type": "tool_use",
-            "id": "toolu_sandbox_probe_01",
-            "name": "Bash",
-            "input": {"command": command, "description": "probe the sandbox"},
-        }], "tool_use"
+        return bash_tool_use("toolu_sandbox_probe_01", os.environ.get("MOCK_TOOL_COMMAND", "id"))
     return [{"type": "text", "text": "MOCK-ANSWER-42"}], "end_turn"
 
 
@@ -171,7 +201,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         content, stop = plan_reply(body)
         model = body.get("model") or "claude-mock"
-        message = {"id": "msg_mock_01", "type": "message", "role": "assistant",
+        # A fresh id per reply, as the API gives: the CLI merges assistant turns that share one.
+        with REPLIES["lock"]:
+            REPLIES["n"] += 1
+            message_id = f"msg_mock_{REPLIES['n']:02}"
+        message = {"id": message_id, "type": "message", "role": "assistant",
                    "model": model, "content": [], "stop_reason": None,
                    "stop_sequence": None,
                    "usage": {"input_tokens": 10, "output_tokens": 1}}

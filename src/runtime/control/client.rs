@@ -44,7 +44,7 @@ pub fn for_mode(mode: Option<crate::policy::cli::ModeKind>, args: &[String]) -> 
     };
     let req = match mode? {
         ModeKind::Allow => parsed(args).map(Request::Allow),
-        ModeKind::Deny => parsed(args).map(Request::Deny),
+        ModeKind::Deny { kill } => parsed(args).map(|entries| Request::Deny { entries, kill }),
         ModeKind::Status => Ok(Request::Status),
         ModeKind::Blocked => Ok(Request::Blocked),
         _ => return None,
@@ -58,7 +58,7 @@ pub fn for_mode(mode: Option<crate::policy::cli::ModeKind>, args: &[String]) -> 
 fn op_name(r: &Request) -> &'static str {
     match r {
         Request::Allow(_) => "allow",
-        Request::Deny(_) => "deny",
+        Request::Deny { .. } => "deny",
         Request::Status => "status",
         Request::Blocked => "blocked",
     }

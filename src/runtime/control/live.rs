@@ -106,6 +106,27 @@ impl Live {
             .collect()
     }
 
+    /// What `deny --kill` closes for `entries`: the addresses and networks (with their
+    /// ports) of every entry that is not allowed since the start, and a line for each entry
+    /// it cannot close. Start entries are never closed: their connections stay allowed.
+    /// Names are not closed either: the addresses the DNS filter learned for a name stay in
+    /// its sets until they expire, so a closed connection would be let in again at once.
+    pub fn kill_targets(&self, entries: &[Entry]) -> (Vec<(IpNet, Option<Port>)>, Vec<String>) {
+        let mut targets = vec![];
+        let mut lines = vec![];
+        for e in entries.iter().filter(|e| !self.started_with(e)) {
+            match &e.target {
+                Target::Net(n) => targets.push((*n, e.port)),
+                _ => lines.push(format!(
+                    "{e}: its established connections stay open (the addresses learned for it \
+                     stay allowed until they expire, at most max(TTL, 10 s) + 10 s after its \
+                     last answer); then `deny --kill ADDRESS` closes them"
+                )),
+            }
+        }
+        (targets, lines)
+    }
+
     /// Every entry the DNS filter's policy holds now.
     pub fn policy_entries(&self) -> Vec<Entry> {
         self.start
@@ -222,6 +243,30 @@ mod tests {
         assert!(lines[2].contains("not allowed live"));
         assert_eq!(l.live.len(), 1);
         assert!(l.new_groups().is_empty());
+    }
+
+    #[test]
+    fn kill_closes_addresses_and_networks_never_start_entries() {
+        let mut l = live(true);
+        l.start.push((e("10.5.0.0/16"), "image".into()));
+        l.allow(&[e("10.1.0.0/16:443"), e("reg.test")], ROOT, "t")
+            .unwrap();
+        l.deny(&[e("10.1.0.0/16:443"), e("reg.test")]);
+        let (targets, lines) = l.kill_targets(&[
+            e("10.1.0.0/16:443"),
+            e("fd00::1"),
+            e("reg.test"),
+            e("10.5.0.0/16"),
+        ]);
+        assert_eq!(
+            targets,
+            vec![
+                (e("10.1.0.0/16").target_net(), e("x.test:443").port),
+                (e("fd00::1").target_net(), None)
+            ]
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("reg.test: its established connections stay open"));
     }
 
     #[test]

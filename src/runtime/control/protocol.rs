@@ -3,7 +3,7 @@
 //! so instead of misreading each other. Pure: every check is unit-tested without a socket.
 //!
 //! Request:  {"v":1,"op":"allow","entries":["registry.example.org:443"]}
-//!           {"v":1,"op":"deny","entries":[...]}
+//!           {"v":1,"op":"deny","entries":[...],"kill":true}   ("kill" optional, false)
 //!           {"v":1,"op":"status"}            {"v":1,"op":"blocked"}
 //! Response: {"v":1,"ok":true,"lines":["..."],"data":{...}}
 //!           {"v":1,"ok":false,"error":"..."}
@@ -21,7 +21,11 @@ pub const MAX_ENTRIES: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Allow(Vec<Entry>),
-    Deny(Vec<Entry>),
+    /// `kill`: also close the established connections to the entries' addresses.
+    Deny {
+        entries: Vec<Entry>,
+        kill: bool,
+    },
     Status,
     Blocked,
 }
@@ -32,7 +36,9 @@ impl Request {
         let strings = |e: &[Entry]| e.iter().map(|e| e.to_string()).collect::<Vec<_>>();
         let v = match self {
             Request::Allow(e) => json!({"v": VERSION, "op": "allow", "entries": strings(e)}),
-            Request::Deny(e) => json!({"v": VERSION, "op": "deny", "entries": strings(e)}),
+            Request::Deny { entries, kill } => {
+                json!({"v": VERSION, "op": "deny", "entries": strings(entries), "kill": kill})
+            }
             Request::Status => json!({"v": VERSION, "op": "status"}),
             Request::Blocked => json!({"v": VERSION, "op": "blocked"}),
         };
@@ -81,7 +87,15 @@ impl Request {
         };
         match obj.get("op").and_then(Value::as_str) {
             Some("allow") => Ok(Request::Allow(entries()?)),
-            Some("deny") => Ok(Request::Deny(entries()?)),
+            Some("deny") => Ok(Request::Deny {
+                entries: entries()?,
+                kill: match obj.get("kill") {
+                    None => false,
+                    Some(k) => k
+                        .as_bool()
+                        .ok_or_else(|| "\"kill\" is true or false".to_string())?,
+                },
+            }),
             Some("status") => Ok(Request::Status),
             Some("blocked") => Ok(Request::Blocked),
             Some(op) => Err(format!(
@@ -153,7 +167,14 @@ mod tests {
     fn requests_round_trip() {
         for r in [
             Request::Allow(entries(&["a.test:443", "10.0.0.0/8", "[2001:db8::1]:22"])),
-            Request::Deny(entries(&["*.b.test"])),
+            Request::Deny {
+                entries: entries(&["*.b.test"]),
+                kill: false,
+            },
+            Request::Deny {
+                entries: entries(&["10.0.0.0/8:443"]),
+                kill: true,
+            },
             Request::Status,
             Request::Blocked,
         ] {
@@ -176,6 +197,10 @@ mod tests {
             (br#"{"v":1,"op":"allow"}"#, "missing \"entries\""),
             (br#"{"v":1,"op":"allow","entries":[]}"#, "no entries"),
             (br#"{"v":1,"op":"allow","entries":[5]}"#, "a string"),
+            (
+                br#"{"v":1,"op":"deny","entries":["a.test"],"kill":"yes"}"#,
+                "true or false",
+            ),
             (
                 br#"{"v":1,"op":"allow","entries":["a.test,b.test"]}"#,
                 "invalid allowlist entry",

@@ -152,10 +152,13 @@ impl Server {
                     Err(e) => Response::Err(e),
                 }
             }
-            Ok(Request::Deny(entries)) => {
+            Ok(Request::Deny { entries, kill }) => {
                 let mut next = self.live.clone();
                 let lines = next.deny(&entries);
-                self.commit(next, "deny", &entries, lines, peer)
+                match self.commit(next, "deny", &entries, lines, peer) {
+                    Response::Ok { lines, data } if kill => self.kill(&entries, lines, data, peer),
+                    other => other,
+                }
             }
             Ok(Request::Status) => {
                 let (lines, data) = self.live.describe();
@@ -219,6 +222,55 @@ impl Server {
             lines,
             data: Value::Null,
         }
+    }
+
+    /// `deny --kill`, after the entries left the ruleset (so a flow whose tracking entry is
+    /// gone meets the default deny on its next packet): closes the established connections
+    /// to them and says how many, on stderr and in the audit log with who did it.
+    fn kill(
+        &mut self,
+        entries: &[Entry],
+        mut lines: Vec<String>,
+        data: Value,
+        peer: Peer,
+    ) -> Response {
+        let (targets, not_closed) = self.live.kill_targets(entries);
+        lines.extend(not_closed);
+        let closed = match crate::stages::firewall::conntrack::kill(&targets) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!(
+                    "control socket: deny --kill by uid {} pid {}: {e}",
+                    peer.uid,
+                    peer.pid
+                );
+                return Response::Err(format!(
+                    "the entries are denied for new connections, but the established ones \
+                     could not be closed: {e}"
+                ));
+            }
+        };
+        let line = format!(
+            "closed {closed} established connection{} (--kill)",
+            if closed == 1 { "" } else { "s" }
+        );
+        let texts: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        log::warn!(
+            "live allowlist: deny --kill by uid {} pid {}: {line} to {}",
+            peer.uid,
+            peer.pid,
+            texts.join(", ")
+        );
+        self.reporter.borrow_mut().audit_note(&json!({
+            "event": "live_kill",
+            "entries": texts,
+            "closed": closed,
+            "uid": peer.uid,
+            "pid": peer.pid,
+            "time": crate::runtime::report::audit::rfc3339(SystemTime::now()),
+        }));
+        lines.push(line);
+        Response::Ok { lines, data }
     }
 
     /// The recent blocked destinations, with counts and the `allow` for each.

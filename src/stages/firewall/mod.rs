@@ -2,6 +2,7 @@
 //! `inet sandbox_init` in one netlink transaction, read it back. Any failure to program
 //! the kernel is fatal (exit 70) with a diagnosis: the command never runs unfirewalled.
 
+pub mod conntrack;
 pub mod netlink;
 pub mod resolve;
 

@@ -1145,11 +1145,12 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// The top-level attributes of one message, in order.
-struct Attrs(Vec<(u16, Vec<u8>)>);
+/// The top-level attributes of one message, in order (flags such as NLA_F_NESTED masked
+/// off the types).
+pub(crate) struct Attrs(pub(crate) Vec<(u16, Vec<u8>)>);
 
 impl Attrs {
-    fn parse(mut b: &[u8]) -> Attrs {
+    pub(crate) fn parse(mut b: &[u8]) -> Attrs {
         let mut out = vec![];
         while b.len() >= 4 {
             let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
@@ -1162,7 +1163,7 @@ impl Attrs {
         }
         Attrs(out)
     }
-    fn get(&self, ty: u16) -> Option<&[u8]> {
+    pub(crate) fn get(&self, ty: u16) -> Option<&[u8]> {
         self.0.iter().find(|(t, _)| *t == ty).map(|(_, v)| &v[..])
     }
     fn str(&self, ty: u16) -> Option<&str> {
@@ -1177,8 +1178,15 @@ impl Attrs {
 
 /// One NLM_F_DUMP request for family inet; the attributes of every answer.
 fn dump(fd: i32, msg: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<Attrs>, i32> {
+    let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg;
+    let answers = dump_messages(fd, ty, libc::NFPROTO_INET as u8, attrs)?;
+    Ok(answers.into_iter().map(|(_, a)| a).collect())
+}
+
+/// One nfnetlink message: header, nfgenmsg for `family`, then `attrs` (type, payload).
+pub(crate) fn nfnl_message(ty: u16, flags: u16, family: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
     let mut req = vec![0u8; 16];
-    req.extend([libc::NFPROTO_INET as u8, 0, 0, 0]);
+    req.extend([family, 0, 0, 0]);
     for (ty, v) in attrs {
         req.extend(((v.len() + 4) as u16).to_ne_bytes());
         req.extend(ty.to_ne_bytes());
@@ -1189,10 +1197,21 @@ fn dump(fd: i32, msg: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<Attrs>, i32> 
     }
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
-    let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg;
     req[4..6].copy_from_slice(&ty.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req
+}
+
+/// One NLM_F_DUMP request of message type `ty` (subsystem << 8 | message) for `family`;
+/// every answer's family (from its nfgenmsg) and top-level attributes.
+pub(crate) fn dump_messages(
+    fd: i32,
+    ty: u16,
+    family: u8,
+    attrs: &[(u16, Vec<u8>)],
+) -> Result<Vec<(u8, Attrs)>, i32> {
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    let req = nfnl_message(ty, flags, family, attrs);
     // SAFETY: req is readable for its length; the socket is connected to the kernel by
     // default (destination 0).
     if unsafe { libc::send(fd, req.as_ptr() as *const libc::c_void, req.len(), 0) } < 0 {
@@ -1223,10 +1242,38 @@ fn dump(fd: i32, msg: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<Attrs>, i32> 
                         return Err(-code);
                     }
                 }
-                _ if len >= 20 => out.push(Attrs::parse(&b[20..len])),
+                _ if len >= 20 => out.push((b[16], Attrs::parse(&b[20..len]))),
                 _ => {}
             }
             b = &b[((len + 3) & !3).min(b.len())..];
+        }
+    }
+}
+
+/// One request with NLM_F_ACK; `Ok` when the kernel acknowledged it, else its errno.
+pub(crate) fn request_acked(
+    fd: i32,
+    ty: u16,
+    family: u8,
+    attrs: &[(u16, Vec<u8>)],
+) -> Result<(), i32> {
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    let req = nfnl_message(ty, flags, family, attrs);
+    // SAFETY: as in `dump_messages`.
+    if unsafe { libc::send(fd, req.as_ptr() as *const libc::c_void, req.len(), 0) } < 0 {
+        return Err(errno());
+    }
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n < 0 {
+            return Err(errno());
+        }
+        let b = &buf[..n as usize];
+        if b.len() >= 20 && u16::from_ne_bytes([b[4], b[5]]) as i32 == libc::NLMSG_ERROR {
+            let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+            return if code == 0 { Ok(()) } else { Err(-code) };
         }
     }
 }
