@@ -166,6 +166,7 @@ fn allow_and_deny_change_a_running_session_and_the_dns_filter_stays_on() {
     let net = Net::new();
     let root = rootfs();
     let (dns1, routed80) = (format!("{DNS1}:53"), format!("{ROUTED4}:80"));
+    let other80 = format!("{OTHER4}:80");
     #[rustfmt::skip]
     let steps = [
         "--resolve-connect", &dns1, "other.test", "80",  // 0: not allowed
@@ -177,6 +178,8 @@ fn allow_and_deny_change_a_running_session_and_the_dns_filter_stays_on() {
         "--resolve-connect", &dns1, "other.test", "80",  // 6: denied again
         "--connect", &routed80,                           // 7: denied again
         "--query", "udp", &dns1, "never.test", "A",       // 8: never allowed
+        "--wait-file", "/tmp/forgotten",                  // 9
+        "--connect", &other80,                            // 10: its learned address
     ];
     let sbx = audited_session(&root, &net, &steps);
     let s0 = step(&sbx, 0);
@@ -250,6 +253,23 @@ fn allow_and_deny_change_a_running_session_and_the_dns_filter_stays_on() {
     assert_eq!(s6["rcode"], "NXDOMAIN", "{s6}");
     assert_rejected(&step(&sbx, 7));
     assert_eq!(step(&sbx, 8)["rcode"], "NXDOMAIN");
+    // The address the denied name's answer put in the sets goes too, within the set's
+    // timeout of the deny (not the answer's TTL): PID 1 stops keeping it alive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while net
+        .nft_json(&["set", "inet", "sandbox_init", "dyn_tcp80_v4"])
+        .to_string()
+        .contains(OTHER4)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{OTHER4} still in the set after deny"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    root.write("tmp/forgotten", "");
+    assert_eq!(step(&sbx, 9)["found"], true);
+    assert_rejected(&step(&sbx, 10));
     let (code, _) = sbx.wait(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 

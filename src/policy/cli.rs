@@ -96,9 +96,9 @@ pub enum Mode {
         /// Also close the established connections to each address or network denied
         /// (its port and protocol when the entry names them): their connection-tracking
         /// entries are deleted, so their next packet is refused. Entries allowed since the
-        /// start are never closed, nor are a name's (its learned addresses stay allowed
-        /// until they expire, at most max(TTL, 10 s) + 10 s after its last answer; then
-        /// deny --kill ADDRESS closes what is still open).
+        /// start are never closed, nor are a name's (its learned addresses leave the
+        /// firewall within 10 s of the deny; then deny --kill ADDRESS closes what is still
+        /// open).
         #[arg(long)]
         kill: bool,
         #[arg(value_name = "ENTRY", required = true)]

@@ -110,7 +110,8 @@ impl Live {
     /// ports) of every entry that is not allowed since the start, and a line for each entry
     /// it cannot close. Start entries are never closed: their connections stay allowed.
     /// Names are not closed either: the addresses the DNS filter learned for a name stay in
-    /// its sets until they expire, so a closed connection would be let in again at once.
+    /// its sets for up to the sets' timeout after the deny, so a closed connection would be
+    /// let in again at once.
     pub fn kill_targets(&self, entries: &[Entry]) -> (Vec<(IpNet, Option<Port>)>, Vec<String>) {
         let mut targets = vec![];
         let mut lines = vec![];
@@ -119,8 +120,9 @@ impl Live {
                 Target::Net(n) => targets.push((*n, e.port)),
                 _ => lines.push(format!(
                     "{e}: its established connections stay open (the addresses learned for it \
-                     stay allowed until they expire, at most max(TTL, 10 s) + 10 s after its \
-                     last answer); then `deny --kill ADDRESS` closes them"
+                     leave the firewall within {} s of the deny); then `deny --kill ADDRESS` \
+                     closes them",
+                    crate::policy::ruleset::SET_TIMEOUT.as_secs()
                 )),
             }
         }

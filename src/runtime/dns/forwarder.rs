@@ -201,7 +201,7 @@ impl Forwarder {
         for a in addrs {
             for g in &groups {
                 // Already in the sets (the firewall batch put them there).
-                self.tracker.learn(*a, *g, 0, now);
+                self.tracker.learn(*a, *g, name, 0, now);
             }
         }
     }
@@ -411,7 +411,7 @@ impl Forwarder {
                 for (addr, ttl) in &a.addrs {
                     r.learned(*addr, &ask.q.name);
                     for g in &ask.groups {
-                        if self.tracker.learn(*addr, *g, *ttl, now) {
+                        if self.tracker.learn(*addr, *g, &ask.q.name, *ttl, now) {
                             push.push((*addr, *g));
                         }
                     }
@@ -584,7 +584,12 @@ impl Duty for Forwarder {
             }
         }
         self.expire(now);
-        let due = self.tracker.due(now);
+        // A name denied since (`sandbox-init deny`) no longer keeps its addresses alive.
+        let due = {
+            let policy = self.policy.borrow();
+            self.tracker
+                .due(now, |name, group| policy.groups(name).contains(&group))
+        };
         if let Some(w) = &mut self.writer {
             w.add(&due);
         }

@@ -8,6 +8,11 @@
 //! the answer's end, so the kernel drops the address at most `SET_TIMEOUT` after it: no
 //! later than max(TTL, 10 s) + 10 s after the last answer (the contract), and never while
 //! the answer is still valid (REFRESH < SET_TIMEOUT with margin).
+//!
+//! Each address remembers the names whose answers held it, so that a name denied while
+//! the sandbox runs (`sandbox-init deny`) stops keeping its addresses alive: at the next
+//! refresh they are forgotten, and the kernel drops them at most `SET_TIMEOUT` after the
+//! deny, whatever their TTL.
 
 use crate::policy::names::Group;
 use crate::policy::ruleset::set_name;
@@ -23,16 +28,40 @@ pub const CEILING: Duration = Duration::from_secs(3600);
 pub const REFRESH: Duration = Duration::from_secs(3);
 /// An address re-added less than this ago is not sent again for a new answer.
 const RECENT: Duration = Duration::from_secs(1);
+/// Names remembered per address: a wildcard entry admits any number of names, and many
+/// may share one address (a CDN). Past this many, the address stays for as long as its
+/// answers are valid, whatever is denied later: a denied name may then share it with
+/// names still allowed.
+const NAMES_KEPT: usize = 16;
 
 /// How long an answer with this TTL keeps its addresses allowed.
 pub fn valid_for(ttl: u32) -> Duration {
     Duration::from_secs(ttl as u64).clamp(FLOOR, CEILING)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Learned {
     valid_until: Instant,
     pushed: Instant,
+    /// The names whose answers held the address (lower case), at most `NAMES_KEPT`.
+    names: Vec<Box<str>>,
+    /// More names than kept.
+    overflow: bool,
+}
+
+impl Learned {
+    fn held_by(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        if self.overflow || self.names.iter().any(|n| **n == *name) {
+            return;
+        }
+        if self.names.len() < NAMES_KEPT {
+            self.names.push(name.into());
+        } else {
+            self.overflow = true;
+            self.names = Vec::new();
+        }
+    }
 }
 
 /// The addresses PID 1 keeps alive in the kernel, per group.
@@ -43,40 +72,58 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// An answer held `addr` with `ttl`: returns whether it must be (re-)added now.
-    pub fn learn(&mut self, addr: IpAddr, group: Group, ttl: u32, now: Instant) -> bool {
+    /// An answer for `name` held `addr` with `ttl`: returns whether it must be (re-)added
+    /// now.
+    pub fn learn(
+        &mut self,
+        addr: IpAddr,
+        group: Group,
+        name: &str,
+        ttl: u32,
+        now: Instant,
+    ) -> bool {
         let valid_until = now + valid_for(ttl);
         self.next_tick.get_or_insert(now + REFRESH);
         match self.live.get_mut(&(addr, group)) {
             // The latest answer decides (the contract counts from the last answer).
             Some(l) if now.saturating_duration_since(l.pushed) < RECENT => {
                 l.valid_until = valid_until;
+                l.held_by(name);
                 false
             }
             Some(l) => {
                 l.valid_until = valid_until;
                 l.pushed = now;
+                l.held_by(name);
                 true
             }
             None => {
-                self.live.insert(
-                    (addr, group),
-                    Learned {
-                        valid_until,
-                        pushed: now,
-                    },
-                );
+                let mut l = Learned {
+                    valid_until,
+                    pushed: now,
+                    names: Vec::new(),
+                    overflow: false,
+                };
+                l.held_by(name);
+                self.live.insert((addr, group), l);
                 true
             }
         }
     }
 
-    /// Forgets expired answers; returns what must be re-added to stay in the kernel.
-    pub fn due(&mut self, now: Instant) -> Vec<(IpAddr, Group)> {
+    /// Forgets expired answers and addresses none of whose names `admits` any more (for
+    /// the address's group); returns what must be re-added to stay in the kernel.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        admits: impl Fn(&str, Group) -> bool,
+    ) -> Vec<(IpAddr, Group)> {
         if self.next_tick.is_none_or(|t| now < t) {
             return vec![];
         }
-        self.live.retain(|_, l| l.valid_until > now);
+        self.live.retain(|(_, group), l| {
+            l.valid_until > now && (l.overflow || l.names.iter().any(|n| admits(n, *group)))
+        });
         let mut out = vec![];
         for (k, l) in self.live.iter_mut() {
             if now.saturating_duration_since(l.pushed) >= REFRESH {
@@ -282,7 +329,7 @@ mod tests {
             // answers at 0 s and 2.5 s (the second one is "recent"-skipped or not)
             for (at_ms, expect_push) in [(0u64, true), (500, false), (2500, true)] {
                 let now = t0 + Duration::from_millis(at_ms);
-                let pushed = t.learn(a, None, ttl, now);
+                let pushed = t.learn(a, None, "n.test", ttl, now);
                 assert_eq!(pushed, expect_push, "ttl {ttl} at {at_ms} ms");
                 if pushed {
                     last_add = Some(now);
@@ -297,7 +344,7 @@ mod tests {
             while now < end {
                 let wake = t.deadline().unwrap_or(end).max(now);
                 now = wake + Duration::from_millis(7);
-                for (addr, _) in t.due(now) {
+                for (addr, _) in t.due(now, |_, _| true) {
                     assert_eq!(addr, a);
                     last_add = Some(now);
                 }
@@ -322,13 +369,48 @@ mod tests {
             proto: Proto::Tcp,
             number: 443,
         });
-        assert!(t.learn(ip("10.0.0.1"), None, 0, now));
-        assert!(t.learn(ip("10.0.0.1"), g, 0, now));
+        assert!(t.learn(ip("10.0.0.1"), None, "n.test", 0, now));
+        assert!(t.learn(ip("10.0.0.1"), g, "n.test", 0, now));
         assert_eq!(t.len(), 2);
         let later = now + REFRESH;
-        let mut due = t.due(later);
+        let mut due = t.due(later, |_, _| true);
         due.sort();
         assert_eq!(due.len(), 2);
-        assert!(t.due(later).is_empty(), "not twice in one tick");
+        assert!(
+            t.due(later, |_, _| true).is_empty(),
+            "not twice in one tick"
+        );
+    }
+
+    /// A name denied while its answer is still valid (an hour's TTL) stops keeping its
+    /// address alive at the next refresh: the kernel drops it at most SET_TIMEOUT after
+    /// the deny. An address another allowed name also holds stays, and so does one held
+    /// by more names than are kept.
+    #[test]
+    fn a_denied_name_stops_keeping_its_addresses_alive() {
+        let t0 = Instant::now();
+        let mut t = Tracker::default();
+        let (only, shared, crowded) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"));
+        t.learn(only, None, "Gone.Test", 3600, t0);
+        t.learn(shared, None, "gone.test", 3600, t0);
+        t.learn(shared, None, "kept.test", 3600, t0);
+        for i in 0..=NAMES_KEPT {
+            let name = if i == 0 {
+                "gone.test".to_string()
+            } else {
+                format!("n{i}.test")
+            };
+            t.learn(crowded, None, &name, 3600, t0);
+        }
+        let allowed = |denied: bool| move |n: &str, _: Group| !(denied && n == "gone.test");
+        // control: while nothing is denied, every address is refreshed
+        let mut due = t.due(t0 + REFRESH, allowed(false));
+        due.sort();
+        assert_eq!(due, vec![(only, None), (shared, None), (crowded, None)]);
+        // gone.test denied: its own address is forgotten, the other two stay
+        let mut due = t.due(t0 + REFRESH * 2, allowed(true));
+        due.sort();
+        assert_eq!(due, vec![(shared, None), (crowded, None)]);
+        assert_eq!(t.len(), 2);
     }
 }
