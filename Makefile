@@ -30,7 +30,7 @@ test-deps:
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --target $(TARGET) --all-targets -- -D warnings
+	$(CARGO) clippy --locked --target $(TARGET) --workspace --all-targets -- -D warnings
 
 test-unit: deps
 	$(CARGO) test --locked --target $(TARGET) --lib --bins
@@ -39,6 +39,7 @@ test-unit: deps
 # another user it stops at once and prints the command to run (the tiers need root).
 # Every tier runs even after one fails, so a run shows all that is wrong at once.
 test: test-deps lint
+	$(CARGO) build --locked --target $(TARGET) -p sandbox-probe
 	$(CARGO) test --locked --no-fail-fast --target $(TARGET)
 
 # The README's two commands on a fresh Debian 12 machine, in a container with nothing
@@ -48,7 +49,7 @@ test-fresh:
 
 bench: deps
 	@scripts/prereqs.sh bench
-	$(CARGO) build --release --locked --target $(TARGET) --bin sandbox-init --bin sandbox-probe
+	$(CARGO) build --release --locked --target $(TARGET) -p sandbox-init -p sandbox-probe
 	scripts/bench.sh $(BIN) $(PROBE)
 
 clean:

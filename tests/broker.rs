@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
-const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
+use common::PROBE;
 /// The attacker: an unprivileged uid like the sandboxed user's.
 const ATTACKER: u32 = 64_321;
 const LIVENESS: Duration = Duration::from_secs(15);
 
 fn require() {
     common::require_root();
+    common::probe_built();
     for tool in ["python3", "openssl"] {
         assert!(
             common::which(tool),

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
-const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
+use common::PROBE;
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 const NET: &str = "sandbox-init-test-net";
@@ -203,6 +203,7 @@ impl Drop for Cleanup {
 
 fn build_images(clean: &Cleanup) {
     let t = Instant::now();
+    common::probe_built();
     script("scripts/debian-image.sh", &[BASE]);
     // Fixture image: the Debian base with the mock (dnsmasq and python3 are in the base).
     let ctx = temp_dir("fixture-ctx");

@@ -1,6 +1,5 @@
 //! The library's layers import only downward, and no two modules of a layer import each
-//! other (directly or round a cycle). Reads every `.rs` file under src/ (the binaries in
-//! src/bin excepted): each `crate::`, `self::` and `super::` path, in `use` items (grouped
+//! other (directly or round a cycle). Reads every `.rs` file under src/: each `crate::`, `self::` and `super::` path, in `use` items (grouped
 //! ones included) and in code, names a module; a module is a file or directory directly
 //! under a layer, e.g. `policy::config` or `runtime::dns`.
 
@@ -35,8 +34,8 @@ fn rank(layer: &str) -> Option<usize> {
     LAYERS.iter().position(|l| *l == layer)
 }
 
-/// Every .rs file under `dir`, except src/bin.
-fn sources(src: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+/// Every .rs file under `dir`.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -44,9 +43,7 @@ fn sources(src: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            if p != src.join("bin") {
-                sources(src, &p, out);
-            }
+            sources(&p, out);
         } else if p.extension().is_some_and(|e| e == "rs") {
             out.push(p);
         }
@@ -334,7 +331,7 @@ struct Graph {
 
 fn graph(src: &Path) -> Graph {
     let mut files = vec![];
-    sources(src, src, &mut files);
+    sources(src, &mut files);
     let mut edges = BTreeMap::new();
     let mut outside = vec![];
     for file in &files {

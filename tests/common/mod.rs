@@ -18,7 +18,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
-pub const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
+/// The probe, a package of its own (probe/): `make test` builds it before the tiers
+/// (`cargo build --target x86_64-unknown-linux-musl -p sandbox-probe`); `probe_built`
+/// says so when it is missing or older than its sources. The test binaries' own profile
+/// directory (target/<triple>/tmp is beside it).
+pub const PROBE: &str = if cfg!(debug_assertions) {
+    concat!(env!("CARGO_TARGET_TMPDIR"), "/../debug/sandbox-probe")
+} else {
+    concat!(env!("CARGO_TARGET_TMPDIR"), "/../release/sandbox-probe")
+};
+
+/// Panics, with the command that fixes it, when the probe is not built or is older than
+/// a source file of its own (a tier would test a stale probe).
+pub fn probe_built() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let fix = "build it first: cargo build --target x86_64-unknown-linux-musl -p \
+                   sandbox-probe (make test does)";
+        let built = fs::metadata(PROBE)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("no probe at {PROBE} ({e}): {fix}"));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/src");
+        for f in fs::read_dir(&src).unwrap().map_while(Result::ok) {
+            let changed = f.metadata().and_then(|m| m.modified()).unwrap();
+            assert!(
+                changed <= built,
+                "{PROBE} is older than {}: {fix}",
+                f.path().display()
+            );
+        }
+    });
+}
 
 /// Where the binaries sit inside the rootfs.
 pub const INIT_IN_ROOT: &str = "/usr/local/sbin/sandbox-init";
@@ -104,6 +134,7 @@ impl Rootfs {
         );
         r.write("etc/resolv.conf", "nameserver 127.0.0.1\n");
         r.install(INIT, INIT_IN_ROOT, 0o755);
+        probe_built();
         r.install(PROBE, PROBE_IN_ROOT, 0o755);
         chown(r.path.join("home/claude"), Some(1000), Some(1000)).unwrap();
         chown(r.path.join("workspace"), Some(1000), Some(1000)).unwrap();

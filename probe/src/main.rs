@@ -67,7 +67,6 @@
 //!                                   answer DNS in place of a root process's upstream
 //!                                   (see sandbox-probe/hijack.rs); one JSON report
 
-#[path = "sandbox-probe/hijack.rs"]
 mod hijack;
 
 use serde_json::{json, Map, Value};
