@@ -144,6 +144,13 @@ fn broker_addr(stderr: &str) -> String {
     rest.split(',').next().unwrap().to_string()
 }
 
+/// Each probe `dns` step prints one JSON line.
+fn steps(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 fn keychain(access: &str, refresh: &str) -> String {
     let day_ahead = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -161,12 +168,34 @@ fn the_mock_gets_the_real_secret_the_child_only_the_placeholder_and_other_reques
     let f = fixture("swap");
     let real = real_secret("oat01");
     let go = "/tmp/requests-done";
+    let mock_addr = format!("{ALLOWED4}:{}", f.mock.port);
+
+    // Control: without the broker, the allowlisted upstream is reachable by the child.
+    let control = run_bounded(
+        &mut f.command(
+            &["--no-broker", "--allow", ALLOWED4],
+            &[("CLAUDE_CODE_OAUTH_TOKEN", &real)],
+            &["dns", "--connect", &mock_addr],
+        ),
+        Duration::from_secs(60),
+    );
+    control.assert_code(0);
+    let direct = steps(&control.stdout);
+    assert_eq!(direct[0]["result"], "connected", "{direct:?}");
+
+    // With it, the same allowlist entry no longer opens the upstream to the child.
     let mut cmd = f.command(
         &["--broker", "--allow", ALLOWED4],
         &[("CLAUDE_CODE_OAUTH_TOKEN", &real)],
-        &["dns", "--wait-file", go],
+        &["dns", "--connect", &mock_addr, "--wait-file", go],
     );
     let run = Running::start(&mut cmd);
+    let direct: Value = serde_json::from_str(&run.line(LIVENESS)).unwrap();
+    assert_eq!(direct["result"], "error", "{direct}");
+    assert_eq!(
+        direct["error"], "ECONNREFUSED",
+        "not a fast reject: {direct}"
+    );
     let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
     let broker = broker_addr(&log);
 
@@ -305,12 +334,44 @@ fn apply_refuses_the_broker() {
 }
 
 #[test]
+fn check_shows_what_the_broker_alone_may_reach() {
+    let f = fixture("check");
+    let upstream = f.upstream.clone();
+    let show = |flag: &str| {
+        let run = run_bounded(
+            &mut f.root.command(
+                &["check", flag],
+                &[
+                    ("ANTHROPIC_BASE_URL", &upstream),
+                    ("SANDBOX_PRESETS", "anthropic"),
+                ],
+                Some(&f.net.box_ns),
+            ),
+            Duration::from_secs(60),
+        );
+        run.stdout
+    };
+    let on = show("--broker");
+    assert!(on.contains("accept  the credential broker (uid"), "{on}");
+    assert!(
+        on.contains("160.79.104.0/23") && on.contains(&format!("{ALLOWED4}/32")),
+        "{on}"
+    );
+    assert!(
+        on.contains("credentials.broker") && on.contains("--broker"),
+        "{on}"
+    );
+    let off = show("--no-broker");
+    assert!(!off.contains("credential broker (uid"), "{off}");
+}
+
+#[test]
 fn a_broker_that_dies_is_reported_once_and_the_session_goes_on() {
     let f = fixture("dies");
     let real = real_secret("api03");
     let go = "/tmp/broker-killed";
     let mut cmd = f.command(
-        &["--broker", "--allow", ALLOWED4],
+        &["--broker"],
         &[("ANTHROPIC_API_KEY", &real)],
         &["dns", "--wait-file", go, "--sleep", "300"],
     );

@@ -6,6 +6,7 @@
 
 use super::context::Context;
 use super::exit::{Error, Result};
+use crate::policy::ruleset::BrokerRoute;
 use crate::runtime::broker::account::{self, Account};
 use crate::runtime::broker::launch::{self, Launch, Running};
 use crate::runtime::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
@@ -112,16 +113,7 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         .as_ref()
         .is_some_and(|o| o.real.refresh.is_some());
     spec.log = cx.settings.log.value.clone();
-    let id = &cx.identity;
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let account = account::choose(
-        None,
-        &read("/etc/passwd"),
-        &read("/etc/group"),
-        &[id.uid, id.gid, id.image_uid, id.image_gid],
-        "the broker's uid",
-    )
-    .map_err(broken)?;
+    let account = choose_account(cx).map_err(broken)?;
     Ok(Credentials {
         plan,
         fresh: true,
@@ -166,4 +158,40 @@ pub fn start(cx: &Context, planned: Planned) -> Result<Running> {
         spec.upstream
     );
     Ok(running)
+}
+
+/// The broker's uid: none of root, the sandboxed user, or a user or group of the image.
+fn choose_account(cx: &Context) -> std::result::Result<Account, String> {
+    let id = &cx.identity;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    account::choose(
+        None,
+        &read("/etc/passwd"),
+        &read("/etc/group"),
+        &[id.uid, id.gid, id.image_uid, id.image_gid],
+        "the broker's uid",
+    )
+}
+
+/// What the firewall gives the broker's uid alone.
+pub fn route(cx: &Context, planned: &Planned) -> BrokerRoute {
+    BrokerRoute::new(
+        planned.account.uid,
+        &cx.settings.presets.value,
+        Some(&planned.spec.upstream),
+    )
+}
+
+/// For `check`: the route the broker would get when it is on (whether a credential is
+/// given or not; `check` shows the plan of a start with one).
+pub fn route_for_check(cx: &Context) -> Option<BrokerRoute> {
+    if !cx.settings.broker.value {
+        return None;
+    }
+    let account = choose_account(cx).ok()?;
+    Some(BrokerRoute::new(
+        account.uid,
+        &cx.settings.presets.value,
+        given(cx, BASE_URL),
+    ))
 }

@@ -170,7 +170,7 @@ fn run() -> Result<i32> {
             Ok(exit::USAGE)
         }
         Some(ModeKind::Apply) => {
-            build_sandbox(&cx, broker::plan(&cx)?)?;
+            build_sandbox(&cx, broker::plan(&cx)?, None)?;
             log::info!("sandbox applied; no command run (apply mode)");
             Ok(0)
         }
@@ -179,7 +179,8 @@ fn run() -> Result<i32> {
             crate::stages::workspace_guard::warn_at_start(&cx.workdir, &cx.identity);
             let mut credentials = broker::plan(&cx)?;
             let planned = credentials.broker.take();
-            let applied = build_sandbox(&cx, credentials)?;
+            let route = planned.as_ref().map(|p| broker::route(&cx, p));
+            let applied = build_sandbox(&cx, credentials, route.as_ref())?;
             start_and_supervise(&cx, applied.as_ref(), planned)
         }
     }
@@ -237,9 +238,10 @@ fn refuse_agent_writable(path: &Path, id: &Identity) -> Result<()> {
 fn build_sandbox(
     cx: &Context,
     credentials: broker::Credentials,
+    route: Option<&crate::policy::ruleset::BrokerRoute>,
 ) -> Result<Option<firewall::Applied>> {
     let started = std::time::Instant::now();
-    let applied = firewall::setup(&cx.settings, &cx.env)?;
+    let applied = firewall::setup(&cx.settings, &cx.env, route)?;
     let firewall_done = started.elapsed();
     if cx.identity.remapped() {
         let change = home::Reown {
