@@ -334,6 +334,97 @@ fn apply_refuses_the_broker() {
 }
 
 #[test]
+fn the_child_sees_only_the_broker_as_its_base_url() {
+    let f = fixture("env");
+    let real = real_secret("api03");
+    let run = run_bounded(
+        &mut f.command(&["--broker"], &[("ANTHROPIC_API_KEY", &real)], &["report"]),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    let env = env_map(&run.report());
+    let base = env.get("ANTHROPIC_BASE_URL").cloned().unwrap_or_default();
+    assert!(base.starts_with("http://127.0.0.1:"), "{env:?}");
+    assert!(run
+        .stderr
+        .contains(&format!("listening on {}", &base["http://".len()..])));
+    for (k, v) in &env {
+        assert!(
+            !v.contains(&f.upstream),
+            "{k} shows the container's upstream"
+        );
+        assert!(!v.contains(&real), "{k} holds the real secret");
+    }
+    assert!(!env.contains_key("ANTHROPIC_API_KEY"), "{env:?}");
+    // Control: without the broker the child keeps the container's own value.
+    let run = run_bounded(
+        &mut f.command(
+            &["--no-broker"],
+            &[("ANTHROPIC_API_KEY", &real)],
+            &["report"],
+        ),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    assert_eq!(env_map(&run.report())["ANTHROPIC_BASE_URL"], f.upstream);
+}
+
+#[test]
+fn the_broker_resolves_an_upstream_name_through_the_dns_filter() {
+    broker_resolves_a_name(false);
+}
+
+#[test]
+fn the_broker_resolves_an_upstream_name_through_dockers_embedded_dns() {
+    broker_resolves_a_name(true);
+}
+
+fn broker_resolves_a_name(docker_dns: bool) {
+    let mut f = fixture(if docker_dns { "names-docker" } else { "names" });
+    let _docker = docker_dns.then(|| {
+        f.root.write(
+            "etc/resolv.conf",
+            "nameserver 127.0.0.11\noptions ndots:0\n",
+        );
+        f.net.docker_dns()
+    });
+    // Plain HTTP: the test certificate names an address, and this upstream is a name.
+    let plain = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let upstream = format!("http://allowed.test:{}", plain.port);
+    let real = real_secret("api03");
+    let go = "/tmp/requests-done";
+    let mut cmd = f.root.command(
+        &[
+            "--broker",
+            "--allow",
+            "allowed.test",
+            "--",
+            PROBE_IN_ROOT,
+            "dns",
+            "--wait-file",
+            go,
+        ],
+        &[
+            NO_PRESETS,
+            ("ANTHROPIC_BASE_URL", &upstream),
+            ("ANTHROPIC_API_KEY", &real),
+        ],
+        Some(&f.net.box_ns),
+    );
+    let run = Running::start(&mut cmd);
+    let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+    let state: Value = serde_json::from_str(&f.home_file(".claude.json")).unwrap();
+    let ph = state["primaryApiKey"].as_str().unwrap().to_string();
+    let (status, body) = f.post(&broker_addr(&log), ("x-api-key", &ph));
+    fs::write(f.root.join(go), "").unwrap();
+    let stderr = run.stderr.clone();
+    let _ = run.wait(LIVENESS);
+    assert_eq!(status, 200, "{body}\n{}", stderr.lock().unwrap());
+    let seen = plain.wait_for("the request", |v| v["path"] == "/v1/messages");
+    assert_eq!(seen["x-api-key"], real);
+}
+
+#[test]
 fn check_shows_what_the_broker_alone_may_reach() {
     let f = fixture("check");
     let upstream = f.upstream.clone();
