@@ -48,7 +48,8 @@ test-fresh:
 
 bench: deps
 	@scripts/prereqs.sh bench
-	$(CARGO) build --release --locked --target $(TARGET) --bin sandbox-init --bin sandbox-probe
+	$(CARGO) build --release --locked --target $(TARGET) --bin sandbox-init --bin sandbox-probe \
+	  --bin broker-bench
 	scripts/bench.sh $(BIN) $(PROBE)
 
 clean:
