@@ -33,3 +33,14 @@ if [ -x "$here/bench-dns.sh" ]; then
   echo "== DNS filter (dns = filter) =="
   "$here/bench-dns.sh" "$init" "$probe"
 fi
+
+# Built beside sandbox-init by `make bench`.
+broker_bench="$(dirname "$init")/broker-bench"
+if [ -x "$here/bench-broker.sh" ] && [ -x "$broker_bench" ]; then
+  echo
+  echo "== credential broker: a streamed response through it vs direct =="
+  "$here/bench-broker.sh" "$broker_bench"
+else
+  echo
+  echo "== credential broker: skipped (no $broker_bench: make bench builds it)"
+fi

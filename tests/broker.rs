@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::mock::{hex, real_secret, test_ca, Mock, LIVENESS};
+
 use sandbox_init::runtime::broker::account::{self, Account};
 use sandbox_init::runtime::broker::launch::{self, Launch, Running};
 use sandbox_init::runtime::broker::secret::Secret;
@@ -14,20 +16,18 @@ use sandbox_init::runtime::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
 use sandbox_init::runtime::broker::{placeholder, store};
 use serde_json::{json, Value};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
 use common::PROBE;
 /// The attacker: an unprivileged uid like the sandboxed user's.
 const ATTACKER: u32 = 64_321;
-const LIVENESS: Duration = Duration::from_secs(15);
 
 fn require() {
     common::require_root();
@@ -53,84 +53,6 @@ fn scratch(name: &str) -> PathBuf {
     fs::create_dir_all(&d).unwrap();
     fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
     d
-}
-
-fn real_secret(tag: &str) -> String {
-    let mut b = [0u8; 8];
-    fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut b)
-        .unwrap();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("sk-ant-{tag}-REAL-{hex}")
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The mock API as a child process; its JSON log lines are collected.
-struct Mock {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Mock {
-    fn start(extra: &[&str], env: &[(&str, &str)]) -> Mock {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker/mock_api.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--messages", "--bind", "127.0.0.1", "--port", "0"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let ready: Value =
-            serde_json::from_str(&first).unwrap_or_else(|_| panic!("mock: {first:?}"));
-        let port = ready["ready"].as_u64().unwrap() as u16;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
-        Mock { child, port, lines }
-    }
-
-    fn log(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = self.log().into_iter().find(|v| pred(v)) {
-                return v;
-            }
-            assert!(
-                start.elapsed() < LIVENESS,
-                "the mock never saw {what}: {:?}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn(spec: &Spec, store: Option<OwnedFd>) -> Result<Running, String> {
@@ -550,85 +472,11 @@ fn forwards_the_real_secret_for_each_credential_and_refuses_the_rest() {
 }
 
 /// A test CA and a certificate for 127.0.0.1 signed by it.
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=sandbox-init test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    fs::set_permissions(dir.join("ca.pem"), fs::Permissions::from_mode(0o644)).unwrap();
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
-
 #[test]
 fn forwards_over_tls_trusting_the_given_ca_only() {
     require();
     let dir = scratch("tls");
-    let (ca, cert, key) = test_ca(&dir);
+    let (ca, cert, key) = test_ca(&dir, "127.0.0.1");
     let mock = Mock::start(
         &[
             "--tls-cert",
@@ -908,7 +756,7 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
     require();
     let cli = claude_cli();
     let dir = scratch("cli-tls");
-    let (ca, cert, key) = test_ca(&dir);
+    let (ca, cert, key) = test_ca(&dir, "127.0.0.1");
     for tls in [false, true] {
         let mock = if tls {
             Mock::start(

@@ -1085,18 +1085,23 @@ fn case_claude_oauth_token(clean: &Cleanup) {
     eprintln!("docker tier: claude -p (oauth) in {:?}", r.elapsed);
 }
 
-fn case_claude_keychain_blob(clean: &Cleanup) {
-    let blob = serde_json::json!({
+/// A "Claude Code-credentials" keychain item for KEYCHAIN_TOKEN, expiring in 2100.
+fn keychain_blob(refresh: &str) -> String {
+    serde_json::json!({
         "claudeAiOauth": {
             "accessToken": KEYCHAIN_TOKEN,
-            "refreshToken": "sk-ant-ort01-INVENTED-refresh",
+            "refreshToken": refresh,
             "expiresAt": 4_102_444_800_000u64,
             "scopes": ["user:inference"],
             "subscriptionType": "max"
         },
         "mcpOAuth": {}
     })
-    .to_string();
+    .to_string()
+}
+
+fn case_claude_keychain_blob(clean: &Cleanup) {
+    let blob = keychain_blob("sk-ant-ort01-INVENTED-refresh");
     let r = run_claude(
         clean,
         "keychain",
@@ -1111,6 +1116,98 @@ fn case_claude_keychain_blob(clean: &Cleanup) {
         format!("Bearer {KEYCHAIN_TOKEN}"),
         "{req}"
     );
+}
+
+/// The real CLI with the credential broker on, once per credential input: it answers, the
+/// mock sees the real secret and never a placeholder, and the home volume the agent can
+/// read holds no trace of the secret (control: the same inputs without the broker leave it
+/// there, in the cases above).
+fn case_claude_through_the_broker(clean: &Cleanup) {
+    let blob = keychain_blob("sk-ant-ort01-INVENTED-broker-refresh");
+    let inputs: [(&str, &str, &str, &str, String); 3] = [
+        (
+            "broker-oauth",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            OAUTH_TOKEN,
+            "authorization",
+            format!("Bearer {OAUTH_TOKEN}"),
+        ),
+        (
+            "broker-keychain",
+            "CLAUDE_CREDENTIALS",
+            &blob,
+            "authorization",
+            format!("Bearer {KEYCHAIN_TOKEN}"),
+        ),
+        (
+            "broker-apikey",
+            "ANTHROPIC_API_KEY",
+            API_KEY,
+            "x-api-key",
+            API_KEY.to_string(),
+        ),
+    ];
+    // The mock by its address: the broker's route opens it to the broker alone. (By name,
+    // the fixture's dnsmasq answers the AAAA query REFUSED, which musl's resolver in the
+    // broker takes as a failure; real resolvers answer such a name with no data.)
+    let upstream = format!("http://{MOCK_IP}:8080");
+    for (case, var, value, header, want) in &inputs {
+        let marker = format!("CASE-{}", case.to_uppercase());
+        let r = run_claude(
+            clean,
+            case,
+            &format!("hello {marker}"),
+            &[
+                (var, value),
+                ("SANDBOX_BROKER", "1"),
+                ("ANTHROPIC_BASE_URL", &upstream),
+                ("SANDBOX_ALLOW", ""),
+            ],
+        );
+        r.assert_code(0);
+        assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+        assert!(r.stderr.contains("credential broker: pid"), "{r}");
+        let req = request_with(&marker);
+        assert_eq!(req[*header].as_str(), Some(want.as_str()), "{req}");
+        for seen in mock_requests() {
+            assert!(
+                !seen.to_string().contains("sandbox-init-placeholder"),
+                "the mock saw a placeholder: {seen}"
+            );
+        }
+        let secret = if *var == "CLAUDE_CREDENTIALS" {
+            KEYCHAIN_TOKEN
+        } else {
+            value
+        };
+        let vol = format!("sandbox-init-test-home-{case}:/home/claude");
+        // The files holding `needle` in the home volume (grep: 0 found, 1 none).
+        let grep_home = |needle: &str| {
+            docker(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                &vol,
+                "--entrypoint",
+                "grep",
+                CLAUDE_IMG,
+                "-rlF",
+                needle,
+                "/home/claude",
+            ])
+        };
+        let found = grep_home(secret);
+        assert_eq!(
+            found.status.code(),
+            Some(1),
+            "the home volume holds the real secret: {}",
+            text(&found.stdout)
+        );
+        let found = grep_home("sandbox-init-placeholder");
+        assert_eq!(found.status.code(), Some(0), "no placeholder in the home");
+    }
 }
 
 /// ANTHROPIC_API_KEY through the launcher itself: its exact capability set, no-new-privileges,
@@ -2264,6 +2361,10 @@ fn docker_end_to_end() {
         (
             "claude: ANTHROPIC_API_KEY via run-claude.sh",
             Box::new(|| case_claude_api_key_via_launcher(&clean)),
+        ),
+        (
+            "claude: through the credential broker, every input",
+            Box::new(|| case_claude_through_the_broker(&clean)),
         ),
         (
             "claude: tool_use inside the sandbox",

@@ -74,7 +74,11 @@ pub fn run(cx: &Context) -> i32 {
             fix: "mount /proc in the container".into(),
         }),
     }
-    print_firewall(firewall::diagnose(&cx.settings, &cx.env), &mut problems);
+    let route = super::broker::route_for_check(cx);
+    print_firewall(
+        firewall::diagnose(&cx.settings, &cx.env, route.as_ref()),
+        &mut problems,
+    );
     let workspace = crate::stages::workspace_guard::observe(&cx.workdir, id);
     problems.extend(
         crate::stages::workspace_guard::findings(&workspace, &cx.workdir)

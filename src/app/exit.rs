@@ -34,6 +34,10 @@ pub enum Error {
     /// A duty of PID 1 (the DNS filter, signal handling) or the command could not start.
     #[error("{0}")]
     Start(String),
+    /// The credential broker could not be started: the command does not run with a
+    /// placeholder that nothing would replace.
+    #[error("{0}")]
+    Broker(String),
     /// Building a sandbox here is refused: one already runs in this container (its PID 1
     /// is sandbox-init), or this is the host's own PID namespace.
     #[error("{0}")]
@@ -74,7 +78,7 @@ pub fn code(e: &Error) -> i32 {
         Error::Preflight(_) => CONFIG,
         // Whatever stopped it, the home is the user's to fix (or the ids to change).
         Error::Home(fs::Error::Refused(_) | fs::Error::Os(_)) => CONFIG,
-        Error::Start(_) => SANDBOX,
+        Error::Start(_) | Error::Broker(_) => SANDBOX,
         Error::Refused(_) => USAGE,
     }
 }

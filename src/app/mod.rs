@@ -1,5 +1,6 @@
 //! The application: the pipeline (`run`) and `sandbox-init check`.
 
+pub mod broker;
 pub mod check;
 pub mod context;
 pub mod exit;

@@ -2,6 +2,7 @@
 //! and nothing after a failed stage. Either the command runs in the full sandbox, or it
 //! does not run and the exit code says why.
 
+use super::broker;
 use super::check;
 use super::context::Context;
 use super::exit::{self, Error, Result};
@@ -107,6 +108,14 @@ fn run() -> Result<i32> {
     }
     init_logging(&settings.log.value);
     let mut settings = settings;
+    if mode == Some(ModeKind::Apply) && settings.broker.value {
+        return Err(Error::Refused(format!(
+            "apply: the credential broker ({}) needs sandbox-init to stay PID 1 and hold the \
+             real credential for the session; a one-shot apply leaves no one to. Use the \
+             entrypoint, or apply with --no-broker",
+            settings.broker.source
+        )));
+    }
     if matches!(mode, Some(ModeKind::Apply)) && settings.dns.value == config::DnsMode::Filter {
         // The DNS filter is PID 1 answering queries; a one-shot `apply` leaves no one to.
         let level = if matches!(settings.dns.source, config::Source::Default) {
@@ -161,15 +170,18 @@ fn run() -> Result<i32> {
             Ok(exit::USAGE)
         }
         Some(ModeKind::Apply) => {
-            build_sandbox(&cx)?;
+            build_sandbox(&cx, broker::plan(&cx)?, None)?;
             log::info!("sandbox applied; no command run (apply mode)");
             Ok(0)
         }
         None => {
             supervise::become_subreaper();
             crate::stages::workspace_guard::warn_at_start(&cx.workdir, &cx.identity);
-            let applied = build_sandbox(&cx)?;
-            start_and_supervise(&cx, applied.as_ref())
+            let mut credentials = broker::plan(&cx)?;
+            let planned = credentials.broker.take();
+            let route = planned.as_ref().map(|p| broker::route(&cx, p));
+            let applied = build_sandbox(&cx, credentials, route.as_ref())?;
+            start_and_supervise(&cx, applied.as_ref(), planned)
         }
     }
 }
@@ -223,9 +235,13 @@ fn refuse_agent_writable(path: &Path, id: &Identity) -> Result<()> {
 
 /// Every stage that changes the container, in order. Shared by entrypoint and `apply`.
 /// Returns what the firewall was built from (`None` when it is off).
-fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
+fn build_sandbox(
+    cx: &Context,
+    credentials: broker::Credentials,
+    route: Option<&crate::policy::ruleset::BrokerRoute>,
+) -> Result<Option<firewall::Applied>> {
     let started = std::time::Instant::now();
-    let applied = firewall::setup(&cx.settings, &cx.env)?;
+    let applied = firewall::setup(&cx.settings, &cx.env, route)?;
     let firewall_done = started.elapsed();
     if cx.identity.remapped() {
         let change = home::Reown {
@@ -242,7 +258,14 @@ fn build_sandbox(cx: &Context) -> Result<Option<firewall::Applied>> {
             cx.identity.home.display()
         );
     }
-    credentials::install(&cx.settings, &cx.identity, &cx.env, &cx.workdir)?;
+    credentials::install_plan(
+        &cx.settings,
+        &cx.identity,
+        &cx.env,
+        &cx.workdir,
+        credentials.plan,
+        credentials.fresh,
+    )?;
     let credentials_done = started.elapsed();
     lockdown::apply(&cx.settings, &cx.identity)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
@@ -355,14 +378,35 @@ fn exec_sandboxed(cx: &Context) -> i32 {
     failure.code
 }
 
-fn start_and_supervise(cx: &Context, applied: Option<&firewall::Applied>) -> Result<i32> {
+fn start_and_supervise(
+    cx: &Context,
+    applied: Option<&firewall::Applied>,
+    broker: Option<broker::Planned>,
+) -> Result<i32> {
     let started = std::time::Instant::now();
+    // Before the command and before PID 1 drops its privileges: the broker's uid change
+    // needs them.
+    let broker = broker.map(|b| broker::start(cx, b)).transpose()?;
     let duties = duties(cx, applied)?;
     log::debug!(
         "reports and DNS filter ready in {:.1} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let cmd = child_command(cx);
+    let mut cmd = child_command(cx);
+    if let Some(b) = &broker {
+        // The container's own value is the broker's upstream; the command sees only the
+        // broker.
+        cmd.env.insert(broker::BASE_URL.into(), b.base_url());
+        supervise::watch_exit(
+            b.pid,
+            format!(
+                "the credential broker (pid {}) ended: requests to the API now fail; restart \
+                 the container (or run it with {})",
+                b.pid,
+                broker::OFF_HOW
+            ),
+        );
+    }
     let sfd = supervise::block_signals().map_err(Error::Start)?;
     // From here on the command may draw on the terminal PID 1 shares with it.
     report::terminal::hold_if_shared();

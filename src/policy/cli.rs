@@ -187,6 +187,15 @@ pub struct Options {
     #[arg(long)]
     pub force_credentials: bool,
 
+    /// Keep the real credential out of the agent's reach: the CLI gets a placeholder and
+    /// talks to the API through a broker process of its own uid [env: SANDBOX_BROKER=1]
+    #[arg(long, conflicts_with = "no_broker")]
+    pub broker: bool,
+
+    /// Write the real credential into ~/.claude, no broker [env: SANDBOX_BROKER=0]
+    #[arg(long)]
+    pub no_broker: bool,
+
     /// DNS mode: `filter` (PID 1 answers allowlisted names only; the default) or
     /// `resolver` (the child may query the resolvers of /etc/resolv.conf) [env: SANDBOX_DNS]
     #[arg(long, value_name = "MODE", value_parser = ["filter", "resolver"])]
@@ -280,6 +289,9 @@ fn merge(before: Options, after: Options) -> Options {
         strict: before.strict || after.strict,
         allow_gateway: before.allow_gateway || after.allow_gateway,
         force_credentials: before.force_credentials || after.force_credentials,
+        // The later of the two wins, like every other option.
+        broker: after.broker || (before.broker && !after.no_broker),
+        no_broker: after.no_broker || (before.no_broker && !after.broker),
         allow_host_pid_namespace: before.allow_host_pid_namespace || after.allow_host_pid_namespace,
         dns: after.dns.or(before.dns),
         audit_log: after.audit_log.or(before.audit_log),
@@ -296,6 +308,18 @@ mod tests {
         let mut argv = vec!["sandbox-init"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).expect("parse").into_parts()
+    }
+
+    #[test]
+    fn broker_flags_conflict_and_the_later_wins_across_the_mode() {
+        let mut argv = vec!["sandbox-init", "--broker", "--no-broker"];
+        assert!(Cli::try_parse_from(&argv).is_err());
+        argv = vec!["sandbox-init", "--broker", "check", "--no-broker"];
+        let (o, _, _) = Cli::try_parse_from(&argv).unwrap().into_parts();
+        assert!(o.no_broker && !o.broker);
+        argv = vec!["sandbox-init", "--no-broker", "check", "--broker"];
+        let (o, _, _) = Cli::try_parse_from(&argv).unwrap().into_parts();
+        assert!(o.broker && !o.no_broker);
     }
 
     #[test]

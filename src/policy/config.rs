@@ -131,6 +131,9 @@ pub struct Settings {
     pub allow_gateway: Sourced<bool>,
     pub dns: Sourced<DnsMode>,
     pub force_credentials: Sourced<bool>,
+    /// The credential broker: the CLI gets a placeholder, the real secret stays with a
+    /// process of its own uid.
+    pub broker: Sourced<bool>,
     pub host_gitconfig: Sourced<PathBuf>,
     pub audit_log: Sourced<Option<PathBuf>>,
     pub log: Sourced<String>,
@@ -164,6 +167,8 @@ impl Default for Settings {
             // contract prescribes once the DNS-aware mode holds.
             dns: Sourced::default(DnsMode::Filter),
             force_credentials: Sourced::default(false),
+            // Off until proven with the real CLI in every credential input end to end.
+            broker: Sourced::default(false),
             host_gitconfig: Sourced::default(PathBuf::from(DEFAULT_HOST_GITCONFIG)),
             audit_log: Sourced::default(None),
             log: Sourced::default("info".into()),
@@ -220,6 +225,7 @@ struct FileFirewall {
 #[serde(deny_unknown_fields)]
 struct FileCredentials {
     force: Option<Spanned<bool>>,
+    broker: Option<Spanned<bool>>,
     host_gitconfig: Option<Spanned<PathBuf>>,
 }
 
@@ -361,6 +367,9 @@ fn apply_file(s: &mut Settings, path: &Path, text: &str) -> Result<()> {
     if let Some(v) = &file.credentials.force {
         s.force_credentials.set(*v.get_ref(), cx.source(v));
     }
+    if let Some(v) = &file.credentials.broker {
+        s.broker.set(*v.get_ref(), cx.source(v));
+    }
     if let Some(v) = &file.credentials.host_gitconfig {
         s.host_gitconfig.set(v.get_ref().clone(), cx.source(v));
     }
@@ -451,6 +460,7 @@ pub const ENV_VARS: &[&str] = &[
     "SANDBOX_STRICT",
     "SANDBOX_ALLOW_GATEWAY",
     "SANDBOX_FORCE_CREDENTIALS",
+    "SANDBOX_BROKER",
     "SANDBOX_DNS",
     "SANDBOX_AUDIT_LOG",
     "SANDBOX_LOG",
@@ -524,6 +534,7 @@ fn apply_env(s: &mut Settings, env: &HashMap<String, String>) -> Result<()> {
         ("SANDBOX_STRICT", &mut s.strict),
         ("SANDBOX_ALLOW_GATEWAY", &mut s.allow_gateway),
         ("SANDBOX_FORCE_CREDENTIALS", &mut s.force_credentials),
+        ("SANDBOX_BROKER", &mut s.broker),
     ] {
         if let Some(v) = get(var) {
             field.set(env_bool(var, v)?, Source::Env(var));
@@ -593,6 +604,12 @@ fn apply_flags(s: &mut Settings, o: &Options, command: &[String]) -> Result<()> 
     if o.force_credentials {
         s.force_credentials
             .set(true, Source::Flag("--force-credentials"));
+    }
+    if o.broker {
+        s.broker.set(true, Source::Flag("--broker"));
+    }
+    if o.no_broker {
+        s.broker.set(false, Source::Flag("--no-broker"));
     }
     if let Some(d) = &o.dns {
         let mode = DnsMode::parse(d).map_err(Error::Usage)?;
@@ -740,6 +757,11 @@ impl Settings {
             &self.force_credentials.source,
         );
         row(
+            "credentials.broker",
+            self.broker.value.to_string(),
+            &self.broker.source,
+        );
+        row(
             "credentials.host_gitconfig",
             self.host_gitconfig.value.display().to_string(),
             &self.host_gitconfig.source,
@@ -874,6 +896,55 @@ mod tests {
         };
         let s = build(&flags, &[], &env(&[("SANDBOX_PRESETS", "pypi")]), None).unwrap();
         assert_eq!(s.presets.value, ["npm", "crates"]);
+    }
+
+    #[test]
+    fn broker_is_off_by_default_and_layers_file_env_flag() {
+        let s = build(&Options::default(), &[], &env(&[]), None).unwrap();
+        assert!(!s.broker.value);
+        assert_eq!(s.broker.source, Source::Default);
+        let text = "[credentials]\nbroker = true\n";
+        let s = build(&Options::default(), &[], &env(&[]), file(text)).unwrap();
+        assert!(s.broker.value);
+        assert!(matches!(s.broker.source, Source::File { line: 2, .. }));
+        let s = build(
+            &Options::default(),
+            &[],
+            &env(&[("SANDBOX_BROKER", "0")]),
+            file(text),
+        )
+        .unwrap();
+        assert!(!s.broker.value);
+        assert_eq!(s.broker.source, Source::Env("SANDBOX_BROKER"));
+        let on = Options {
+            broker: true,
+            ..Default::default()
+        };
+        let s = build(&on, &[], &env(&[("SANDBOX_BROKER", "0")]), None).unwrap();
+        assert!(s.broker.value);
+        assert_eq!(s.broker.source, Source::Flag("--broker"));
+        let off = Options {
+            no_broker: true,
+            ..Default::default()
+        };
+        let s = build(&off, &[], &env(&[("SANDBOX_BROKER", "1")]), file(text)).unwrap();
+        assert!(!s.broker.value);
+        assert_eq!(s.broker.source, Source::Flag("--no-broker"));
+        let (kind, msg) = err(build(
+            &Options::default(),
+            &[],
+            &env(&[("SANDBOX_BROKER", "maybe")]),
+            None,
+        ));
+        assert_eq!(kind, "config");
+        assert!(msg.contains("SANDBOX_BROKER"), "{msg}");
+        let rows = build(&on, &[], &env(&[]), None).unwrap().describe();
+        assert!(
+            rows.iter().any(|(k, v, src)| k == "credentials.broker"
+                && v == "true"
+                && src.contains("--broker")),
+            "{rows:?}"
+        );
     }
 
     #[test]

@@ -114,6 +114,55 @@ pub enum RootDns {
     Any,
 }
 
+/// With the credential broker on: destinations only the broker's uid may reach (the API's
+/// fixed ranges and the upstream's own address). Everyone else, the sandboxed user
+/// included, is rejected there before the allowlist is consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRoute {
+    pub uid: u32,
+    pub nets: Vec<IpNet>,
+}
+
+impl BrokerRoute {
+    /// The networks of the `anthropic` preset when it is selected, and the upstream's host
+    /// when `upstream` (the container's ANTHROPIC_BASE_URL) names an address. An upstream
+    /// named by a host name keeps that name's allowlist treatment (the broker's own DNS
+    /// goes through the same path as everyone's).
+    pub fn new(uid: u32, presets: &[String], upstream: Option<&str>) -> BrokerRoute {
+        let mut nets: Vec<IpNet> = vec![];
+        if presets.iter().any(|p| p == "anthropic") {
+            let preset = super::presets::lookup("anthropic").map(|p| p.entries);
+            for e in preset.into_iter().flatten() {
+                if let Ok(Entry {
+                    target: Target::Net(n),
+                    ..
+                }) = e.parse::<Entry>()
+                {
+                    nets.push(n);
+                }
+            }
+        }
+        if let Some(ip) = upstream.and_then(url_address) {
+            nets.push(IpNet::from(ip));
+        }
+        BrokerRoute {
+            uid,
+            nets: IpNet::aggregate(&nets),
+        }
+    }
+}
+
+/// The address in `scheme://[user@]HOST[:port][/path]` when HOST is one.
+fn url_address(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    host.split(':').next()?.parse().ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Every port and protocol.
@@ -141,6 +190,25 @@ pub struct Plan {
     /// Docker's ExtServers) but 127.0.0.1 and ::1: in both modes no user but root may send
     /// from one of these addresses to a local socket, so nobody answers in their name.
     pub resolver_addrs: Vec<IpAddr>,
+    /// The credential broker's own destinations, when it runs.
+    pub broker: Option<BrokerRoute>,
+}
+
+impl Plan {
+    /// Gives `route`'s destinations to the broker's uid alone: they leave every group of
+    /// the allowlist, and the builder puts the broker's accept and everyone else's reject
+    /// before it.
+    pub fn with_broker(mut self, route: BrokerRoute) -> Plan {
+        let mine = |ip: IpAddr| route.nets.iter().any(|n| n.contains(&ip));
+        let covered = |net: &IpNet| route.nets.iter().any(|n| n.contains(net));
+        for g in std::iter::once(&mut self.any).chain(self.ports.values_mut()) {
+            g.v4.retain(|a| !mine(IpAddr::V4(*a)));
+            g.v6.retain(|a| !mine(IpAddr::V6(*a)));
+            g.nets.retain(|n| !covered(n));
+        }
+        self.broker = Some(route);
+        self
+    }
 }
 
 /// The inputs: validated entries, the addresses each name resolved to (failed names are
@@ -302,6 +370,7 @@ pub fn build_mode(
         upstreams: host.resolvers.clone(),
         loopback_resolvers: if filter { loopback_resolvers } else { vec![] },
         resolver_addrs,
+        broker: None,
     }
 }
 
@@ -387,6 +456,19 @@ impl fmt::Display for Plan {
                 )
             )?;
         }
+        if let Some(b) = &self.broker {
+            let nets = list(b.nets.iter().map(|n| n.to_string()).collect());
+            writeln!(
+                f,
+                "    accept  the credential broker (uid {}) to {nets}",
+                b.uid
+            )?;
+            writeln!(
+                f,
+                "    reject  every other user to {nets} (the sandboxed user reaches the API \
+                 through the broker only)"
+            )?;
+        }
         let group = |f: &mut fmt::Formatter<'_>, what: &str, g: &AddrGroup| {
             let mut items: Vec<String> = g.v4.iter().map(|a| a.to_string()).collect();
             items.extend(g.v6.iter().map(|a| a.to_string()));
@@ -441,6 +523,57 @@ mod tests {
             gateways: vec![ip("10.77.0.1"), ip("fd77::1")],
         }
     }
+    #[test]
+    fn the_broker_alone_gets_the_api_ranges_and_the_upstream_address() {
+        let presets = vec!["anthropic".to_string(), "npm".to_string()];
+        let route = BrokerRoute::new(65432, &presets, Some("https://user@10.77.0.10:8443/v1"));
+        let shown: Vec<String> = route.nets.iter().map(|n| n.to_string()).collect();
+        assert!(shown.contains(&"160.79.104.0/23".to_string()), "{shown:?}");
+        assert!(shown.contains(&"2607:6bc0::/48".to_string()), "{shown:?}");
+        assert!(shown.contains(&"10.77.0.10/32".to_string()), "{shown:?}");
+        assert_eq!(url_address("http://[fd77::10]:80"), Some(ip("fd77::10")));
+        assert_eq!(url_address("https://api.example.test/x"), None);
+        assert!(BrokerRoute::new(1, &[], Some("https://gw.test"))
+            .nets
+            .is_empty());
+
+        let plan = build(
+            &entries(&[
+                "160.79.104.0/23",
+                "10.77.0.10",
+                "10.77.0.10:443",
+                "10.9.9.9",
+                "npmjs.org",
+            ]),
+            &resolved(&[("npmjs.org", &["160.79.104.7", "10.8.8.8"])]),
+            &host(),
+            false,
+        )
+        .with_broker(route);
+        let all: Vec<IpAddr> = std::iter::once(&plan.any)
+            .chain(plan.ports.values())
+            .flat_map(|g| {
+                g.v4.iter()
+                    .map(|a| IpAddr::V4(*a))
+                    .chain(g.v6.iter().map(|a| IpAddr::V6(*a)))
+                    .chain(g.nets.iter().map(|n| n.addr()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for gone in ["160.79.104.0", "160.79.104.7", "10.77.0.10"] {
+            assert!(
+                !all.contains(&ip(gone)),
+                "{gone} still in the allowlist: {all:?}"
+            );
+        }
+        for kept in ["10.9.9.9", "10.8.8.8"] {
+            assert!(all.contains(&ip(kept)), "{kept} lost: {all:?}");
+        }
+        let text = plan.to_string();
+        assert!(text.contains("credential broker (uid 65432)"), "{text}");
+        assert!(text.contains("reject  every other user to"), "{text}");
+    }
+
     fn tcp(n: u16) -> Port {
         Port {
             proto: Proto::Tcp,

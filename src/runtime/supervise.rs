@@ -95,6 +95,29 @@ pub fn become_subreaper() {
     }
 }
 
+/// Processes beside the command whose end is said once on stderr (the credential broker),
+/// with what to say.
+static WATCHED: std::sync::Mutex<Vec<(Pid, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Says `message` once (a warning) when `pid` ends; the session goes on.
+pub fn watch_exit(pid: Pid, message: String) {
+    if let Ok(mut w) = WATCHED.lock() {
+        w.push((pid, message));
+    }
+}
+
+fn ended(status: WaitStatus) {
+    let Some(pid) = status.pid().filter(|_| exit_code(status).is_some()) else {
+        return;
+    };
+    if let Ok(mut w) = WATCHED.lock() {
+        if let Some(i) = w.iter().position(|(p, _)| *p == pid) {
+            let (_, message) = w.swap_remove(i);
+            log::warn!("{message}");
+        }
+    }
+}
+
 /// Reaps every exited child; returns the command's status when it was among them.
 fn reap(child: Pid) -> Option<WaitStatus> {
     let mut mine = None;
@@ -102,7 +125,7 @@ fn reap(child: Pid) -> Option<WaitStatus> {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return mine,
             Ok(st) if st.pid() == Some(child) && exit_code(st).is_some() => mine = Some(st),
-            Ok(_) => continue,
+            Ok(st) => ended(st),
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 log::warn!("waitpid: {e}");

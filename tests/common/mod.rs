@@ -481,6 +481,7 @@ pub fn set_file_caps(path: &std::path::Path, caps: u64) {
     assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
+pub mod mock;
 pub mod netns;
 
 /// The handles of our output chain's rules against answering for a resolver, in `nft -j

@@ -133,6 +133,21 @@ pub fn install(
     workdir: &Path,
 ) -> Result<()> {
     let plan = doc::plan(env).map_err(Error::Input)?;
+    install_plan(settings, identity, env, workdir, plan, false)
+}
+
+/// Writes what `plan` holds (the real credentials from `doc::plan`, or placeholders in
+/// their place) and the first-run state. `fresh` replaces what the volume holds even
+/// without `--force-credentials`: a placeholder is new at every start, and a real login
+/// kept on the volume must not stay in the user's reach beside it.
+pub fn install_plan(
+    settings: &Settings,
+    identity: &Identity,
+    env: &HashMap<String, String>,
+    workdir: &Path,
+    plan: Plan,
+    fresh: bool,
+) -> Result<()> {
     if let Some(ignored) = plan.ignored {
         log::warn!(
             "both {} and {ignored} are set: using {}, ignoring {ignored}",
@@ -180,7 +195,7 @@ pub fn install(
         plan,
         layout,
         uid: identity.uid,
-        force: settings.force_credentials.value,
+        force: settings.force_credentials.value || fresh,
         workdir: workdir.to_string_lossy().into_owned(),
         gitconfig,
     };

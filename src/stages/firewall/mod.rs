@@ -48,7 +48,12 @@ pub struct Applied {
 }
 
 /// Programs the firewall, or fails closed. `None` when the firewall is off.
-pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Option<Applied>> {
+/// `broker`: the credential broker's own destinations, when it runs.
+pub fn setup(
+    settings: &Settings,
+    _env: &HashMap<String, String>,
+    broker: Option<&plan::BrokerRoute>,
+) -> Result<Option<Applied>> {
     if !settings.firewall.value {
         log::warn!(
             "FIREWALL OFF ({}): the command can reach any address; remove it to enforce the allowlist",
@@ -107,6 +112,10 @@ pub fn setup(settings: &Settings, _env: &HashMap<String, String>) -> Result<Opti
         settings.allow_gateway.value,
         filter,
     );
+    let plan = match broker {
+        Some(route) => plan.with_broker(route.clone()),
+        None => plan,
+    };
     for w in &plan.warnings {
         log::warn!("{w}");
     }
@@ -226,7 +235,11 @@ impl std::fmt::Display for Fix {
 /// Looks at what the firewall would be built from, as `check` does: the kernel's nf_tables
 /// (listing needs the same capability and subsystem as applying, and changes nothing), the
 /// allowlist, each name's addresses, the plan.
-pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Diagnosis {
+pub fn diagnose(
+    settings: &Settings,
+    _env: &HashMap<String, String>,
+    broker: Option<&plan::BrokerRoute>,
+) -> Diagnosis {
     if !settings.firewall.value {
         return Diagnosis::Off(settings.firewall.source.clone());
     }
@@ -266,6 +279,10 @@ pub fn diagnose(settings: &Settings, _env: &HashMap<String, String>) -> Diagnosi
         settings.allow_gateway.value,
         settings.dns.value == DnsMode::Filter,
     );
+    let plan = match broker {
+        Some(route) => plan.with_broker(route.clone()),
+        None => plan,
+    };
     Diagnosis::On {
         findings,
         names: answers,

@@ -191,6 +191,36 @@ pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
         )?;
     }
 
+    if let Some(b) = &plan.broker {
+        // Before the allowlist: the API's addresses are the broker's alone.
+        for net in &b.nets {
+            let mut r = Rule::new(&out).map_err(berr)?;
+            dnet(&mut r, net)?;
+            r.add_expr(Meta::new(MetaType::SkUid));
+            r.add_expr(Cmp::new(CmpOp::Eq, b.uid.to_ne_bytes()));
+            accept(&mut r);
+            rule(
+                &mut w,
+                &r,
+                false,
+                format!(
+                    "output: accept the credential broker (uid {}) to {net}",
+                    b.uid
+                ),
+            );
+        }
+        for net in &b.nets {
+            // dnet cannot fail here: the same network passed it just above.
+            reject_pair(
+                &mut w,
+                &out,
+                |r| {
+                    let _ = dnet(r, net);
+                },
+                &format!("every other user to {net} (the broker's)"),
+            )?;
+        }
+    }
     group(&mut w, &table, &out, "any", None, &plan.any)?;
     for (port, g) in &plan.ports {
         let name = format!("{}{}", port.proto, port.number);

@@ -1,0 +1,197 @@
+//! The credential broker in the pipeline. With `credentials.broker` on and a credential
+//! given, the credentials stage writes placeholders instead of the real values, PID 1
+//! starts the broker (its own uid, confined) with the real ones before the command, and
+//! the command gets `ANTHROPIC_BASE_URL` pointing at the broker; the container's own
+//! `ANTHROPIC_BASE_URL` becomes the broker's upstream.
+
+use super::context::Context;
+use super::exit::{Error, Result};
+use crate::policy::ruleset::BrokerRoute;
+use crate::runtime::broker::account::{self, Account};
+use crate::runtime::broker::launch::{self, Launch, Running};
+use crate::runtime::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
+use crate::runtime::broker::{placeholder, secret::Secret, store};
+use crate::stages::credentials::{self, doc};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The variable the CLI reads for the API's address.
+pub const BASE_URL: &str = "ANTHROPIC_BASE_URL";
+/// A CA bundle to trust instead of the system's (the broker reads it; tests use it).
+const CA_FILE: &str = "SSL_CERT_FILE";
+/// How long the broker may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run without the broker, with the flag of either tool the user may have used.
+pub const OFF_HOW: &str = "--no-broker or SANDBOX_BROKER=0 (run-claude.sh: SANDBOX_BROKER=0 \
+                           with --env SANDBOX_BROKER)";
+
+/// What PID 1 starts the broker with.
+pub struct Planned {
+    pub account: Account,
+    spec: Spec,
+}
+
+/// What the credentials stage writes, and the broker to start when it is on and has
+/// something to hold. `fresh`: the stage replaces what the volume holds (placeholders are
+/// new at every start).
+pub struct Credentials {
+    pub plan: doc::Plan,
+    pub fresh: bool,
+    pub broker: Option<Planned>,
+}
+
+fn given<'a>(cx: &'a Context, name: &str) -> Option<&'a str> {
+    cx.env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// Reads the credential inputs; with the broker on, swaps each for its placeholder.
+pub fn plan(cx: &Context) -> Result<Credentials> {
+    let mut plan = doc::plan(&cx.env).map_err(credentials::Error::Input)?;
+    if !cx.settings.broker.value {
+        return Ok(Credentials {
+            plan,
+            fresh: false,
+            broker: None,
+        });
+    }
+    if plan.is_empty() {
+        log::warn!(
+            "credential broker on ({}), but no credential given ({}, {}, {}): nothing for it \
+             to hold, not started; a login made with /login is kept in ~/.claude as usual",
+            cx.settings.broker.source,
+            doc::OAUTH_TOKEN,
+            doc::KEYCHAIN,
+            doc::API_KEY
+        );
+        return Ok(Credentials {
+            plan,
+            fresh: false,
+            broker: None,
+        });
+    }
+    let broken = |e: String| Error::Broker(format!("{e}; to run without it: {OFF_HOW}"));
+    let oauth = match &plan.credentials {
+        Some((blob, from)) if *from == doc::KEYCHAIN => {
+            Some(placeholder::oauth_from_keychain(blob).map_err(credentials::Error::Input)?)
+        }
+        Some(_) => given(cx, doc::OAUTH_TOKEN).map(placeholder::oauth_from_token),
+        None => None,
+    };
+    let oauth = match oauth {
+        Some(real) => {
+            let ph = placeholder::oauth_token().map_err(broken)?;
+            plan.credentials = Some((
+                placeholder::credentials_document(&real, &ph),
+                "a placeholder (the credential broker holds the real login)",
+            ));
+            Some(OAuthBinding {
+                real,
+                placeholder: ph,
+            })
+        }
+        None => None,
+    };
+    let api_key = match plan.api_key.take() {
+        Some(real) => {
+            let ph = placeholder::api_key().map_err(broken)?;
+            plan.api_key = Some(ph.clone());
+            Some(ApiKeyBinding {
+                real: Secret::new(real.trim()),
+                placeholder: ph,
+            })
+        }
+        None => None,
+    };
+    let mut spec = Spec::new(oauth, api_key);
+    if let Some(url) = given(cx, BASE_URL) {
+        spec.upstream = url.to_string();
+    }
+    spec.ca_file = given(cx, CA_FILE).map(PathBuf::from);
+    spec.store = spec
+        .oauth
+        .as_ref()
+        .is_some_and(|o| o.real.refresh.is_some());
+    spec.log = cx.settings.log.value.clone();
+    let account = choose_account(cx).map_err(broken)?;
+    Ok(Credentials {
+        plan,
+        fresh: true,
+        broker: Some(Planned { account, spec }),
+    })
+}
+
+/// Starts the broker, as root, before the command and before PID 1's own privilege drop.
+pub fn start(cx: &Context, planned: Planned) -> Result<Running> {
+    let Planned { account, mut spec } = planned;
+    let store = if spec.store {
+        match store::prepare(&cx.identity.home, account) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!(
+                    "credential broker: {e}; a refreshed login is not kept for the next start"
+                );
+                spec.store = false;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let running = launch::spawn(
+        Launch {
+            program: Path::new("/proc/self/exe"),
+            account,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            store,
+            timeout: READY_TIMEOUT,
+        },
+        &spec,
+    )
+    .map_err(|e| Error::Broker(format!("{e}; to run without it: {OFF_HOW}")))?;
+    log::info!(
+        "credential broker: pid {}, uid {}, listening on {}, forwarding to {} (the command \
+         sees only placeholders)",
+        running.pid,
+        account.uid,
+        running.addr,
+        spec.upstream
+    );
+    Ok(running)
+}
+
+/// The broker's uid: none of root, the sandboxed user, or a user or group of the image.
+fn choose_account(cx: &Context) -> std::result::Result<Account, String> {
+    let id = &cx.identity;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    account::choose(
+        None,
+        &read("/etc/passwd"),
+        &read("/etc/group"),
+        &[id.uid, id.gid, id.image_uid, id.image_gid],
+        "the broker's uid",
+    )
+}
+
+/// What the firewall gives the broker's uid alone.
+pub fn route(cx: &Context, planned: &Planned) -> BrokerRoute {
+    BrokerRoute::new(
+        planned.account.uid,
+        &cx.settings.presets.value,
+        Some(&planned.spec.upstream),
+    )
+}
+
+/// For `check`: the route the broker would get when it is on (whether a credential is
+/// given or not; `check` shows the plan of a start with one).
+pub fn route_for_check(cx: &Context) -> Option<BrokerRoute> {
+    if !cx.settings.broker.value {
+        return None;
+    }
+    let account = choose_account(cx).ok()?;
+    Some(BrokerRoute::new(
+        account.uid,
+        &cx.settings.presets.value,
+        given(cx, BASE_URL),
+    ))
+}

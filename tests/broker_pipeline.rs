@@ -1,0 +1,515 @@
+//! Tier 2, the credential broker in the pipeline: sandbox-init as PID 1 with `--broker` in
+//! the Docker-exact network fixture (tests/common/netns.rs), the probe as the child, and
+//! the mock Messages API served over TLS with a test CA on a "world" address, as the
+//! container's ANTHROPIC_BASE_URL. Everything the child could use is searched for from the
+//! inside, as the child; each search has a control run without the broker that finds the
+//! secret.
+//!
+//! Needs root, python3 and openssl.
+
+mod common;
+
+use common::mock::{hex, real_secret, test_ca, Mock, LIVENESS};
+use common::netns::*;
+use common::*;
+use serde_json::{json, Value};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CA_IN_ROOT: &str = "/etc/ssl/test-ca.pem";
+const NO_PRESETS: (&str, &str) = ("SANDBOX_PRESETS", "");
+const MESSAGE: &str = r#"{"model":"claude-x","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+
+struct Fixture {
+    net: Net,
+    root: Rootfs,
+    mock: Mock,
+    dir: PathBuf,
+    upstream: String,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    require_root();
+    for tool in ["python3", "openssl"] {
+        assert!(which(tool), "{tool} is missing: apt-get install {tool}");
+    }
+    let net = Net::new();
+    let root = Rootfs::new();
+    root.write("etc/resolv.conf", &format!("nameserver {DNS1}\n"));
+    // As in every Docker container.
+    let null = root.join("dev/null");
+    assert!(std::process::Command::new("mknod")
+        .args([null.to_str().unwrap(), "c", "1", "3"])
+        .status()
+        .unwrap()
+        .success());
+    fs::set_permissions(&null, fs::Permissions::from_mode(0o666)).unwrap();
+    let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+    let dir = PathBuf::from(base).join(format!("broker-pipe-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = test_ca(&dir, ALLOWED4);
+    root.write(CA_IN_ROOT, &fs::read_to_string(ca).unwrap());
+    fs::set_permissions(root.join(CA_IN_ROOT), fs::Permissions::from_mode(0o644)).unwrap();
+    let mock = Mock::start_in(
+        Some(&net.world_ns),
+        ALLOWED4,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let upstream = format!("https://{ALLOWED4}:{}", mock.port);
+    Fixture {
+        net,
+        root,
+        mock,
+        dir,
+        upstream,
+    }
+}
+
+impl Fixture {
+    /// sandbox-init as PID 1 in the box, with the mock as the container's upstream.
+    fn command(
+        &self,
+        flags: &[&str],
+        creds: &[(&str, &str)],
+        child: &[&str],
+    ) -> std::process::Command {
+        let mut args: Vec<&str> = flags.to_vec();
+        args.push("--");
+        args.push(PROBE_IN_ROOT);
+        args.extend_from_slice(child);
+        let mut env = vec![
+            NO_PRESETS,
+            ("ANTHROPIC_BASE_URL", self.upstream.as_str()),
+            ("SSL_CERT_FILE", CA_IN_ROOT),
+        ];
+        env.extend_from_slice(creds);
+        self.root.command(&args, &env, Some(&self.net.box_ns))
+    }
+
+    /// A POST from inside the box (as root, like any local client): (status, body).
+    fn post(&self, addr: &str, header: (&str, &str)) -> (u16, String) {
+        let script = "import http.client, sys\n\
+            c = http.client.HTTPConnection(sys.argv[1], timeout=15)\n\
+            c.request('POST', '/v1/messages', body=sys.argv[4],\n\
+                      headers={sys.argv[2]: sys.argv[3], 'content-type': 'application/json'})\n\
+            r = c.getresponse()\n\
+            print(r.status)\n\
+            try:\n\
+            \x20   body = r.read()\n\
+            except http.client.IncompleteRead as e:\n\
+            \x20   body = e.partial\n\
+            print(body.decode(errors='replace'))\n";
+        let run = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.net.box_ns, "python3", "-c", script])
+            .args([addr, header.0, header.1, MESSAGE])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&run.stdout).to_string();
+        assert!(
+            run.status.success(),
+            "client failed: {out}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
+        (status.trim().parse().unwrap(), body.to_string())
+    }
+
+    fn home_file(&self, rel: &str) -> String {
+        fs::read_to_string(self.root.join(&format!("home/claude/{rel}"))).unwrap_or_default()
+    }
+}
+
+/// The broker's address from PID 1's log line.
+fn broker_addr(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("credential broker: pid"))
+        .unwrap_or_else(|| panic!("no broker line:\n{stderr}"));
+    let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+    rest.split(',').next().unwrap().to_string()
+}
+
+/// Each probe `dns` step prints one JSON line.
+fn steps(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn keychain(access: &str, refresh: &str) -> String {
+    let day_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 86_400_000;
+    json!({"claudeAiOauth": {
+        "accessToken": access, "refreshToken": refresh, "expiresAt": day_ahead,
+        "scopes": ["user:inference", "user:profile"], "subscriptionType": "max"}})
+    .to_string()
+}
+
+#[test]
+fn the_mock_gets_the_real_secret_the_child_only_the_placeholder_and_other_requests_are_refused() {
+    let f = fixture("swap");
+    let real = real_secret("oat01");
+    let go = "/tmp/requests-done";
+    let mock_addr = format!("{ALLOWED4}:{}", f.mock.port);
+
+    // Control: without the broker, the allowlisted upstream is reachable by the child.
+    let control = run_bounded(
+        &mut f.command(
+            &["--no-broker", "--allow", ALLOWED4],
+            &[("CLAUDE_CODE_OAUTH_TOKEN", &real)],
+            &["dns", "--connect", &mock_addr],
+        ),
+        Duration::from_secs(60),
+    );
+    control.assert_code(0);
+    let direct = steps(&control.stdout);
+    assert_eq!(direct[0]["result"], "connected", "{direct:?}");
+
+    // With it, the same allowlist entry no longer opens the upstream to the child.
+    let mut cmd = f.command(
+        &["--broker", "--allow", ALLOWED4],
+        &[("CLAUDE_CODE_OAUTH_TOKEN", &real)],
+        &["dns", "--connect", &mock_addr, "--wait-file", go],
+    );
+    let run = Running::start(&mut cmd);
+    let direct: Value = serde_json::from_str(&run.line(LIVENESS)).unwrap();
+    assert_eq!(direct["result"], "error", "{direct}");
+    assert_eq!(
+        direct["error"], "ECONNREFUSED",
+        "not a fast reject: {direct}"
+    );
+    let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+    let broker = broker_addr(&log);
+
+    // What the CLI would read: a placeholder, never the real token.
+    let creds: Value = serde_json::from_str(&f.home_file(".claude/.credentials.json")).unwrap();
+    let ph = creds["claudeAiOauth"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ph.contains("placeholder"), "{creds}");
+    assert!(!creds.to_string().contains(&real));
+
+    let (status, body) = f.post(&broker, ("authorization", &format!("Bearer {ph}")));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("MOCK-ANSWER-42"), "{body}");
+    let seen = f
+        .mock
+        .wait_for("the request", |v| v["path"] == "/v1/messages");
+    assert_eq!(seen["authorization"], format!("Bearer {real}"));
+
+    // Without the placeholder the broker refuses, and the mock never sees the request.
+    let before = f.mock.log().len();
+    let (status, body) = f.post(&broker, ("authorization", "Bearer sk-ant-oat01-guessed"));
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = f.post(&broker, ("x-api-key", "sk-ant-api03-guessed"));
+    assert_eq!(status, 403);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(f.mock.log().len(), before, "{:?}", f.mock.log());
+    for v in f.mock.log() {
+        let auth = v["authorization"].as_str().unwrap_or_default();
+        assert!(
+            !auth.contains("placeholder"),
+            "the mock saw a placeholder: {v}"
+        );
+    }
+
+    fs::write(f.root.join(go), "").unwrap();
+    let (code, _) = run.wait(LIVENESS);
+    assert_eq!(code, Some(0));
+}
+
+/// One start with `creds`; the child searches everything it can read for `needles`.
+fn search(f: &Fixture, broker: &str, creds: &[(&str, &str)], needles: &[&str]) -> Value {
+    let hexed: Vec<String> = needles.iter().map(|n| hex(n)).collect();
+    let joined = hexed.join(",");
+    let run = run_bounded(
+        &mut f.command(
+            &[broker, "--allow", ALLOWED4],
+            creds,
+            &["search", &joined, "/"],
+        ),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    let report = run.report();
+    assert!(report["files"].as_u64().unwrap() >= 5, "{report}");
+    report
+}
+
+/// Credential variables given to a start.
+type Inputs<'a> = Vec<(&'a str, &'a str)>;
+
+#[test]
+fn the_child_finds_no_trace_of_the_real_secret_anywhere_it_can_read() {
+    let token = real_secret("oat01");
+    let access = real_secret("oat01");
+    let refresh = real_secret("ort01");
+    let api_key = real_secret("api03");
+    let blob = keychain(&access, &refresh);
+    let inputs: [(Inputs, Vec<&str>); 2] = [
+        (vec![("CLAUDE_CODE_OAUTH_TOKEN", &token)], vec![&token]),
+        (
+            vec![
+                ("CLAUDE_CREDENTIALS", &blob),
+                ("ANTHROPIC_API_KEY", &api_key),
+            ],
+            vec![&access, &refresh, &api_key],
+        ),
+    ];
+    for (i, (creds, needles)) in inputs.iter().enumerate() {
+        let f = fixture(&format!("search{i}"));
+        // Control: without the broker the secret is in ~/.claude, and the search finds it.
+        let found = search(&f, "--no-broker", creds, needles);
+        let hits = found["hits"].as_array().unwrap();
+        for n in needles {
+            assert!(
+                hits.iter().any(|h| h["needle"] == *n),
+                "the control search missed a secret: {found}"
+            );
+        }
+        // The same home: the real login the control left on the volume is replaced too.
+        let clean = search(&f, "--broker", creds, needles);
+        assert_eq!(clean["hits"], json!([]), "{clean}");
+    }
+}
+
+#[test]
+fn a_broker_that_cannot_start_ends_the_start_with_70_and_says_how_to_go_without() {
+    let f = fixture("fail");
+    let real = real_secret("api03");
+    let mut cmd = f.command(
+        &["--broker", "--allow", ALLOWED4],
+        &[
+            ("ANTHROPIC_API_KEY", &real),
+            ("SSL_CERT_FILE", "/etc/ssl/missing.pem"),
+        ],
+        &["report"],
+    );
+    let run = run_bounded(&mut cmd, Duration::from_secs(60));
+    run.assert_code(70);
+    assert!(
+        run.stdout.trim().is_empty(),
+        "the command ran: {}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("--no-broker"), "{}", run.stderr);
+    assert!(run.stderr.contains("SANDBOX_BROKER=0"), "{}", run.stderr);
+    assert!(!run.stderr.contains(&real));
+}
+
+#[test]
+fn apply_refuses_the_broker() {
+    let f = fixture("apply");
+    let run = run_bounded(
+        &mut f
+            .root
+            .command(&["apply", "--broker"], &[NO_PRESETS], Some(&f.net.box_ns)),
+        Duration::from_secs(60),
+    );
+    run.assert_code(64);
+    assert!(run.stderr.contains("--no-broker"), "{}", run.stderr);
+    let (_, table) = f
+        .net
+        .in_box(&["nft", "list", "table", "inet", "sandbox_init"]);
+    assert!(!table.contains("chain"), "apply built a firewall: {table}");
+}
+
+#[test]
+fn the_child_sees_only_the_broker_as_its_base_url() {
+    let f = fixture("env");
+    let real = real_secret("api03");
+    let run = run_bounded(
+        &mut f.command(&["--broker"], &[("ANTHROPIC_API_KEY", &real)], &["report"]),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    let env = env_map(&run.report());
+    let base = env.get("ANTHROPIC_BASE_URL").cloned().unwrap_or_default();
+    assert!(base.starts_with("http://127.0.0.1:"), "{env:?}");
+    assert!(run
+        .stderr
+        .contains(&format!("listening on {}", &base["http://".len()..])));
+    for (k, v) in &env {
+        assert!(
+            !v.contains(&f.upstream),
+            "{k} shows the container's upstream"
+        );
+        assert!(!v.contains(&real), "{k} holds the real secret");
+    }
+    assert!(!env.contains_key("ANTHROPIC_API_KEY"), "{env:?}");
+    // Control: without the broker the child keeps the container's own value.
+    let run = run_bounded(
+        &mut f.command(
+            &["--no-broker"],
+            &[("ANTHROPIC_API_KEY", &real)],
+            &["report"],
+        ),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    assert_eq!(env_map(&run.report())["ANTHROPIC_BASE_URL"], f.upstream);
+}
+
+#[test]
+fn the_broker_resolves_an_upstream_name_through_the_dns_filter() {
+    broker_resolves_a_name(false);
+}
+
+#[test]
+fn the_broker_resolves_an_upstream_name_through_dockers_embedded_dns() {
+    broker_resolves_a_name(true);
+}
+
+fn broker_resolves_a_name(docker_dns: bool) {
+    let mut f = fixture(if docker_dns { "names-docker" } else { "names" });
+    let _docker = docker_dns.then(|| {
+        f.root.write(
+            "etc/resolv.conf",
+            "nameserver 127.0.0.11\noptions ndots:0\n",
+        );
+        f.net.docker_dns()
+    });
+    // Plain HTTP: the test certificate names an address, and this upstream is a name.
+    let plain = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let upstream = format!("http://allowed.test:{}", plain.port);
+    let real = real_secret("api03");
+    let go = "/tmp/requests-done";
+    let mut cmd = f.root.command(
+        &[
+            "--broker",
+            "--allow",
+            "allowed.test",
+            "--",
+            PROBE_IN_ROOT,
+            "dns",
+            "--wait-file",
+            go,
+        ],
+        &[
+            NO_PRESETS,
+            ("ANTHROPIC_BASE_URL", &upstream),
+            ("ANTHROPIC_API_KEY", &real),
+        ],
+        Some(&f.net.box_ns),
+    );
+    let run = Running::start(&mut cmd);
+    let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+    let state: Value = serde_json::from_str(&f.home_file(".claude.json")).unwrap();
+    let ph = state["primaryApiKey"].as_str().unwrap().to_string();
+    let (status, body) = f.post(&broker_addr(&log), ("x-api-key", &ph));
+    fs::write(f.root.join(go), "").unwrap();
+    let stderr = run.stderr.clone();
+    let _ = run.wait(LIVENESS);
+    assert_eq!(status, 200, "{body}\n{}", stderr.lock().unwrap());
+    let seen = plain.wait_for("the request", |v| v["path"] == "/v1/messages");
+    assert_eq!(seen["x-api-key"], real);
+}
+
+#[test]
+fn check_shows_what_the_broker_alone_may_reach() {
+    let f = fixture("check");
+    let upstream = f.upstream.clone();
+    let show = |flag: &str| {
+        let run = run_bounded(
+            &mut f.root.command(
+                &["check", flag],
+                &[
+                    ("ANTHROPIC_BASE_URL", &upstream),
+                    ("SANDBOX_PRESETS", "anthropic"),
+                ],
+                Some(&f.net.box_ns),
+            ),
+            Duration::from_secs(60),
+        );
+        run.stdout
+    };
+    let on = show("--broker");
+    assert!(on.contains("accept  the credential broker (uid"), "{on}");
+    assert!(
+        on.contains("160.79.104.0/23") && on.contains(&format!("{ALLOWED4}/32")),
+        "{on}"
+    );
+    assert!(
+        on.contains("credentials.broker") && on.contains("--broker"),
+        "{on}"
+    );
+    let off = show("--no-broker");
+    assert!(!off.contains("credential broker (uid"), "{off}");
+}
+
+#[test]
+fn a_broker_that_dies_is_reported_once_and_the_session_goes_on() {
+    let f = fixture("dies");
+    let real = real_secret("api03");
+    let go = "/tmp/broker-killed";
+    let mut cmd = f.command(
+        &["--broker"],
+        &[("ANTHROPIC_API_KEY", &real)],
+        &["dns", "--wait-file", go, "--sleep", "300"],
+    );
+    let run = Running::start(&mut cmd);
+    let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+    let brokers = broker_children(run.init_pid());
+    assert_eq!(brokers.len(), 1, "{log}");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &brokers[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    run.stderr_until(LIVENESS, |l| l.contains("credential broker (pid"));
+    // Reaped, not left a zombie: its pid is gone.
+    let start = std::time::Instant::now();
+    while fs::metadata(format!("/proc/{}", brokers[0])).is_ok() {
+        assert!(start.elapsed() < LIVENESS, "the broker was not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(f.root.join(go), "").unwrap();
+    let stderr = run.stderr.clone();
+    let (code, _) = run.wait(LIVENESS);
+    let log = stderr.lock().unwrap().clone();
+    assert_eq!(code, Some(0), "the session did not go on:\n{log}");
+    assert_eq!(log.matches("credential broker (pid").count(), 1, "{log}");
+}
+
+/// Host pids of the broker processes (zombies included) whose parent is `init`.
+fn broker_children(init: i32) -> Vec<i32> {
+    let mut found = vec![];
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid: i32 = after
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == init && cmdline.starts_with(b"sandbox-init-broker") {
+            found.push(pid);
+        }
+    }
+    found
+}
