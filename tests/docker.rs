@@ -957,10 +957,13 @@ fn case_terminal_ownership() {
     let mut cmd = Command::new("script");
     cmd.args(["-qec", &line, "/dev/null"]);
     let r = run_bounded(cmd, Duration::from_secs(60));
+    // (A terminal session may carry a stray NUL or other control byte before the line.)
     let json: Value = r
         .stdout
         .lines()
-        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .find_map(|l| {
+            serde_json::from_str(l.trim_matches(|c: char| c.is_control() || c == ' ')).ok()
+        })
         .unwrap_or_else(|| panic!("no tty report\n{r}"));
     assert!(json["foreground"].as_i64().unwrap_or(0) > 0, "{json}");
     assert_eq!(json["pgid"], json["pid"], "the command leads its group");
