@@ -104,18 +104,7 @@ pub fn setup(
         log::warn!("{threads} threads remain after name resolution; PID 1 should have one");
     }
 
-    let host = hostnet::HostNet::read();
-    let plan = plan::build_mode(
-        &entries,
-        &resolved,
-        &host,
-        settings.allow_gateway.value,
-        filter,
-    );
-    let plan = match broker {
-        Some(route) => plan.with_broker(route.clone()),
-        None => plan,
-    };
+    let plan = plan_for(settings, &entries, &resolved, broker);
     for w in &plan.warnings {
         log::warn!("{w}");
     }
@@ -271,22 +260,32 @@ pub fn diagnose(
             });
         }
     }
-    let host = hostnet::HostNet::read();
-    let plan = plan::build_mode(
-        &entries,
-        &resolved,
-        &host,
-        settings.allow_gateway.value,
-        settings.dns.value == DnsMode::Filter,
-    );
-    let plan = match broker {
-        Some(route) => plan.with_broker(route.clone()),
-        None => plan,
-    };
+    let plan = plan_for(settings, &entries, &resolved, broker);
     Diagnosis::On {
         findings,
         names: answers,
         plan: Some(Box::new(plan)),
+    }
+}
+
+/// The plan `apply` builds and `check` shows: the allowlist with its resolved names, the
+/// host's resolvers and routes, the DNS mode, and the broker's own destinations.
+fn plan_for(
+    settings: &Settings,
+    entries: &[Entry],
+    resolved: &BTreeMap<String, Vec<std::net::IpAddr>>,
+    broker: Option<&plan::BrokerRoute>,
+) -> plan::Plan {
+    let plan = plan::build_mode(
+        entries,
+        resolved,
+        &hostnet::HostNet::read(),
+        settings.allow_gateway.value,
+        settings.dns.value == DnsMode::Filter,
+    );
+    match broker {
+        Some(route) => plan.with_broker(route.clone()),
+        None => plan,
     }
 }
 
