@@ -91,7 +91,9 @@ check_test() {
 }
 
 check_docker() {
-    have docker || need docker.io "docker: the Docker tier and the images"
+    # A docker client alone (some machines ship one without an engine) is not enough: the
+    # tiers and the images need dockerd itself.
+    have docker && have dockerd || need docker.io "docker: the Docker tier and the images"
     [ -e /usr/sbin/runc ] || have runc || need runc "runc: the engine's runtime"
 }
 
