@@ -7,9 +7,10 @@
 use crate::policy::exit;
 use crate::policy::identity::Identity;
 use crate::stages::privileges;
+use crate::sys::process::{self, Disposition};
 use crate::sys::Real;
-use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::unistd::{self, ForkResult, Pid};
+use nix::sys::signal::Signal;
+use nix::unistd::{self, Pid};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -150,28 +151,23 @@ pub fn exec_in_place(cmd: &Command) -> ExecFailure {
 pub fn spawn(cmd: &Command) -> Result<Pid, String> {
     let (argv, envp, path_var) = prepare(cmd)?;
 
-    // SAFETY: the process is single-threaded here (the resolver's runtime is gone), so the
-    // child may allocate; it only execs or exits.
-    match unsafe { unistd::fork() } {
-        Err(e) => Err(format!("cannot fork: {e}")),
-        Ok(ForkResult::Parent { child }) => {
-            // Also done in the child; doing it in both closes the race with signals sent
-            // to the group before the child ran.
-            let _ = unistd::setpgid(child, child);
-            Ok(child)
-        }
-        Ok(ForkResult::Child) => {
-            let failure = child_main(cmd, &argv, &envp, &path_var);
-            eprintln!("sandbox-init: {}", failure.message);
-            // SAFETY: _exit skips atexit handlers and buffers that belong to the parent.
-            unsafe { libc::_exit(failure.code) }
-        }
-    }
+    // The process is single-threaded here (the resolver's runtime is gone), so the child
+    // may allocate; it only execs or exits.
+    let child = process::fork_child(|_| {
+        let failure = child_main(cmd, &argv, &envp, &path_var);
+        eprintln!("sandbox-init: {}", failure.message);
+        failure.code
+    })
+    .map_err(|e| format!("cannot fork: {e}"))?;
+    // Also done in the child; doing it in both closes the race with signals sent to the
+    // group before the child ran.
+    let _ = unistd::setpgid(child, child);
+    Ok(child)
 }
 
 /// The child's path to exec; returns only on failure.
 fn child_main(cmd: &Command, argv: &[CString], envp: &[CString], path_var: &str) -> ExecFailure {
-    reset_signals();
+    process::reset_signals();
     take_terminal();
 
     if let Err(e) = privileges::drop_all(&Real, &cmd.identity) {
@@ -195,7 +191,9 @@ fn child_main(cmd: &Command, argv: &[CString], envp: &[CString], path_var: &str)
         Ok(p) => p,
         Err(f) => return f,
     };
-    close_inherited_fds();
+    // No descriptor of ours reaches the command: only 0, 1 and 2 stay open. Close-on-exec,
+    // so stderr and the rest stay usable to report a failed exec.
+    process::mark_cloexec_from(3, &[]);
     let Ok(prog) = cstring(OsStr::new(&program).as_bytes()) else {
         return not_executable(&program.display().to_string());
     };
@@ -215,58 +213,15 @@ fn child_main(cmd: &Command, argv: &[CString], envp: &[CString], path_var: &str)
     }
 }
 
-/// PID 1 blocks and ignores signals; the command must start with the defaults.
-fn reset_signals() {
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    for sig in Signal::iterator() {
-        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
-            continue;
-        }
-        // SAFETY: setting SIG_DFL installs no handler code.
-        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
-    }
-}
-
 /// Own process group, and the terminal's foreground group when there is a terminal, so the
 /// interactive UI reads the keyboard and Ctrl-C reaches it (tini does the same).
 fn take_terminal() {
     let _ = unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     if unistd::isatty(std::io::stdin()).unwrap_or(false) {
-        // SAFETY: ignoring SIGTTOU installs no handler; tcsetpgrp from a background group
-        // would otherwise stop us.
-        unsafe {
-            let _ = signal::signal(Signal::SIGTTOU, SigHandler::SigIgn);
-            let _ = unistd::tcsetpgrp(std::io::stdin(), unistd::getpgrp());
-            let _ = signal::signal(Signal::SIGTTOU, SigHandler::SigDfl);
-        }
-    }
-}
-
-/// No descriptor of ours reaches the command: only 0, 1 and 2 stay open.
-fn close_inherited_fds() {
-    // SAFETY: close_range(2) with plain integers; CLOEXEC keeps stderr usable for the
-    // error message should exec fail, and closes everything else on success.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if rc == 0 {
-        return;
-    }
-    // Kernels before 5.11: mark each open descriptor by hand.
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<i32> = dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd > 2)
-            .collect();
-        for fd in fds {
-            // SAFETY: setting FD_CLOEXEC on a descriptor number; a stale number is EBADF.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
+        // tcsetpgrp from a background group would otherwise stop us.
+        let _ = process::set_disposition(Signal::SIGTTOU, Disposition::Ignore);
+        let _ = unistd::tcsetpgrp(std::io::stdin(), unistd::getpgrp());
+        let _ = process::set_disposition(Signal::SIGTTOU, Disposition::Default);
     }
 }
 

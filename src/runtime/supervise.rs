@@ -4,6 +4,7 @@
 //! Signals are blocked and read from a signalfd, so nothing runs in signal-handler context
 //! and the loop can wait on other descriptors later (DNS, NFLOG).
 
+use crate::sys::process::{self, Disposition};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -75,8 +76,7 @@ pub fn block_signals() -> Result<SignalFd, String> {
         Signal::SIGTSTP,
         Signal::SIGPIPE,
     ] {
-        // SAFETY: SIG_IGN installs no handler code.
-        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
+        let _ = process::set_disposition(s, Disposition::Ignore);
     }
     SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("cannot create signalfd: {e}"))
@@ -84,14 +84,10 @@ pub fn block_signals() -> Result<SignalFd, String> {
 
 /// Makes this process the reaper of orphans below it when it is not PID 1 (tini -s).
 pub fn become_subreaper() {
-    if std::process::id() != 1 {
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if rc != 0 {
-            log::warn!(
-                "cannot become a child subreaper: orphans of the command will not be reaped here"
-            );
-        }
+    if std::process::id() != 1 && nix::sys::prctl::set_child_subreaper(true).is_err() {
+        log::warn!(
+            "cannot become a child subreaper: orphans of the command will not be reaped here"
+        );
     }
 }
 

@@ -298,28 +298,15 @@ fn rename_noreplace(
     from: &OsStr,
     to: &OsStr,
 ) -> std::result::Result<(), Errno> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let (Ok(f), Ok(t)) = (
-        std::ffi::CString::new(from.as_bytes()),
-        std::ffi::CString::new(to.as_bytes()),
-    ) else {
+    if from.as_bytes().contains(&0) || to.as_bytes().contains(&0) {
         return Err(Errno::EINVAL);
-    };
-    let fd = dir.as_raw_fd();
-    // SAFETY: both names are NUL-terminated and outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            fd,
-            f.as_ptr(),
-            fd,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    match Errno::result(rc) {
-        Ok(_) => Ok(()),
+    }
+    let noreplace = rustix::fs::RenameFlags::NOREPLACE;
+    let rc = rustix::fs::renameat_with(dir, from, dir, to, noreplace)
+        .map_err(|e| Errno::from_raw(e.raw_os_error()));
+    match rc {
+        Ok(()) => Ok(()),
         Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
             if fstatat(dir, to, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
                 return Err(Errno::EEXIST);

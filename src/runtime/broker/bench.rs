@@ -245,11 +245,9 @@ fn main() {
         }
     };
     let pid = running.pid.as_raw();
-    // SAFETY: a cpu_set_t on the stack, for the broker's pid.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(broker_cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(broker_cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(running.pid, &set);
     }
     let rss_idle = rss_kib(pid, "VmRSS:");
 

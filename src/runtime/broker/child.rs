@@ -7,9 +7,9 @@ use super::proxy::{self, Broker};
 use super::store::Store;
 use super::upstream::{self, Upstream};
 use super::wire::{self, Spec};
+use crate::sys::process::take_inherited;
 use crate::sys::{CapState, Kernel, Real};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 /// When this process was started as the broker (argv[0] is `sandbox-init-broker`), runs it
@@ -19,18 +19,12 @@ pub fn main_if_invoked() -> Option<i32> {
     (argv0 == wire::ARGV0).then(main)
 }
 
-fn take(fd: i32) -> Option<OwnedFd> {
-    // SAFETY: F_GETFD only asks whether the number is open; the descriptor was handed to
-    // this process at exec and nothing else here owns it.
-    unsafe { (libc::fcntl(fd, libc::F_GETFD) != -1).then(|| OwnedFd::from_raw_fd(fd)) }
-}
-
 fn main() -> i32 {
     // exec made the process dumpable again: undo that before the secret is read.
     let _ = Real.set_dumpable(false);
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
 
-    let Some(status) = take(wire::STATUS_FD) else {
+    let Some(status) = take_inherited(wire::STATUS_FD) else {
         eprintln!(
             "sandbox-init: {} is started by sandbox-init itself, not by hand",
             wire::ARGV0
@@ -89,7 +83,7 @@ fn prepare() -> Result<Started, String> {
         );
     }
     let mut raw = zeroize::Zeroizing::new(Vec::new());
-    let spec_fd = take(wire::SPEC_FD).ok_or("no spec on descriptor 3")?;
+    let spec_fd = take_inherited(wire::SPEC_FD).ok_or("no spec on descriptor 3")?;
     std::fs::File::from(spec_fd)
         .take(wire::MAX_SPEC as u64 + 1)
         .read_to_end(&mut raw)
@@ -99,14 +93,14 @@ fn prepare() -> Result<Started, String> {
     drop(raw);
     init_logging(&spec.log);
 
-    let listener: std::net::TcpListener = take(wire::LISTEN_FD)
+    let listener: std::net::TcpListener = take_inherited(wire::LISTEN_FD)
         .ok_or("no listening socket on descriptor 4")?
         .into();
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listening socket: {e}"))?;
     let store = if spec.store {
-        let fd = take(wire::STORE_FD).ok_or("no token directory on descriptor 6")?;
+        let fd = take_inherited(wire::STORE_FD).ok_or("no token directory on descriptor 6")?;
         match Store::open(fd) {
             Ok(s) => Some(s),
             Err(e) => {

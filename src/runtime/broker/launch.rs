@@ -6,21 +6,23 @@
 //!
 //! Everything the child needs is prepared before the fork. The child makes system calls
 //! and execs; only the privilege drop's verification allocates (it reads
-//! /proc/self/status), which is safe: PID 1 is single-threaded here, and musl's fork
-//! leaves malloc usable in the child of a threaded parent (the tests). A failure is
-//! written to the status pipe and the child exits 70.
+//! /proc/self/status), and so does the text of a failure, which is safe: PID 1 is
+//! single-threaded here, and musl's fork leaves malloc usable in the child of a threaded
+//! parent (the tests). A failure is written to the status pipe and the child exits 70.
 
 use super::account::Account;
 use super::wire::{self, Spec};
 use crate::stages::privileges;
+use crate::sys::process::{self, Child, ExecArgs};
 use crate::sys::{Kernel, Real};
+use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -107,82 +109,70 @@ pub fn spawn(launch: Launch, spec: &Spec) -> Result<Running, String> {
     )
     .map_err(|e| fail(format!("cannot open /dev/null: {e}")))?;
     let argv0 = CString::new(wire::ARGV0).map_err(|e| fail(e.to_string()))?;
-    let argv = [argv0.as_ptr(), std::ptr::null()];
-    let envp = [std::ptr::null::<libc::c_char>()];
-    let empty = CString::default();
+    let argv = ExecArgs::new(vec![argv0]);
+    let envp = ExecArgs::new(Vec::new());
     let identity = launch.account.identity();
     let listen_fd: OwnedFd = listener.into();
-    // Descriptor numbers the child moves into place (source, target).
-    let store_raw = launch.store.as_ref().map(|f| f.as_raw_fd());
-    let mut moves: Vec<(RawFd, RawFd)> = vec![
-        (devnull.as_raw_fd(), 0),
-        (devnull.as_raw_fd(), 1),
-        (spec_r.as_raw_fd(), wire::SPEC_FD),
-        (listen_fd.as_raw_fd(), wire::LISTEN_FD),
-        (status_w.as_raw_fd(), wire::STATUS_FD),
+    // Descriptors the child moves into place (source, target number).
+    let mut moves: Vec<(BorrowedFd, RawFd)> = vec![
+        (devnull.as_fd(), 0),
+        (devnull.as_fd(), 1),
+        (spec_r.as_fd(), wire::SPEC_FD),
+        (listen_fd.as_fd(), wire::LISTEN_FD),
+        (status_w.as_fd(), wire::STATUS_FD),
     ];
-    if let Some(s) = store_raw {
-        moves.push((s, wire::STORE_FD));
+    if let Some(s) = &launch.store {
+        moves.push((s.as_fd(), wire::STORE_FD));
     }
-    let last_fd = if store_raw.is_some() {
+    let last_fd = if launch.store.is_some() {
         wire::STORE_FD
     } else {
         wire::STATUS_FD
     };
+    let plan = ChildPlan {
+        moves: &moves,
+        last_fd,
+        identity: &identity,
+        program: program.as_fd(),
+        argv: &argv,
+        envp: &envp,
+    };
 
-    // SAFETY: the child only makes system calls on prepared data (no allocation) and
-    // then execs or _exits.
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => Err(fail(format!("cannot fork: {e}"))),
-        Ok(ForkResult::Child) => {
-            let original_status = status_w.as_raw_fd();
-            let mut moved = false;
-            let why = child(
-                &moves,
-                last_fd,
-                &identity,
-                program.as_raw_fd(),
-                &empty,
-                &argv,
-                &envp,
-                &mut moved,
-            );
-            let fd = if moved {
-                wire::STATUS_FD
-            } else {
-                original_status
-            };
-            // SAFETY: writing the message to the status pipe, then _exit.
-            unsafe {
-                libc::write(fd, why.as_ptr().cast(), why.len());
-                libc::_exit(70)
+    // The child keeps to system calls on what is prepared here and then execs or exits
+    // (the module's note says where it allocates).
+    let forked = process::fork_child(|child| {
+        // A copy of the status pipe above the broker's numbers: it outlives the moves and
+        // the closing below, and exec closes it.
+        let status = match rustix::io::fcntl_dupfd_cloexec(status_w.as_fd(), LIFTED_FDS) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = nix::unistd::write(&status_w, ARRANGE.as_bytes());
+                return CHILD_FAILED;
             }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop((spec_r, status_w, listen_fd, devnull, program, launch.store));
-            match wait_ready(status_r, launch.timeout) {
-                Ok(()) => Ok(Running { pid: child, addr }),
-                Err(e) => {
-                    let _ = signal::kill(child, Signal::SIGKILL);
-                    let st = waitpid(child, None);
-                    let detail = match (e.is_empty(), st) {
-                        (false, _) => e,
-                        (true, Ok(WaitStatus::Exited(_, c))) => format!("it exited with {c}"),
-                        (true, Ok(WaitStatus::Signaled(_, s, _))) => {
-                            format!("it was killed by {s}")
-                        }
-                        (true, _) => "it ended without a word".into(),
-                    };
-                    Err(fail(detail))
+        };
+        let why = confine_and_exec(child, &plan, status.as_fd());
+        let _ = nix::unistd::write(&status, why.as_bytes());
+        CHILD_FAILED
+    });
+    drop(moves);
+    let child = forked.map_err(|e| fail(format!("cannot fork: {e}")))?;
+    drop((spec_r, status_w, listen_fd, devnull, program, launch.store));
+    match wait_ready(status_r, launch.timeout) {
+        Ok(()) => Ok(Running { pid: child, addr }),
+        Err(e) => {
+            let _ = signal::kill(child, Signal::SIGKILL);
+            let st = waitpid(child, None);
+            let detail = match (e.is_empty(), st) {
+                (false, _) => e,
+                (true, Ok(WaitStatus::Exited(_, c))) => format!("it exited with {c}"),
+                (true, Ok(WaitStatus::Signaled(_, s, _))) => {
+                    format!("it was killed by {s}")
                 }
-            }
+                (true, _) => "it ended without a word".into(),
+            };
+            Err(fail(detail))
         }
     }
-}
-
-fn fcntl_ok(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD on any number is harmless.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
 /// Reads the status pipe: Ok on `ready`, the broker's own message otherwise ("" when it
@@ -229,110 +219,78 @@ fn wait_ready(status: OwnedFd, timeout: Duration) -> Result<(), String> {
     Err(String::from_utf8_lossy(&got).trim().to_string())
 }
 
-/// The child between fork and exec. Returns why it failed; `moved` tells whether the
-/// status pipe is at its final number yet.
-#[allow(clippy::too_many_arguments)]
-fn child(
-    moves: &[(RawFd, RawFd)],
+/// The child's exit status when it cannot start the broker (its reason goes to the status
+/// pipe).
+const CHILD_FAILED: i32 = 70;
+
+/// Where the child lifts descriptors it still needs, above every number it hands on.
+const LIFTED_FDS: RawFd = 100;
+
+const ARRANGE: &str = "cannot arrange descriptors\n";
+
+/// What the child between fork and exec works from, all prepared before the fork.
+struct ChildPlan<'a> {
+    /// Descriptors to put at fixed numbers (source, target).
+    moves: &'a [(BorrowedFd<'a>, RawFd)],
+    /// The highest of those numbers: everything above it is closed.
     last_fd: RawFd,
-    identity: &crate::policy::identity::Identity,
-    program: RawFd,
-    empty: &CString,
-    argv: &[*const libc::c_char; 2],
-    envp: &[*const libc::c_char; 1],
-    moved: &mut bool,
-) -> String {
+    identity: &'a crate::policy::identity::Identity,
+    program: BorrowedFd<'a>,
+    argv: &'a ExecArgs,
+    envp: &'a ExecArgs,
+}
+
+/// The most descriptors the child moves (stdin, stdout and the four of `wire`).
+const MAX_MOVES: usize = 8;
+
+/// The child between fork and exec: arranges descriptors, resets signals, starts a
+/// session, drops every privilege and execs. Returns why it failed (one line).
+fn confine_and_exec(child: &Child, plan: &ChildPlan, status: BorrowedFd) -> String {
     let said = |m: &str| format!("{m}\n");
-    // SAFETY (whole function): system calls on descriptors and memory prepared before the
-    // fork.
-    unsafe {
-        // Sources may sit on target numbers: lift them all above the targets first.
-        let mut lifted = [-1 as RawFd; 8];
-        for (i, (src, _)) in moves.iter().enumerate() {
-            lifted[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
-            if lifted[i] < 0 {
-                return said("cannot arrange descriptors");
-            }
-        }
-        let program = libc::fcntl(program, libc::F_DUPFD_CLOEXEC, 100);
-        for (i, (_, dst)) in moves.iter().enumerate() {
-            if libc::dup2(lifted[i], *dst) < 0 {
-                return said("cannot arrange descriptors");
-            }
-        }
-        *moved = true;
-        // Everything above the broker's descriptors goes, except the program (close-on-exec).
-        close_from(last_fd + 1, program);
-        reset_signals();
-        if libc::setsid() < 0 {
-            return said("cannot start a session");
-        }
-        if let Err(e) = privileges::drop_all(&Real, identity) {
-            return said(&format!("dropping to uid {}: {e}", identity.uid));
-        }
-        if let Err(e) = Real.set_dumpable(false) {
-            return said(&format!("cannot make the broker non-dumpable: {e}"));
-        }
-        // After the uid change, which clears it: the broker ends when PID 1 does.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        libc::syscall(
-            libc::SYS_execveat,
-            program,
-            empty.as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EACCES) {
-            said("cannot execute sandbox-init as the broker's uid: make it executable by everyone (chmod 755)")
-        } else {
-            said(&format!("cannot execute sandbox-init as the broker: {e}"))
+    if plan.moves.len() > MAX_MOVES {
+        return ARRANGE.into();
+    }
+    // Sources may sit on target numbers: lift them all above the targets first.
+    let mut lifted = [const { None::<OwnedFd> }; MAX_MOVES];
+    for (slot, (source, _)) in lifted.iter_mut().zip(plan.moves) {
+        match rustix::io::fcntl_dupfd_cloexec(source, LIFTED_FDS) {
+            Ok(fd) => *slot = Some(fd),
+            Err(_) => return ARRANGE.into(),
         }
     }
-}
-
-/// Closes every descriptor from `first` up, except `keep`.
-unsafe fn close_from(first: RawFd, keep: RawFd) {
-    // SAFETY: close_range(2) and close(2) on numbers only.
-    unsafe {
-        let ok = libc::syscall(libc::SYS_close_range, first as u32, (keep - 1) as u32, 0) == 0
-            && libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0) == 0;
-        if !ok {
-            // Kernels before 5.9.
-            for fd in first..65_536 {
-                if fd != keep {
-                    libc::close(fd);
-                }
-            }
+    let Ok(program) = rustix::io::fcntl_dupfd_cloexec(plan.program, LIFTED_FDS) else {
+        return ARRANGE.into();
+    };
+    for (fd, (_, target)) in lifted.iter().zip(plan.moves) {
+        let placed = fd.as_ref().map(|fd| child.place(fd.as_fd(), *target));
+        if !matches!(placed, Some(Ok(()))) {
+            return ARRANGE.into();
         }
     }
-}
-
-/// PID 1 blocks and ignores signals; the broker starts with the defaults so that SIGTERM
-/// ends it.
-unsafe fn reset_signals() {
-    // SAFETY: signal-mask and disposition calls with stack data.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
+    drop(lifted);
+    // Everything above the broker's descriptors goes, except the program and the status
+    // copy (both close-on-exec).
+    child.close_from(plan.last_fd + 1, &[program.as_fd(), status]);
+    process::reset_signals();
+    if nix::unistd::setsid().is_err() {
+        return said("cannot start a session");
     }
-}
-
-/// Turns a raw descriptor the broker was given into an owned one, if it is open.
-pub fn take_fd(fd: RawFd) -> Option<OwnedFd> {
-    // SAFETY: the descriptor is open (checked) and nothing else in this process owns it.
-    fcntl_ok(fd).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    if let Err(e) = privileges::drop_all(&Real, plan.identity) {
+        return said(&format!("dropping to uid {}: {e}", plan.identity.uid));
+    }
+    if let Err(e) = Real.set_dumpable(false) {
+        return said(&format!("cannot make the broker non-dumpable: {e}"));
+    }
+    // After the uid change, which clears it: the broker ends when PID 1 does.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    match process::exec_fd(program.as_fd(), plan.argv, plan.envp) {
+        Errno::EACCES => said(
+            "cannot execute sandbox-init as the broker's uid: make it executable by everyone \
+             (chmod 755)",
+        ),
+        e => said(&format!(
+            "cannot execute sandbox-init as the broker: {}",
+            std::io::Error::from(e)
+        )),
+    }
 }

@@ -9,11 +9,11 @@
 use super::{Error, Result};
 use crate::policy::identity::Identity;
 use crate::sys::fs;
+use crate::sys::process;
 use crate::sys::{Kernel, Real};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// The child's exit status for each variant of its error (its text goes through the pipe).
@@ -64,41 +64,38 @@ pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
     wait_single_threaded()?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::os("cannot create a pipe".into(), e))?;
-    // SAFETY: PID 1 is single-threaded (checked above); the child only runs our code and
-    // leaves with _exit, never returning into the caller.
-    match unsafe { fork() } {
-        Err(e) => Err(Error::os("cannot fork the credential writer".into(), e)),
-        Ok(ForkResult::Child) => {
-            drop(rd);
-            child(id, wr, work)
+    // PID 1 is single-threaded (checked above), so the child may allocate. `wr` moves into
+    // the child's closure: the parent's copy closes when fork_child drops it unrun.
+    let forked = process::fork_child(|child| {
+        child.close(rd.as_fd());
+        in_child(id, wr, work)
+    });
+    let child = forked.map_err(|e| Error::os("cannot fork the credential writer".into(), e))?;
+    let mut msg = String::new();
+    let _ = std::fs::File::from(rd)
+        .take(64 * 1024)
+        .read_to_string(&mut msg);
+    let status = loop {
+        match waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
         }
-        Ok(ForkResult::Parent { child }) => {
-            drop(wr);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(rd)
-                .take(64 * 1024)
-                .read_to_string(&mut msg);
-            let status = loop {
-                match waitpid(child, None) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    other => break other,
-                }
-            };
-            match status {
-                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-                Ok(WaitStatus::Exited(_, INPUT)) => Err(Error::Input(msg)),
-                Ok(WaitStatus::Exited(_, REFUSED)) => Err(fs::Error::Refused(msg).into()),
-                Ok(WaitStatus::Exited(_, _)) if !msg.is_empty() => Err(Error::Failed(msg)),
-                Ok(st) => Err(Error::Failed(format!(
-                    "the credential writer failed ({st:?})"
-                ))),
-                Err(e) => Err(Error::os("cannot wait for the credential writer".into(), e)),
-            }
-        }
+    };
+    match status {
+        Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+        Ok(WaitStatus::Exited(_, INPUT)) => Err(Error::Input(msg)),
+        Ok(WaitStatus::Exited(_, REFUSED)) => Err(fs::Error::Refused(msg).into()),
+        Ok(WaitStatus::Exited(_, _)) if !msg.is_empty() => Err(Error::Failed(msg)),
+        Ok(st) => Err(Error::Failed(format!(
+            "the credential writer failed ({st:?})"
+        ))),
+        Err(e) => Err(Error::os("cannot wait for the credential writer".into(), e)),
     }
 }
 
-fn child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> ! {
+/// The child: becomes the user, does the work, and returns its exit status (fork_child
+/// exits with it).
+fn in_child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> i32 {
     let outcome = match become_user(id) {
         Err(e) => Err(Error::os(
             format!(
@@ -113,7 +110,7 @@ fn child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> ! {
                 .unwrap_or_else(|_| Err(Error::Failed("the credential writer panicked".into())))
         }
     };
-    let code = match outcome {
+    match outcome {
         Ok(()) => 0,
         Err(e) => {
             let _ = std::fs::File::from(wr).write_all(e.to_string().as_bytes());
@@ -123,8 +120,5 @@ fn child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> ! {
                 _ => FAILED,
             }
         }
-    };
-    // _exit: no atexit handlers or buffered stdio of the parent's run twice.
-    // SAFETY: terminates this (child) process only.
-    unsafe { libc::_exit(code) }
+    }
 }
