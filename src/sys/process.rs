@@ -123,21 +123,24 @@ fn ranges_except(
 /// The highest descriptor number the pre-5.9 fallback of `Child::close_from` closes.
 const FALLBACK_LAST_FD: RawFd = 65_535;
 
+/// `Child::close_from` on kernels before 5.9: one number at a time.
+fn close_each(first: RawFd, keep: &[BorrowedFd<'_>]) {
+    let _ = ranges_except(first, keep, |low, high| {
+        for fd in low..=high.min(FALLBACK_LAST_FD) {
+            let _ = nix::unistd::close(fd);
+        }
+        true
+    });
+}
+
 impl Child {
     /// Closes every descriptor numbered `first` or higher except those in `keep`.
     /// Async-signal-safe. Descriptors the child's own objects hold above `first` must be in
     /// `keep` or be given up (into_raw_fd) before they drop.
     pub fn close_from(&self, first: RawFd, keep: &[BorrowedFd<'_>]) {
-        if ranges_except(first, keep, |low, high| close_range(low, high, 0)) {
-            return;
+        if !ranges_except(first, keep, |low, high| close_range(low, high, 0)) {
+            close_each(first, keep);
         }
-        // Kernels before 5.9: one number at a time.
-        let _ = ranges_except(first, keep, |low, high| {
-            for fd in low..=high.min(FALLBACK_LAST_FD) {
-                let _ = nix::unistd::close(fd);
-            }
-            true
-        });
     }
 
     /// Makes descriptor number `target` a copy of `fd` (dup2, without close-on-exec),
@@ -162,11 +165,14 @@ impl Child {
 /// before exec. On kernels before 5.11 it lists /proc/self/fd, which allocates: only for
 /// a child of a single-threaded parent.
 pub fn mark_cloexec_from(first: RawFd, keep: &[BorrowedFd<'_>]) {
-    if ranges_except(first, keep, |low, high| {
-        close_range(low, high, libc::CLOSE_RANGE_CLOEXEC)
-    }) {
-        return;
+    let cloexec = |low, high| close_range(low, high, libc::CLOSE_RANGE_CLOEXEC);
+    if !ranges_except(first, keep, cloexec) {
+        mark_each_listed(first, keep);
     }
+}
+
+/// `mark_cloexec_from` on kernels before 5.11: each descriptor /proc/self/fd lists.
+fn mark_each_listed(first: RawFd, keep: &[BorrowedFd<'_>]) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -289,6 +295,45 @@ mod tests {
             let closed = nix::unistd::write(&w1, b"x") == Err(Errno::EBADF);
             let kept = nix::unistd::write(&w2, b"x").is_ok();
             if closed && kept {
+                0
+            } else {
+                1
+            }
+        })
+        .unwrap();
+        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+    }
+
+    #[test]
+    fn the_fallbacks_for_older_kernels_close_and_mark_the_same() {
+        let (_r1, w1) = pipe();
+        let (_r2, w2) = pipe();
+        let low = w1.as_raw_fd().min(w2.as_raw_fd());
+        let pid = fork_child(|_| {
+            close_each(low, &[w2.as_fd()]);
+            let closed = nix::unistd::write(&w1, b"x") == Err(Errno::EBADF);
+            let kept = nix::unistd::write(&w2, b"x").is_ok();
+            if closed && kept {
+                0
+            } else {
+                1
+            }
+        })
+        .unwrap();
+        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+
+        let flags = |fd: &OwnedFd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD);
+        let pid = fork_child(|_| {
+            let none = nix::fcntl::FdFlag::empty();
+            for fd in [&w1, &w2] {
+                if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(none)).is_err() {
+                    return 2;
+                }
+            }
+            mark_each_listed(low, &[w2.as_fd()]);
+            let marked = flags(&w1).is_ok_and(|f| f & libc::FD_CLOEXEC != 0);
+            let kept = flags(&w2).is_ok_and(|f| f & libc::FD_CLOEXEC == 0);
+            if marked && kept {
                 0
             } else {
                 1
