@@ -156,7 +156,9 @@ pub fn wipe_own(names: &[String]) {
         // SAFETY: single-threaded at this point (documented precondition). `environ` is a
         // NULL-terminated array of NUL-terminated strings owned by the C runtime; we only
         // overwrite the bytes of a string, never its terminator, and the string stays valid
-        // (all NULs) whether it lies in the initial stack block or on the heap.
+        // (all NULs) whether it lies in the initial stack block or on the heap. No crate
+        // reaches the initial block: std::env::remove_var drops the entry and leaves its
+        // bytes readable in /proc/<pid>/environ.
         unsafe {
             let mut p = environ;
             while !p.is_null() && !(*p).is_null() {

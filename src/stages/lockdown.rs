@@ -682,7 +682,8 @@ fn getxattrat_size(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<usize> {
         flags: 0,
     };
     // SAFETY: valid descriptor and C strings; `args` outlives the call; every argument is
-    // passed as a full register (c_long), as the kernel reads it.
+    // passed as a full register (c_long), as the kernel reads it. Neither nix nor rustix
+    // has getxattrat yet.
     let rc = unsafe {
         libc::syscall(
             SYS_GETXATTRAT,

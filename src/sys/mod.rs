@@ -1,6 +1,8 @@
 //! The seam between the pipeline's logic and the kernel. Stages talk to a `Kernel`, so their
 //! ordering and failure handling are unit-tested with a recording fake; the real kernel's
-//! answers are checked by the privileged integration tiers.
+//! answers are checked by the privileged integration tiers. `process` is the one place
+//! where children are forked and exec'd (the command, the broker, the as-user writer);
+//! `fs` is the link-proof file-system layer.
 
 #[cfg(test)]
 pub(crate) mod fake;
