@@ -42,8 +42,9 @@ fn wait_single_threaded() -> Result<()> {
     }
 }
 
-fn become_user(id: &Identity) -> std::io::Result<()> {
-    let k = Real;
+/// Groups, then gid, then uid (each needs the privilege the next one drops), then not
+/// dumpable; refuses to go on unless the ids changed and are not root's.
+fn become_user(k: &impl Kernel, id: &Identity) -> std::io::Result<()> {
     k.set_groups(&id.groups)?;
     k.set_resgid(id.gid)?;
     k.set_resuid(id.uid)?;
@@ -96,7 +97,7 @@ pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
 /// The child: becomes the user, does the work, and returns its exit status (fork_child
 /// exits with it).
 fn in_child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> i32 {
-    let outcome = match become_user(id) {
+    let outcome = match become_user(&Real, id) {
         Err(e) => Err(Error::os(
             format!(
                 "cannot become {} ({}:{}) to write its files",
@@ -120,5 +121,64 @@ fn in_child<F: FnOnce() -> Result<()>>(id: &Identity, wr: OwnedFd, work: F) -> i
                 _ => FAILED,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeKernel;
+
+    fn user(uid: u32) -> Identity {
+        Identity {
+            name: "u".into(),
+            uid,
+            gid: 1000,
+            image_uid: uid,
+            image_gid: 1000,
+            groups: vec![1000, 20],
+            dropped_groups: vec![],
+            home: "/home/u".into(),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    #[test]
+    fn drops_groups_then_gid_then_uid_and_is_not_dumpable() {
+        let k = FakeKernel::root();
+        become_user(&k, &user(1000)).unwrap();
+        assert_eq!(
+            *k.calls.borrow(),
+            [
+                "setgroups [1000, 20]",
+                "setresgid 1000",
+                "setresuid 1000",
+                "dumpable false"
+            ]
+        );
+        assert_eq!(k.ids(), (1000, 1000));
+    }
+
+    #[test]
+    fn a_refused_step_stops_the_writer_before_the_work() {
+        for step in ["setgroups", "setresgid", "setresuid", "dumpable"] {
+            let k = FakeKernel {
+                fail: Some(step),
+                ..FakeKernel::root()
+            };
+            assert!(become_user(&k, &user(1000)).is_err(), "{step}");
+            assert_eq!(
+                k.calls.borrow().last().map(|c| c.starts_with(step)),
+                Some(true)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_to_write_as_root() {
+        // Control: the same calls succeed for a user that is not root.
+        assert!(become_user(&FakeKernel::root(), &user(1000)).is_ok());
+        let e = become_user(&FakeKernel::root(), &user(0)).unwrap_err();
+        assert!(e.to_string().contains("still running as 0:1000"), "{e}");
     }
 }
