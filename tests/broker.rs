@@ -914,3 +914,67 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// A streamed answer, read as the CLI reads one: the status line, then every byte until
+/// the broker ends the message. Returns (the raw answer, whether it ended cleanly: the
+/// chunked body's last chunk, or a length that was met).
+fn streamed(addr: SocketAddr, head: &str, body: &str) -> (String, bool) {
+    let raw = http(addr, head, body);
+    let (headers, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let lower = headers.to_ascii_lowercase();
+    let clean = if lower.contains("transfer-encoding: chunked") {
+        rest.ends_with("0\r\n\r\n")
+    } else if let Some(n) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+    {
+        rest.len() == n
+    } else {
+        false
+    };
+    (raw, clean)
+}
+
+/// The mock ends its streamed answers by closing the connection (no length, no chunks)
+/// and, as Python's ssl module does, without TLS close_notify. The CLI must still get
+/// every event up to message_stop and a message that ends cleanly.
+#[test]
+fn a_close_delimited_stream_over_tls_reaches_the_client_whole() {
+    require();
+    let dir = scratch("tls-stream");
+    let (ca, cert, key) = test_ca(&dir, "127.0.0.1");
+    let mock = Mock::start(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let real = real_secret("api03");
+    let ph = placeholder::api_key().unwrap();
+    let mut spec = Spec::new(
+        None,
+        Some(ApiKeyBinding {
+            real: Secret::new(real.clone()),
+            placeholder: ph.clone(),
+        }),
+    );
+    spec.upstream = format!("https://127.0.0.1:{}", mock.port);
+    spec.ca_file = Some(ca);
+    let running = spawn(&spec, None).unwrap();
+    for n in 0..3 {
+        let (answer, clean) = streamed(
+            running.addr,
+            &format!("POST /v1/messages?n={n} HTTP/1.1\r\nx-api-key: {ph}"),
+            MESSAGE,
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("event: message_stop"), "cut: {answer}");
+        assert!(clean, "the message did not end cleanly: {answer:?}");
+    }
+    running.stop();
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -513,3 +513,133 @@ fn broker_children(init: i32) -> Vec<i32> {
     }
     found
 }
+
+/// A command inside the running sandbox as `docker exec` starts one: root in PID 1's pid,
+/// mount and network namespaces, its root and working directory, environment `env` only
+/// (Docker gives exec sessions the container's environment).
+fn exec_in(sbx: &Running, argv: &[&str], env: &[(&str, &str)]) -> Run {
+    let pid = sbx.init_pid().to_string();
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args(["-t", &pid, "-p", "-m", "-n", "-r", "-w"])
+        .args(argv)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_bounded(&mut cmd, Duration::from_secs(30))
+}
+
+/// Waits until PID 1's note for exec sessions says `done`.
+fn wait_for_note(f: &Fixture, done: impl Fn(Option<&str>) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let text = fs::read_to_string(f.root.join("run/sandbox-init/broker.json")).ok();
+        if done(text.as_deref()) {
+            return;
+        }
+        assert!(start.elapsed() < LIVENESS, "broker.json stayed {text:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exec_sessions_get_the_brokers_base_url_while_it_runs_and_nothing_else() {
+    let f = fixture("exec");
+    let real = real_secret("api03");
+    let go = "/tmp/exec-done";
+    // What an earlier start of this container left in /run (it survives a restart), for
+    // a broker that no longer runs.
+    let stale = r#"{"base_url":"http://127.0.0.1:9","pid":77}"#;
+    let plant = || {
+        f.root.write("run/sandbox-init/broker.json", stale);
+        fs::set_permissions(
+            f.root.join("run/sandbox-init"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        fs::set_permissions(
+            f.root.join("run/sandbox-init/broker.json"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    };
+    // The container's environment, as docker exec hands it to every session.
+    let container_env = [
+        NO_PRESETS,
+        ("ANTHROPIC_BASE_URL", f.upstream.as_str()),
+        ("SSL_CERT_FILE", CA_IN_ROOT),
+        ("ANTHROPIC_API_KEY", real.as_str()),
+    ];
+    let exec_report = |sbx: &Running| {
+        let run = exec_in(
+            sbx,
+            &[INIT_IN_ROOT, "exec", "--", PROBE_IN_ROOT, "report"],
+            &container_env,
+        );
+        run.assert_code(0);
+        assert!(!run.stdout.contains(&real) && !run.stderr.contains(&real));
+        env_map(&run.report())
+    };
+
+    // Control, without the broker: the session keeps the container's own value, and the
+    // stale note is gone before the command starts (never handed on).
+    plant();
+    let mut cmd = f.command(
+        &["--no-broker"],
+        &[("ANTHROPIC_API_KEY", &real)],
+        &["dns", "--wait-file", go],
+    );
+    let sbx = Running::start(&mut cmd);
+    wait_for_note(&f, |t| t.is_none());
+    let env = exec_report(&sbx);
+    assert_eq!(env["ANTHROPIC_BASE_URL"], f.upstream, "{env:?}");
+    fs::write(f.root.join(go), "").unwrap();
+    assert_eq!(sbx.wait(LIVENESS).0, Some(0));
+    fs::remove_file(f.root.join(go)).unwrap();
+
+    // With it: the same session gets the broker's address, as the entrypoint's child does,
+    // and through it reaches the broker.
+    plant();
+    let mut cmd = f.command(
+        &["--broker"],
+        &[("ANTHROPIC_API_KEY", &real)],
+        &["dns", "--wait-file", go],
+    );
+    let sbx = Running::start(&mut cmd);
+    let log = sbx.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+    let broker = broker_addr(&log);
+    wait_for_note(&f, |t| t.is_some_and(|t| t.contains(&broker)));
+    let env = exec_report(&sbx);
+    assert_eq!(
+        env.get("ANTHROPIC_BASE_URL"),
+        Some(&format!("http://{broker}")),
+        "{env:?}"
+    );
+    assert!(!env.contains_key("ANTHROPIC_API_KEY"), "{env:?}");
+    let run = exec_in(
+        &sbx,
+        &[
+            INIT_IN_ROOT,
+            "exec",
+            "--",
+            PROBE_IN_ROOT,
+            "dns",
+            "--connect",
+            &broker,
+        ],
+        &container_env,
+    );
+    run.assert_code(0);
+    assert_eq!(
+        steps(&run.stdout)[0]["result"],
+        "connected",
+        "{}",
+        run.stdout
+    );
+    fs::write(f.root.join(go), "").unwrap();
+    assert_eq!(sbx.wait(LIVENESS).0, Some(0));
+}

@@ -78,6 +78,40 @@ then echo EVENTS-REMOVED; else echo EVENTS-NOT-REMOVED; fi; \
 echo OWNERS $(stat -c %u:%a /run/sandbox-init-events /run/sandbox-init-events/events.json \
 /etc/claude-code /etc/claude-code/managed-settings.json) END-OWNERS";
 
+/// What the agent's Bash tool runs in the broker case. The mock puts in the secrets it is
+/// to look for (@NEEDLES@: printf escapes, one a line; the plain text never reaches the
+/// agent's transcript or any argv, only a pipe to grep). It searches its environment, every
+/// /proc/*/environ and cmdline it can open, ~/.claude, ~/.claude.json, /tmp, /run and the
+/// whole readable file system, then tries to signal the broker and open its environ and
+/// mem. Each line is a marker and a count.
+const SEARCH_COMMAND: &str = "s() { printf '%b\\n' '@NEEDLES@'; }; echo SEARCH-START; \
+echo ENV-HITS $(env | grep -cF -f <(s)); \
+echo PROC-HITS $(for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
+tr '\\0' '\\n' < \"$f\" 2>/dev/null; echo; done | grep -cF -f <(s)); \
+echo PROC-OPENED $(for f in /proc/[0-9]*/environ; do \
+head -c0 \"$f\" 2>/dev/null && echo; done | wc -l); \
+echo HOME-HITS $(grep -rlF -f <(s) ~/.claude ~/.claude.json 2>/dev/null | wc -l); \
+echo TMP-RUN-HITS $(grep -rlF -f <(s) /tmp /run 2>/dev/null | wc -l); \
+echo FS-FILES $(find / -xdev \\( -path /proc -o -path /sys \\) -prune -o -type f -readable -print \
+2>/dev/null | wc -l); \
+echo FS-HITS $(grep -rlF -D skip --exclude-dir=proc --exclude-dir=sys -f <(s) / 2>/dev/null | \
+grep -v '^/proc/\\|^/sys/' | wc -l); \
+b=$(for p in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in \
+sandbox-init-broker*) echo ${p#/proc/};; esac; done | head -1); echo BROKER-PID ${b:-none}; \
+if [ -n \"$b\" ]; then \
+if kill -0 $b 2>/dev/null; then echo SIGNAL-SENT; else echo SIGNAL-REFUSED; fi; \
+if kill -TERM $b 2>/dev/null; then echo TERM-SENT; else echo TERM-REFUSED; fi; \
+if head -c1 /proc/$b/environ >/dev/null 2>&1; then echo ENVIRON-READ; else echo ENVIRON-REFUSED; fi; \
+if (exec 3</proc/$b/mem) 2>/dev/null; then echo MEM-OPENED; else echo MEM-REFUSED; fi; \
+fi; echo SEARCH-END";
+
+/// The test CA's files in the mock's container (its TLS server on 8443 uses them) and in
+/// the sandbox's (the broker trusts the CA through SSL_CERT_FILE).
+const TLS_IN_MOCK: &str = "/srv/tls";
+const CA_IN_SANDBOX: &str = "/etc/ssl/test-ca.pem";
+/// Where the test CA lives on this host for the whole run.
+static TLS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 // ---------------------------------------------------------------------------------------
 // docker helpers
 
@@ -348,22 +382,49 @@ fn start_fixtures(clean: &Cleanup) {
             ),
         ],
     );
-    start_fixture(
-        clean,
+    // The Messages API mock: plain HTTP on 8080, and HTTPS with a test CA's certificate for
+    // its address on 8443 (the broker's upstream); both log to the container's stdout.
+    let tls = TLS_DIR.get_or_init(|| temp_dir("tls"));
+    clean.dir(tls);
+    common::mock::test_ca(tls, MOCK_IP);
+    for f in ["server.pem", "server.key"] {
+        std::fs::set_permissions(
+            tls.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    let mock_tls = format!("{}:{TLS_IN_MOCK}:ro", tls.display());
+    let _ = docker(&["rm", "-f", C_MOCK]);
+    let id = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
         C_MOCK,
+        "--network",
+        NET,
+        "--ip",
         MOCK_IP,
-        &[
-            "env",
-            &format!("MOCK_TOOL_COMMAND={TOOL_COMMAND}"),
-            &format!("MOCK_RETRY_COMMAND={RETRY_COMMAND}"),
-            "python3",
-            "-u",
-            "/srv/mock_api.py",
-            "--port",
-            "8080",
-            "--messages",
-        ],
-    );
+        "-v",
+        &mock_tls,
+        "-e",
+        &format!("MOCK_TOOL_COMMAND={TOOL_COMMAND}"),
+        "-e",
+        &format!("MOCK_RETRY_COMMAND={RETRY_COMMAND}"),
+        "-e",
+        &format!("MOCK_SEARCH_COMMAND={SEARCH_COMMAND}"),
+        "-e",
+        &format!("MOCK_SEARCH_NEEDLES={BROKER_REFRESH}"),
+        FIXTURE_IMG,
+        "sh",
+        "-c",
+        &format!(
+            "python3 -u /srv/mock_api.py --port 8443 --messages \
+             --tls-cert {TLS_IN_MOCK}/server.pem --tls-key {TLS_IN_MOCK}/server.key & \
+             exec python3 -u /srv/mock_api.py --port 8080 --messages"
+        ),
+    ]);
+    clean.container(&id);
     start_fixture(
         clean,
         C_ALLOWED,
@@ -394,7 +455,8 @@ fn start_fixtures(clean: &Cleanup) {
         ],
     );
     wait_log(C_DNS, "started");
-    wait_log(C_MOCK, "\"ready\"");
+    wait_log(C_MOCK, "{\"ready\": 8080}");
+    wait_log(C_MOCK, "{\"ready\": 8443}");
     wait_log(C_ALLOWED, "\"ready\"");
     wait_log(C_BLOCKED, "\"ready\"");
 }
@@ -1121,12 +1183,129 @@ fn case_claude_keychain_blob(clean: &Cleanup) {
     );
 }
 
-/// The real CLI with the credential broker on, once per credential input: it answers, the
-/// mock sees the real secret and never a placeholder, and the home volume the agent can
-/// read holds no trace of the secret (control: the same inputs without the broker leave it
-/// there, in the cases above).
+/// The refresh token of the broker case's keychain login (the mock searches for it too).
+const BROKER_REFRESH: &str = "sk-ant-ort01-INVENTED-broker-refresh-9d41";
+
+/// The markers and counts of the search's tool_result, as (marker, rest of its line).
+fn search_lines(out: &str) -> std::collections::BTreeMap<String, String> {
+    // The tool_result arrives as JSON text: its newlines are escaped.
+    let text = out.replace("\\n", "\n");
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_matches(|c: char| c == '"' || c.is_whitespace());
+            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+            k.chars()
+                .all(|c| c.is_ascii_uppercase() || c == '-')
+                .then(|| (k.to_string(), v.trim().to_string()))
+        })
+        .filter(|(k, _)| k.len() > 3)
+        .collect()
+}
+
+/// `claude -p` asking for the search, with `env`, `extra` docker options, and a bound
+/// wide enough for a search of the whole file system.
+fn run_search(
+    clean: &Cleanup,
+    case: &str,
+    marker: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Ran {
+    let mut opts = claude_opts(clean, case);
+    opts.extend(extra.iter().map(|s| s.to_string()));
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--network", NET, "--dns", DNS_IP]);
+    cmd.args(&opts);
+    for (k, v) in claude_env(env) {
+        cmd.env(k, v);
+        cmd.args(["-e", k]);
+    }
+    cmd.args([
+        CLAUDE_IMG,
+        "claude",
+        "-p",
+        &format!("please RUN-SEARCH for {marker}"),
+        "--dangerously-skip-permissions",
+    ]);
+    run_bounded(cmd, Duration::from_secs(300))
+}
+
+/// The search's result for the run whose prompt held `marker`.
+fn search_result(marker: &str) -> (std::collections::BTreeMap<String, String>, String) {
+    let reqs = mock_requests();
+    let out = reqs
+        .iter()
+        .filter(|q| q["messages"].to_string().contains(marker))
+        .flat_map(|q| q["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == "toolu_broker_search_01")
+        .map(|b| b["content"].to_string())
+        .unwrap_or_else(|| panic!("the mock never received the search's tool_result for {marker}"));
+    assert!(
+        out.contains("SEARCH-START") && out.contains("SEARCH-END"),
+        "the search did not run to its end: {out}"
+    );
+    (search_lines(&out), out)
+}
+
+fn count(lines: &std::collections::BTreeMap<String, String>, key: &str, out: &str) -> u64 {
+    lines
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count {key} in the search's result: {out}"))
+}
+
+/// The real CLI with the credential broker on, once per credential input, against the
+/// mock over TLS with a test CA (the broker trusts it through SSL_CERT_FILE): `claude -p`
+/// and a Bash tool round trip work, the mock sees the real secret and never a
+/// placeholder, and the agent's own Bash tool, searching everything it can read for the
+/// secret the mock saw, finds nothing and can neither signal the broker nor open its
+/// environ or memory. Control: the same search without the broker finds the secret. The
+/// home volume holds only the placeholder afterwards.
 fn case_claude_through_the_broker(clean: &Cleanup) {
-    let blob = keychain_blob("sk-ant-ort01-INVENTED-broker-refresh");
+    let blob = serde_json::json!({
+        "claudeAiOauth": {
+            "accessToken": KEYCHAIN_TOKEN,
+            "refreshToken": BROKER_REFRESH,
+            "expiresAt": 4_102_444_800_000u64,
+            "scopes": ["user:inference"],
+            "subscriptionType": "max"
+        },
+        "mcpOAuth": {}
+    })
+    .to_string();
+    let ca = TLS_DIR
+        .get()
+        .expect("the fixtures made the test CA")
+        .join("ca.pem");
+    let ca_mount = format!("{}:{CA_IN_SANDBOX}:ro", ca.display());
+    let upstream = format!("https://{MOCK_IP}:8443");
+
+    // Control: without the broker the search finds the real token in ~/.claude.
+    let marker = "CASE-BROKER-CONTROL";
+    let r = run_search(
+        clean,
+        "broker-control",
+        marker,
+        &[
+            ("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN),
+            ("SANDBOX_BROKER", "0"),
+        ],
+        &[],
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-TOOL-DONE"), "{r}");
+    let (lines, out) = search_result(marker);
+    eprintln!("docker tier: broker-control: the agent's search: {lines:?}");
+    assert!(
+        count(&lines, "HOME-HITS", &out) >= 1,
+        "the control search missed ~/.claude: {out}"
+    );
+    assert!(
+        count(&lines, "FS-HITS", &out) >= 1,
+        "the control search missed the home: {out}"
+    );
+
     let inputs: [(&str, &str, &str, &str, String); 3] = [
         (
             "broker-oauth",
@@ -1150,33 +1329,85 @@ fn case_claude_through_the_broker(clean: &Cleanup) {
             API_KEY.to_string(),
         ),
     ];
-    // The mock by its address: the broker's route opens it to the broker alone. (By name,
-    // the fixture's dnsmasq answers the AAAA query REFUSED, which musl's resolver in the
-    // broker takes as a failure; real resolvers answer such a name with no data.)
-    let upstream = format!("http://{MOCK_IP}:8080");
     for (case, var, value, header, want) in &inputs {
         let marker = format!("CASE-{}", case.to_uppercase());
-        let r = run_claude(
+        let r = run_search(
             clean,
             case,
-            &format!("hello {marker}"),
+            &marker,
             &[
                 (var, value),
                 ("SANDBOX_BROKER", "1"),
                 ("ANTHROPIC_BASE_URL", &upstream),
+                ("SSL_CERT_FILE", CA_IN_SANDBOX),
                 ("SANDBOX_ALLOW", ""),
             ],
+            &["-v", &ca_mount],
         );
         r.assert_code(0);
-        assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+        assert!(
+            r.stdout.contains("MOCK-TOOL-DONE"),
+            "{case}: no tool round trip\n{r}"
+        );
         assert!(r.stderr.contains("credential broker: pid"), "{r}");
-        let req = request_with(&marker);
-        assert_eq!(req[*header].as_str(), Some(want.as_str()), "{req}");
+        assert!(
+            r.stderr.contains(&format!("forwarding to {upstream}")),
+            "{r}"
+        );
+        // Every request of this run, the first turn and the one after the tool, carried
+        // the real secret; none anywhere carried a placeholder.
+        let runs: Vec<Value> = mock_requests()
+            .into_iter()
+            .filter(|q| q["messages"].to_string().contains(&marker))
+            .collect();
+        assert!(
+            runs.len() >= 2,
+            "{case}: the turn and the tool_result: {runs:?}"
+        );
+        for q in &runs {
+            assert_eq!(q[*header].as_str(), Some(want.as_str()), "{case}: {q}");
+        }
         for seen in mock_requests() {
             assert!(
                 !seen.to_string().contains("sandbox-init-placeholder"),
                 "the mock saw a placeholder: {seen}"
             );
+        }
+        let (lines, out) = search_result(&marker);
+        eprintln!("docker tier: {case}: the agent's search: {lines:?}");
+        for key in [
+            "ENV-HITS",
+            "PROC-HITS",
+            "HOME-HITS",
+            "TMP-RUN-HITS",
+            "FS-HITS",
+        ] {
+            assert_eq!(count(&lines, key, &out), 0, "{case}: {key}: {out}");
+        }
+        assert!(
+            count(&lines, "FS-FILES", &out) > 1000,
+            "{case}: the search saw little: {out}"
+        );
+        assert!(count(&lines, "PROC-OPENED", &out) >= 2, "{case}: {out}");
+        assert_ne!(
+            lines.get("BROKER-PID").map(String::as_str),
+            Some("none"),
+            "{case}: {out}"
+        );
+        for refused in [
+            "SIGNAL-REFUSED",
+            "TERM-REFUSED",
+            "ENVIRON-REFUSED",
+            "MEM-REFUSED",
+        ] {
+            assert!(
+                lines.contains_key(refused),
+                "{case}: {refused} missing: {out}"
+            );
+        }
+        // The tool's output reached the mock (and the transcript) without the secret.
+        for secret in [OAUTH_TOKEN, KEYCHAIN_TOKEN, BROKER_REFRESH, API_KEY] {
+            assert!(!out.contains(secret), "{case}: {out}");
         }
         let secret = if *var == "CLAUDE_CREDENTIALS" {
             KEYCHAIN_TOKEN
@@ -1210,7 +1441,28 @@ fn case_claude_through_the_broker(clean: &Cleanup) {
         );
         let found = grep_home("sandbox-init-placeholder");
         assert_eq!(found.status.code(), Some(0), "no placeholder in the home");
+        eprintln!(
+            "docker tier: {case}: claude -p and the search through the broker in {:?}",
+            r.elapsed
+        );
     }
+
+    // An upstream by name: the fixture's dnsmasq answers its AAAA query REFUSED, and the
+    // broker's lookup still takes the A answer.
+    let r = run_claude(
+        clean,
+        "broker-by-name",
+        "hello CASE-BROKER-BY-NAME",
+        &[("ANTHROPIC_API_KEY", API_KEY), ("SANDBOX_BROKER", "1")],
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("MOCK-ANSWER-42"), "{r}");
+    assert!(
+        r.stderr.contains(&format!("forwarding to {MOCK_URL}")),
+        "{r}"
+    );
+    let req = request_with("CASE-BROKER-BY-NAME");
+    assert_eq!(req["x-api-key"], API_KEY, "{req}");
 }
 
 /// ANTHROPIC_API_KEY through the launcher itself: its exact capability set, no-new-privileges,
@@ -2365,7 +2617,7 @@ fn docker_end_to_end() {
             Box::new(|| case_claude_api_key_via_launcher(&clean)),
         ),
         (
-            "claude: through the credential broker, every input",
+            "claude: through the credential broker over TLS, every input, tool and search",
             Box::new(|| case_claude_through_the_broker(&clean)),
         ),
         (

@@ -195,3 +195,88 @@ pub fn route_for_check(cx: &Context) -> Option<BrokerRoute> {
         given(cx, BASE_URL),
     ))
 }
+
+/// Where PID 1 tells `sandbox-init exec` sessions (root, through `docker exec`, with the
+/// container's environment) the broker's address: a file in its root-only status
+/// directory, next to status.json.
+const SESSION_FILE: &str = "broker.json";
+const SESSION_PATH: &str = "/run/sandbox-init/broker.json";
+
+/// PID 1, once the command's environment is settled: writes the running broker's base
+/// URL for exec sessions, or removes what an earlier start of this container left
+/// (/run survives `docker restart`) when no broker runs. Failing is a warning: the
+/// session runs, only exec sessions cannot reach the broker.
+pub fn publish(running: Option<&Running>) {
+    use crate::sys::fs as files;
+    use std::os::fd::AsFd;
+    let dir = match crate::runtime::report::status::open_dir() {
+        Ok(d) => d,
+        Err(e) if running.is_some() => {
+            log::warn!(
+                "{e}: `sandbox-init exec` sessions will not get the credential broker's \
+                 {BASE_URL} (mount a tmpfs on /run/sandbox-init to have it)"
+            );
+            return;
+        }
+        Err(_) => return,
+    };
+    let Some(b) = running else {
+        match nix::unistd::unlinkat(
+            dir.as_fd(),
+            SESSION_FILE,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => log::warn!(
+                "cannot remove {SESSION_PATH} left by an earlier start: {e}; `sandbox-init \
+                 exec` sessions may be given a broker that no longer runs (remove the file)"
+            ),
+        }
+        return;
+    };
+    let mut doc = serde_json::json!({ "base_url": b.base_url(), "pid": b.pid.as_raw() })
+        .to_string()
+        .into_bytes();
+    doc.push(b'\n');
+    if let Err(e) = files::write_atomic(
+        dir.as_fd(),
+        std::ffi::OsStr::new(SESSION_FILE),
+        &doc,
+        0o600,
+        Path::new(SESSION_PATH),
+    ) {
+        log::warn!(
+            "{e}: `sandbox-init exec` sessions will not get the credential broker's {BASE_URL}"
+        );
+    }
+}
+
+/// `sandbox-init exec` (as root): the base URL of the broker PID 1 runs, if it runs one.
+/// Read only from a root-owned file that is no link, in the root-only directory: the
+/// sandboxed user cannot point exec sessions anywhere.
+pub fn published() -> Option<String> {
+    use crate::sys::fs as files;
+    use std::os::fd::AsFd;
+    let dir =
+        crate::sys::fs::open_owned_dir(Path::new(crate::runtime::report::status::DIR), 0).ok()?;
+    let files::Found::File(bytes, fd) = files::read_existing(
+        dir.as_fd(),
+        std::ffi::OsStr::new(SESSION_FILE),
+        Path::new(SESSION_PATH),
+    )
+    .ok()?
+    else {
+        return None;
+    };
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        log::warn!("{SESSION_PATH} is not root's alone: ignored");
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let url = doc["base_url"].as_str()?;
+    // Only ever a loopback address: this is where the placeholder goes.
+    url.strip_prefix("http://127.0.0.1:")
+        .filter(|port| port.parse::<u16>().is_ok())
+        .map(|_| url.to_string())
+}

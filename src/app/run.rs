@@ -373,7 +373,13 @@ fn exec_sandboxed(cx: &Context) -> i32 {
         );
         return exit::USAGE;
     }
-    let failure = spawn::exec_in_place(&child_command(cx));
+    let mut cmd = child_command(cx);
+    // With the broker running, the session's CLI goes through it as the entrypoint's
+    // child does; the container's own value is the broker's upstream, not for the agent.
+    if let Some(url) = broker::published() {
+        cmd.env.insert(broker::BASE_URL.into(), url);
+    }
+    let failure = spawn::exec_in_place(&cmd);
     eprintln!("sandbox-init: {}", failure.message);
     failure.code
 }
@@ -393,6 +399,7 @@ fn start_and_supervise(
         started.elapsed().as_secs_f64() * 1000.0
     );
     let mut cmd = child_command(cx);
+    broker::publish(broker.as_ref());
     if let Some(b) = &broker {
         // The container's own value is the broker's upstream; the command sees only the
         // broker.

@@ -19,6 +19,14 @@ and 404 JSON for everything else. Replies:
                                                        $MOCK_RETRY_COMMAND
   - the last user text holds RUN-TOOL and the Bash tool is offered
                                                     -> a Bash tool_use running $MOCK_TOOL_COMMAND
+  - the last user text holds RUN-SEARCH and the Bash tool is offered
+                                                    -> a Bash tool_use toolu_broker_search_01
+                                                       running $MOCK_SEARCH_COMMAND with @NEEDLES@
+                                                       replaced by the credential this request
+                                                       carried and those of $MOCK_SEARCH_NEEDLES
+                                                       (comma list), as printf %b escapes (never
+                                                       the plain text: the command lands in the
+                                                       agent's transcript and argv), one a line
   - anything else                                   -> text "MOCK-ANSWER-42"
 Every request is printed to stdout as one JSON line (path, auth headers, messages), so the
 test reads what the CLI sent, tool results included, from `docker logs`.
@@ -90,8 +98,16 @@ def wait_for(path, seconds):
         time.sleep(0.1)
 
 
-def plan_reply(body):
-    """Returns (content blocks, stop_reason)."""
+def escaped_needles(credential):
+    """The credential and $MOCK_SEARCH_NEEDLES as one printf %b argument, one a line."""
+    needles = [credential] if credential else []
+    needles += [n for n in os.environ.get("MOCK_SEARCH_NEEDLES", "").split(",") if n]
+    return "\\n".join("".join(f"\\x{b:02x}" for b in n.encode()) for n in needles)
+
+
+def plan_reply(body, credential=None):
+    """Returns (content blocks, stop_reason). `credential`: the token or key the request
+    carried."""
     content = last_user_content(body)
     results = tool_results_since_last_turn(body)
     retry_command = os.environ.get("MOCK_RETRY_COMMAND", "id")
@@ -106,6 +122,10 @@ def plan_reply(body):
     tools = [t.get("name") for t in body.get("tools") or []]
     if "RETRY-LIVE" in text and "Bash" in tools:
         return bash_tool_use("toolu_retry_01", retry_command)
+    if "RUN-SEARCH" in text and "Bash" in tools:
+        command = os.environ.get("MOCK_SEARCH_COMMAND", "true")
+        return bash_tool_use("toolu_broker_search_01",
+                             command.replace("@NEEDLES@", escaped_needles(credential)))
     if "RUN-TOOL" in text and "Bash" in tools:
         return bash_tool_use("toolu_sandbox_probe_01", os.environ.get("MOCK_TOOL_COMMAND", "id"))
     return [{"type": "text", "text": "MOCK-ANSWER-42"}], "end_turn"
@@ -199,7 +219,10 @@ class Handler(BaseHTTPRequestHandler):
         if path.endswith("/count_tokens"):
             self.send_json(200, {"input_tokens": 42})
             return
-        content, stop = plan_reply(body)
+        auth = self.headers.get("authorization") or ""
+        credential = (auth.split(" ", 1)[1].strip() if auth.lower().startswith("bearer ")
+                      else self.headers.get("x-api-key"))
+        content, stop = plan_reply(body, credential)
         model = body.get("model") or "claude-mock"
         # A fresh id per reply, as the API gives: the CLI merges assistant turns that share one.
         with REPLIES["lock"]:

@@ -24,6 +24,7 @@
 pub mod account;
 pub mod child;
 pub mod launch;
+pub mod lookup;
 pub mod oauth;
 pub mod placeholder;
 pub mod proxy;

@@ -9,6 +9,7 @@
 //! events reach the CLI as the upstream sends them); connections to the upstream are kept
 //! alive and shared.
 
+use super::lookup::Lookup;
 use super::oauth::Refresher;
 use super::secret::Secret;
 use super::upstream::Upstream;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<Lookup>>, Body>;
 
 /// The CLI opens a handful of connections; an agent flooding the port gets no more.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -37,9 +38,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The client for the upstream and the token endpoint: http or https (as each URL names),
-/// HTTP/1.1, pooled.
+/// HTTP/1.1, pooled; names resolved by [`Lookup`] with /etc/resolv.conf.
 pub fn http_client(tls: rustls::ClientConfig) -> HttpClient {
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(Lookup::system());
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -337,8 +338,71 @@ impl Broker {
             }
         }
         let (mut parts, body) = resp.into_parts();
+        let body = if is_close_delimited(&parts.headers) {
+            CloseDelimited(body).boxed()
+        } else {
+            body.boxed()
+        };
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Whether a response's body ends only when the upstream closes the connection: neither
+/// a length nor chunked framing (RFC 9112 6.3, the last rule).
+pub fn is_close_delimited(headers: &HeaderMap) -> bool {
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("chunked"));
+    !chunked && !headers.contains_key(header::CONTENT_LENGTH)
+}
+
+/// Whether a body failed only because the TLS peer closed the connection without a
+/// close_notify alert (rustls reports that as an unexpected EOF).
+pub fn ended_without_close_notify(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::UnexpectedEof;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// The body of a close-delimited response: its end is the upstream's close, and many
+/// servers (Python's ssl module among them) close without close_notify. For such a body
+/// the close is the only end there is, so a missing close_notify ends it cleanly instead
+/// of cutting the client's stream (and its last chunk) with an error. Bodies with a length
+/// or chunked framing keep hyper's own check that they arrived whole.
+struct CloseDelimited(Incoming);
+
+impl hyper::body::Body for CloseDelimited {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Err(e))) if ended_without_close_notify(&e) => {
+                log::debug!("upstream closed a close-delimited body without close_notify");
+                std::task::Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
     }
 }
 
@@ -395,6 +459,19 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn only_a_body_without_length_or_chunks_is_close_delimited() {
+        assert!(is_close_delimited(&hdrs(&[(
+            "content-type",
+            "text/event-stream"
+        )])));
+        assert!(!is_close_delimited(&hdrs(&[("content-length", "12")])));
+        assert!(!is_close_delimited(&hdrs(&[(
+            "transfer-encoding",
+            "gzip, Chunked"
+        )])));
     }
 
     #[test]
