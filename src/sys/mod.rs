@@ -5,6 +5,7 @@
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod fs;
+pub mod netlink;
 mod real;
 
 /// Fills `buf` from the kernel's random source (getrandom(2)).
