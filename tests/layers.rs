@@ -1,5 +1,5 @@
 //! The library's layers import only downward, and no two modules of a layer import each
-//! other (directly or round a cycle). Reads every `.rs` file under src/: each `crate::`, `self::` and `super::` path, in `use` items (grouped
+//! other (directly or round a cycle); and netlink bytes are framed in one module only. Reads every `.rs` file under src/: each `crate::`, `self::` and `super::` path, in `use` items (grouped
 //! ones included) and in code, names a module; a module is a file or directory directly
 //! under a layer, e.g. `policy::config` or `runtime::dns`.
 
@@ -437,6 +437,144 @@ fn cycle_from(start: &Module, edges: &BTreeMap<&Module, Vec<&Module>>) -> Option
         }
     }
     None
+}
+
+/// The module that owns netlink: src/sys/netlink.rs (or a directory of that name).
+const NETLINK_LAYER: &str = "sys/netlink";
+
+/// Names only the netlink layer writes: message headers, acks and attributes, their flags
+/// and alignment, the socket's family, protocol and options, the framing crates.
+const NETLINK_ONLY: &[&str] = &[
+    "nlmsghdr",
+    "nlmsgerr",
+    "NLMSG_",
+    "nlattr",
+    "NLA_",
+    "NLM_F_",
+    "AF_NETLINK",
+    "PF_NETLINK",
+    "NETLINK_",
+    "sockaddr_nl",
+    "netlink_sys",
+    "netlink_packet_core",
+];
+
+/// Netlink's 4-byte alignment written out (compared with all whitespace removed).
+const ALIGN_BY_HAND: &[&str] = &["+3)&!3", "+3)&!0x3"];
+
+/// Socket calls a file that uses netlink must leave to the layer.
+const SOCKET_CALLS: &[&str] = &[
+    "libc::send",
+    "libc::recv",
+    "libc::sendto",
+    "libc::recvfrom",
+    "libc::sendmsg",
+    "libc::recvmsg",
+];
+
+/// Whether `word` occurs in `code` starting at an identifier boundary.
+fn names(code: &str, word: &str) -> bool {
+    code.match_indices(word).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = code[at + word.len()..].chars().next();
+        let starts = !before.is_some_and(is_ident);
+        // A whole-word pattern (one that does not end in `_`) must end there too.
+        let ends = word.ends_with('_') || !after.is_some_and(is_ident);
+        starts && ends
+    })
+}
+
+/// Every file outside the netlink layer that frames netlink itself, with what it names.
+fn netlink_outside_its_layer(src: &Path) -> Vec<String> {
+    let mut files = vec![];
+    sources(src, &mut files);
+    let mut out = vec![];
+    for file in &files {
+        let rel = file.strip_prefix(src).unwrap();
+        if rel.starts_with(NETLINK_LAYER) || rel == Path::new(&format!("{NETLINK_LAYER}.rs")) {
+            continue;
+        }
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let compact: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut found: Vec<&str> = NETLINK_ONLY
+            .iter()
+            .copied()
+            .filter(|w| names(&code, w))
+            .collect();
+        found.extend(ALIGN_BY_HAND.iter().filter(|w| compact.contains(**w)));
+        if code.to_lowercase().contains("netlink") {
+            found.extend(SOCKET_CALLS.iter().filter(|w| names(&code, w)));
+        }
+        if !found.is_empty() {
+            out.push(format!(
+                "src/{} frames netlink itself ({}): use crate::sys::netlink",
+                rel.display(),
+                found.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn netlink_messages_are_walked_in_one_module() {
+    let src = std::env::var_os("SANDBOX_LAYERS_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let problems = netlink_outside_its_layer(&src);
+    assert!(
+        problems.is_empty(),
+        "{} file(s) of {} outside {NETLINK_LAYER}:\n{}",
+        problems.len(),
+        src.display(),
+        problems.join("\n")
+    );
+}
+
+/// The netlink check finds a walker outside the layer (its names, a hand-written alignment,
+/// a raw recv on a netlink socket), leaves the layer itself alone, and ignores comments,
+/// strings and longer identifiers that merely contain a name.
+#[test]
+fn the_netlink_check_finds_walkers_outside_the_layer() {
+    let dir = std::env::temp_dir().join(format!("sandbox-netlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let write = |p: &str, s: &str| {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    };
+    write(
+        "sys/netlink.rs",
+        "fn walk(b: &[u8]) { if ty == libc::NLMSG_ERROR { off += (len + 3) & !3; } }",
+    );
+    write(
+        "runtime/a.rs",
+        "fn f(t: u16) -> bool { t == libc::NLMSG_DONE as u16 }",
+    );
+    write(
+        "runtime/b.rs",
+        "use crate::sys::netlink;\nfn g(fd: i32) { let n = unsafe { libc::recv(fd, p, l, 0) }; \
+         b = &b[(len+3)&!3..]; }",
+    );
+    write(
+        "runtime/c.rs",
+        "// libc::NLMSG_ERROR in a comment\nfn h() { let _ = \"NETLINK_CAP_ACK\"; \
+         let NFULA_PAYLOAD = 9; let _ = libc::recv; }",
+    );
+    let problems = netlink_outside_its_layer(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = problems.join("\n");
+    assert!(
+        text.contains("src/runtime/a.rs frames netlink itself (NLMSG_)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("src/runtime/b.rs frames netlink itself (+3)&!3, libc::recv)"),
+        "{text}"
+    );
+    assert!(!text.contains("sys/netlink.rs"), "{text}");
+    assert!(!text.contains("c.rs"), "{text}");
+    assert_eq!(problems.len(), 2, "{text}");
 }
 
 #[test]

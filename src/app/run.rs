@@ -170,7 +170,8 @@ fn run() -> Result<i32> {
             Ok(exit::USAGE)
         }
         Some(ModeKind::Apply) => {
-            build_sandbox(&cx, broker::plan(&cx)?, None)?;
+            // Held to the end: it holds the socket that committed the table.
+            let _applied = build_sandbox(&cx, broker::plan(&cx)?, None)?;
             log::info!("sandbox applied; no command run (apply mode)");
             Ok(0)
         }
@@ -180,6 +181,8 @@ fn run() -> Result<i32> {
             let mut credentials = broker::plan(&cx)?;
             let planned = credentials.broker.take();
             let route = planned.as_ref().map(|p| broker::route(&cx, p));
+            // PID 1 holds what the firewall was built from, and the socket that committed its
+            // table, until it returns its exit code.
             let applied = build_sandbox(&cx, credentials, route.as_ref())?;
             start_and_supervise(&cx, applied.as_ref(), planned)
         }

@@ -2,11 +2,13 @@
 //! ordering and failure handling are unit-tested with a recording fake; the real kernel's
 //! answers are checked by the privileged integration tiers. `process` is the one place
 //! where children are forked and exec'd (the command, the broker, the as-user writer);
-//! `fs` is the link-proof file-system layer.
+//! `netlink` is the one netfilter netlink socket and message walker; `fs` is the link-proof
+//! file-system layer.
 
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod fs;
+pub mod netlink;
 pub mod process;
 mod real;
 

@@ -190,6 +190,7 @@ impl Server {
                 Ok(b) => b,
                 Err(e) => return Response::Err(e),
             };
+        // On success the change's socket closes here: only the start's stays open.
         if let Err(e) = crate::stages::firewall::netlink::send(&built) {
             let why = crate::stages::firewall::diagnosis(&e, &built.what).what;
             log::warn!(

@@ -17,9 +17,10 @@
 use crate::policy::names::Group;
 use crate::policy::ruleset::set_name;
 pub use crate::policy::ruleset::SET_TIMEOUT;
+use crate::sys::netlink::Socket;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 pub const FLOOR: Duration = Duration::from_secs(10);
@@ -155,27 +156,17 @@ impl Tracker {
 /// Adds elements to the dynamic sets over its own netlink socket. The kernel applies a
 /// batch inside `send`, so the addresses are in the set before the answer is released.
 pub struct SetWriter {
-    sock: OwnedFd,
+    sock: Socket,
     table: String,
     failures: u64,
 }
 
 impl SetWriter {
     pub fn open(table: &str) -> std::io::Result<SetWriter> {
-        // SAFETY: plain socket call; the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let sock =
+            Socket::open_nonblocking().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(SetWriter {
-            // SAFETY: fd is fresh and ours.
-            sock: unsafe { OwnedFd::from_raw_fd(fd) },
+            sock,
             table: table.to_string(),
             failures: 0,
         })
@@ -195,24 +186,14 @@ impl SetWriter {
             Ok(b) => b,
             Err(e) => return self.failed(&e),
         };
-        // SAFETY: bytes is readable for its length; destination 0 is the kernel.
-        let rc = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                self.sock.as_raw_fd(),
-                bytes.as_ptr() as *const libc::c_void,
-                bytes.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(errno) = self.sock.send(&bytes) {
+            let e = std::io::Error::from_raw_os_error(errno);
             return self.failed(&format!("sending set elements: {e}"));
         }
-        self.drain();
+        for errno in self.sock.refusals() {
+            let e = std::io::Error::from_raw_os_error(errno);
+            self.failed(&format!("the kernel refused set elements: {e}"));
+        }
     }
 
     fn batch(&self, items: &[(IpAddr, Group)]) -> Result<Vec<u8>, String> {
@@ -247,39 +228,6 @@ impl SetWriter {
             }
         }
         Ok(batch.finalize())
-    }
-
-    /// Reads the acknowledgements without waiting; logs a refusal.
-    fn drain(&mut self) {
-        let mut buf = [0u8; 8192];
-        loop {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 20 {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]) as i32;
-                if len < 16 || len > b.len() {
-                    break;
-                }
-                let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-                if ty == libc::NLMSG_ERROR && code != 0 {
-                    let e = std::io::Error::from_raw_os_error(-code);
-                    self.failed(&format!("the kernel refused set elements: {e}"));
-                }
-                b = &b[((len + 3) & !3).min(b.len())..];
-            }
-        }
     }
 
     fn failed(&mut self, what: &str) {

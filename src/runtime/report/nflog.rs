@@ -8,8 +8,9 @@
 //! short or odd packet must never take PID 1 down.
 
 use super::{Event, Proto};
+use crate::sys::netlink::{self, Socket};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 pub use crate::policy::ruleset::{NFLOG_GROUP as GROUP, NFLOG_PREFIX as PREFIX};
 /// Bytes of each packet copied to us: an IPv4 header with options (60) or an IPv6 header
@@ -22,7 +23,7 @@ const QTHRESH: u32 = 1;
 const TIMEOUT: u32 = 1;
 /// Receive buffer asked for (with CAP_NET_ADMIN, beyond rmem_max): a burst of several
 /// thousand packets fits before the kernel drops (which is fine: we then count an overrun).
-const RCVBUF: i32 = 4 << 20;
+const RCVBUF: usize = 4 << 20;
 
 // linux/netfilter/nfnetlink.h, nfnetlink_log.h
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -121,194 +122,74 @@ fn skip_v6_extensions(pkt: &[u8], first: u8) -> (u8, Option<&[u8]>) {
     (next, None)
 }
 
-fn nla_iter(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = usize::from(u16::from_ne_bytes([*b.first()?, *b.get(1)?]));
-        let ty = u16::from_ne_bytes([*b.get(2)?, *b.get(3)?]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        b = b.get((len + 3) & !3..).unwrap_or(&[]);
-        Some((ty, value))
-    })
-}
-
 /// Every NFLOG packet message in one datagram (the kernel batches several). Anything
 /// else (acks, errors, NLMSG_DONE) is skipped.
 pub fn parse_datagram(buf: &[u8]) -> Vec<Logged> {
     let mut out = vec![];
-    let mut off = 0usize;
-    while let Some(h) = buf.get(off..off + 16) {
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let ty = u16::from_ne_bytes([h[4], h[5]]);
-        if len < 16 || off + len > buf.len() {
-            break;
+    for m in netlink::messages(buf) {
+        if m.kind != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
+            continue;
         }
-        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET && len >= 20 {
-            let mut logged = Logged {
-                event: None,
-                uid: None,
-                ours: false,
-            };
-            for (t, v) in nla_iter(&buf[off + 20..off + len]) {
-                match t {
-                    NFULA_PAYLOAD => logged.event = parse_packet(v),
-                    NFULA_PREFIX => {
-                        logged.ours = v.strip_suffix(&[0]).unwrap_or(v) == PREFIX.as_bytes()
-                    }
-                    NFULA_UID => {
-                        logged.uid = v
-                            .get(..4)
-                            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    }
-                    _ => {}
+        let Some((_, attrs)) = m.nfnl() else {
+            continue;
+        };
+        let mut logged = Logged {
+            event: None,
+            uid: None,
+            ours: false,
+        };
+        for (t, v) in netlink::attrs(attrs) {
+            match t {
+                NFULA_PAYLOAD => logged.event = parse_packet(v),
+                NFULA_PREFIX => {
+                    logged.ours = v.strip_suffix(&[0]).unwrap_or(v) == PREFIX.as_bytes()
                 }
+                NFULA_UID => {
+                    logged.uid = v
+                        .get(..4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                }
+                _ => {}
             }
-            out.push(logged);
         }
-        off += (len + 3) & !3;
+        out.push(logged);
     }
     out
-}
-
-fn put_attr(msg: &mut Vec<u8>, ty: u16, value: &[u8]) {
-    msg.extend(((value.len() + 4) as u16).to_ne_bytes());
-    msg.extend(ty.to_ne_bytes());
-    msg.extend(value);
-    while msg.len() % 4 != 0 {
-        msg.push(0);
-    }
 }
 
 /// The one configuration request: bind `group` to this socket, copy packets (first
 /// COPY_RANGE bytes), batch settings. Acked.
 pub fn config_request(group: u16, seq: u32) -> Vec<u8> {
-    let mut m = vec![0u8; 16];
-    // nfgenmsg: family AF_UNSPEC (the group serves both families), version 0, group (BE).
-    m.extend([libc::AF_UNSPEC as u8, 0]);
-    m.extend(group.to_be_bytes());
-    put_attr(&mut m, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
     let mut mode = COPY_RANGE.to_be_bytes().to_vec();
     mode.extend([NFULNL_COPY_PACKET, 0]);
-    put_attr(&mut m, NFULA_CFG_MODE, &mode);
-    put_attr(&mut m, NFULA_CFG_NLBUFSIZ, &16384u32.to_be_bytes());
-    put_attr(&mut m, NFULA_CFG_TIMEOUT, &TIMEOUT.to_be_bytes());
-    put_attr(&mut m, NFULA_CFG_QTHRESH, &QTHRESH.to_be_bytes());
-    let len = m.len() as u32;
-    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    let attrs = [
+        (NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
+        (NFULA_CFG_MODE, mode),
+        (NFULA_CFG_NLBUFSIZ, 16384u32.to_be_bytes().to_vec()),
+        (NFULA_CFG_TIMEOUT, TIMEOUT.to_be_bytes().to_vec()),
+        (NFULA_CFG_QTHRESH, QTHRESH.to_be_bytes().to_vec()),
+    ];
     let ty = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
-    m[4..6].copy_from_slice(&ty.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    m[6..8].copy_from_slice(&flags.to_ne_bytes());
-    m[8..12].copy_from_slice(&seq.to_ne_bytes());
-    m
-}
-
-/// The errno of the ack for `seq` in a datagram: `Some(0)` = accepted.
-fn ack_of(buf: &[u8], seq: u32) -> Option<i32> {
-    let mut off = 0usize;
-    while let Some(h) = buf.get(off..off + 16) {
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let ty = i32::from(u16::from_ne_bytes([h[4], h[5]]));
-        let s = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        if len < 16 || off + len > buf.len() {
-            return None;
-        }
-        if ty == libc::NLMSG_ERROR && s == seq {
-            let code = buf
-                .get(off + 16..off + 20)
-                .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-            return Some(-code);
-        }
-        off += (len + 3) & !3;
-    }
-    None
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    // Family AF_UNSPEC (the group serves both families); the group is the resource id.
+    netlink::acked_request(ty, libc::AF_UNSPEC as u8, group, seq, &attrs)
 }
 
 /// Opens a non-blocking NETLINK_NETFILTER socket and binds NFLOG `group` to it. Needs
 /// CAP_NET_ADMIN for the bind; the socket is close-on-exec.
-pub fn bind(group: u16) -> Result<OwnedFd, String> {
-    let fail = |what: &str, e: i32| format!("{what}: {}", std::io::Error::from_raw_os_error(e));
-    // SAFETY: plain socket call; the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(fail("netfilter netlink socket", errno()));
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let set = |name: i32, value: i32| {
-        // SAFETY: value outlives the call; the size is right.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                name,
-                &value as *const i32 as *const libc::c_void,
-                std::mem::size_of::<i32>() as u32,
-            )
-        }
-    };
-    if set(libc::SO_RCVBUFFORCE, RCVBUF) != 0 {
-        set(libc::SO_RCVBUF, RCVBUF);
-    }
+pub fn bind(group: u16) -> Result<Socket, String> {
     let seq = 1;
-    let req = config_request(group, seq);
-    // SAFETY: sockaddr_nl is plain data; zero = the kernel.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: req is readable for its length; kernel is a valid sockaddr_nl.
-    let rc = unsafe {
-        libc::sendto(
-            fd,
-            req.as_ptr() as *const libc::c_void,
-            req.len(),
-            0,
-            &kernel as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(fail("binding the NFLOG group", errno()));
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err("binding the NFLOG group: no answer from the kernel".into());
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, left.as_millis().min(2000) as i32) };
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n < 0 {
-            match errno() {
-                libc::EAGAIN | libc::EINTR => continue,
-                e => return Err(fail("binding the NFLOG group", e)),
-            }
-        }
-        match ack_of(&buf[..n as usize], seq) {
-            Some(0) => return Ok(sock),
-            Some(e) => return Err(fail("binding the NFLOG group", e)),
-            None => continue,
-        }
-    }
+    let request = config_request(group, seq);
+    Socket::subscribe(&request, seq, RCVBUF, Duration::from_secs(2)).map_err(|e| match e {
+        netlink::Error::Open(errno) => format!(
+            "netfilter netlink socket: {}",
+            std::io::Error::from_raw_os_error(errno)
+        ),
+        netlink::Error::NoAnswer => "binding the NFLOG group: no answer from the kernel".into(),
+        other => format!(
+            "binding the NFLOG group: {}",
+            std::io::Error::from_raw_os_error(other.errno())
+        ),
+    })
 }
 
 /// What one read of the socket gave.
@@ -322,33 +203,16 @@ pub struct Batch {
 }
 
 /// Reads at most `max` datagrams without blocking.
-pub fn read(sock: &OwnedFd, buf: &mut [u8], max: usize) -> Batch {
-    let mut b = Batch::default();
-    for _ in 0..max {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            match errno() {
-                libc::ENOBUFS => b.overruns += 1,
-                libc::EINTR => {}
-                // EAGAIN: drained; anything else: nothing more to read now either.
-                _ => {
-                    b.drained = true;
-                    return b;
-                }
-            }
-            continue;
-        }
-        b.packets.extend(parse_datagram(&buf[..n as usize]));
+pub fn read(sock: &Socket, buf: &mut [u8], max: usize) -> Batch {
+    let mut packets = vec![];
+    let reads = sock.read_now(buf, max, |datagram| {
+        packets.extend(parse_datagram(datagram))
+    });
+    Batch {
+        packets,
+        overruns: reads.overruns,
+        drained: reads.drained,
     }
-    b
 }
 
 #[cfg(test)]
@@ -523,24 +387,19 @@ pub(crate) mod tests {
             };
             let _ = parse_packet(&b[..cut]);
             let _ = parse_datagram(&b[..cut]);
-            let _ = ack_of(&b[..cut], 1);
         }
     }
 
     pub fn packet_msg(payload: &[u8], ours: bool) -> Vec<u8> {
-        let mut m = vec![0u8; 16];
-        m.extend([libc::AF_INET as u8, 0, 0x1b, 0x81]);
-        put_attr(&mut m, 1, &[0x08, 0x00, 3, 0]);
         let prefix = if ours { PREFIX } else { "someone else" };
-        let mut p = prefix.as_bytes().to_vec();
-        p.push(0);
-        put_attr(&mut m, NFULA_PREFIX, &p);
-        put_attr(&mut m, NFULA_UID, &1000u32.to_be_bytes());
-        put_attr(&mut m, NFULA_PAYLOAD, payload);
-        let len = m.len() as u32;
-        m[0..4].copy_from_slice(&len.to_ne_bytes());
-        m[4..6].copy_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET).to_ne_bytes());
-        m
+        let attrs = [
+            (1, vec![0x08, 0x00, 3, 0]),
+            (NFULA_PREFIX, netlink::cstr(prefix)),
+            (NFULA_UID, 1000u32.to_be_bytes().to_vec()),
+            (NFULA_PAYLOAD, payload.to_vec()),
+        ];
+        let ty = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET;
+        netlink::nfnl_message(ty, 0, 0, libc::AF_INET as u8, 0x1b81, &attrs)
     }
 
     pub fn datagram(msgs: &[Vec<u8>]) -> Vec<u8> {
@@ -549,9 +408,7 @@ pub(crate) mod tests {
 
     #[test]
     fn datagrams_hold_batched_packets_and_skip_the_rest() {
-        let mut done = vec![0u8; 20];
-        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
-        done[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        let done = netlink::testing::done(0);
         let d = datagram(&[
             packet_msg(&v4(6, [10, 77, 0, 11], TCP_443), true),
             packet_msg(&v6(17, "fd77::11", &[0, 1, 0, 53]), false),
@@ -580,25 +437,14 @@ pub(crate) mod tests {
         );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 0x0401);
         assert_eq!(&m[18..20], &GROUP.to_be_bytes());
-        let attrs: Vec<(u16, Vec<u8>)> = nla_iter(&m[20..]).map(|(t, v)| (t, v.to_vec())).collect();
+        let attrs: Vec<(u16, Vec<u8>)> = netlink::attrs(&m[20..])
+            .map(|(t, v)| (t, v.to_vec()))
+            .collect();
         assert_eq!(attrs[0], (NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]));
         assert_eq!(
             attrs[1],
             (NFULA_CFG_MODE, vec![0, 0, 0, 96, NFULNL_COPY_PACKET, 0])
         );
         assert_eq!(m.len() % 4, 0);
-    }
-
-    #[test]
-    fn acks_are_matched_by_sequence() {
-        let mut e = vec![0u8; 36];
-        e[0..4].copy_from_slice(&36u32.to_ne_bytes());
-        e[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-        e[8..12].copy_from_slice(&3u32.to_ne_bytes());
-        e[16..20].copy_from_slice(&(-libc::EBUSY).to_ne_bytes());
-        assert_eq!(ack_of(&e, 3), Some(libc::EBUSY));
-        assert_eq!(ack_of(&e, 4), None);
-        e[16..20].copy_from_slice(&0i32.to_ne_bytes());
-        assert_eq!(ack_of(&e, 3), Some(0));
     }
 }

@@ -4,6 +4,7 @@
 
 use super::{events, nflog, print, status, Event, SharedReporter};
 use crate::runtime::supervise::Duty;
+use crate::sys::netlink::Socket;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +17,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const SUMMARY_TOP: usize = 10;
 
 pub struct Reader {
-    sock: Option<OwnedFd>,
+    sock: Option<Socket>,
     /// Why the socket is missing (shown by `check`).
     error: Option<String>,
     reporter: SharedReporter,

@@ -5,9 +5,11 @@
 //! through a link).
 
 use crate::sys::fs as files;
+use crate::sys::netlink::{self, cstr, Attrs, Socket};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 pub const DIR: &str = "/run/sandbox-init";
 pub const FILE: &str = "status.json";
@@ -95,25 +97,6 @@ const NFTA_REJECT_TYPE: u16 = 1;
 const NFTA_LOG_GROUP: u16 = 1;
 const NFT_REJECT_TCP_RST: u32 = 1;
 
-fn attrs(b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = vec![];
-    let mut b = b;
-    while b.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        b = b.get((len + 3) & !3..).unwrap_or(&[]);
-    }
-    out
-}
-
-fn get<'a>(a: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
-    a.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v)
-}
-
 fn be64(v: Option<&[u8]>) -> u64 {
     v.and_then(|b| b.get(..8))
         .and_then(|b| b.try_into().ok())
@@ -121,27 +104,26 @@ fn be64(v: Option<&[u8]>) -> u64 {
 }
 
 /// One rule's attributes → a reject rule's counter, if it is one.
-pub fn reject_counter(rule: &[u8]) -> Option<(String, u64, u64, bool)> {
-    let top = attrs(rule);
-    let exprs = attrs(get(&top, NFTA_RULE_EXPRESSIONS)?);
+pub fn reject_counter(rule: &Attrs) -> Option<(String, u64, u64, bool)> {
+    let exprs = rule.get(NFTA_RULE_EXPRESSIONS)?;
     let (mut kind, mut packets, mut bytes, mut logged, mut counted) = (None, 0, 0, false, false);
-    for (t, e) in exprs {
+    for (t, e) in netlink::attrs(exprs) {
         if t != NFTA_LIST_ELEM {
             continue;
         }
-        let e = attrs(e);
-        let name = get(&e, NFTA_EXPR_NAME).map(|n| n.strip_suffix(&[0]).unwrap_or(n));
-        let data = attrs(get(&e, NFTA_EXPR_DATA).unwrap_or(&[]));
+        let e = Attrs::parse(e);
+        let name = e
+            .get(NFTA_EXPR_NAME)
+            .map(|n| n.strip_suffix(&[0]).unwrap_or(n));
+        let data = Attrs::parse(e.get(NFTA_EXPR_DATA).unwrap_or(&[]));
         match name {
             Some(b"counter") => {
                 counted = true;
-                packets = be64(get(&data, NFTA_COUNTER_PACKETS));
-                bytes = be64(get(&data, NFTA_COUNTER_BYTES));
+                packets = be64(data.get(NFTA_COUNTER_PACKETS));
+                bytes = be64(data.get(NFTA_COUNTER_BYTES));
             }
             Some(b"reject") => {
-                let ty = get(&data, NFTA_REJECT_TYPE)
-                    .and_then(|b| b.get(..4))
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                let ty = data.be32(NFTA_REJECT_TYPE);
                 kind = Some(if ty == Some(NFT_REJECT_TCP_RST) {
                     "tcp reset"
                 } else {
@@ -149,7 +131,8 @@ pub fn reject_counter(rule: &[u8]) -> Option<(String, u64, u64, bool)> {
                 });
             }
             Some(b"log") => {
-                logged |= get(&data, NFTA_LOG_GROUP)
+                logged |= data
+                    .get(NFTA_LOG_GROUP)
                     .and_then(|b| b.get(..2))
                     .map(|b| u16::from_be_bytes([b[0], b[1]]))
                     == Some(super::nflog::GROUP);
@@ -165,95 +148,32 @@ pub fn reject_counter(rule: &[u8]) -> Option<(String, u64, u64, bool)> {
 /// CAP_NET_ADMIN (as every nfnetlink request), which `docker exec` as root has.
 pub fn kernel_counters() -> Result<Option<Counters>, String> {
     let err = |e: i32| std::io::Error::from_raw_os_error(e).to_string();
-    let sock = crate::stages::firewall::netlink::open_socket_with_timeout(2).map_err(err)?;
-    let mut req = vec![0u8; 16];
-    req.extend([libc::NFPROTO_INET as u8, 0, 0, 0]);
-    for (ty, v) in [
-        (NFTA_RULE_TABLE, crate::policy::ruleset::TABLE),
-        (NFTA_RULE_CHAIN, "output"),
-    ] {
-        let mut v = v.as_bytes().to_vec();
-        v.push(0);
-        req.extend(((v.len() + 4) as u16).to_ne_bytes());
-        req.extend(ty.to_ne_bytes());
-        req.extend(&v);
-        while req.len() % 4 != 0 {
-            req.push(0);
-        }
-    }
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    let sock = Socket::open(Some(Duration::from_secs(2))).map_err(|e| err(e.errno()))?;
+    let filter = [
+        (NFTA_RULE_TABLE, cstr(crate::policy::ruleset::TABLE)),
+        (NFTA_RULE_CHAIN, cstr("output")),
+    ];
     let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | NFT_MSG_GETRULE;
-    req[4..6].copy_from_slice(&ty.to_ne_bytes());
-    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    // SAFETY: req is readable for its length.
-    if unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            req.as_ptr() as *const libc::c_void,
-            req.len(),
-            0,
-        )
-    } < 0
-    {
-        return Err(err(errno()));
-    }
+    let rules = match sock.dump(ty, libc::NFPROTO_INET as u8, &filter) {
+        Ok(rules) => rules,
+        // no table (not a running sandbox, or the firewall is off)
+        Err(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
     let mut c = Counters::default();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(err(errno()));
-        }
-        let mut b = &buf[..n as usize];
-        while b.len() >= 16 {
-            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            let ty = i32::from(u16::from_ne_bytes([b[4], b[5]]));
-            if len < 16 || len > b.len() {
-                break;
-            }
-            match ty {
-                libc::NLMSG_DONE => return Ok(Some(c)),
-                libc::NLMSG_ERROR => {
-                    let code = b
-                        .get(16..20)
-                        .map_or(0, |x| i32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
-                    match -code {
-                        0 => {}
-                        // no table (not a running sandbox, or the firewall is off)
-                        libc::ENOENT => return Ok(None),
-                        e => return Err(err(e)),
-                    }
+    for rule in &rules {
+        if let Some((kind, p, by, logged)) = reject_counter(&rule.attrs) {
+            c.logged |= logged;
+            match c.rules.iter_mut().find(|r| r.0 == kind) {
+                Some(r) => {
+                    r.1 += p;
+                    r.2 += by;
                 }
-                _ if len >= 20 => {
-                    if let Some((kind, p, by, logged)) = reject_counter(&b[20..len]) {
-                        c.logged |= logged;
-                        match c.rules.iter_mut().find(|r| r.0 == kind) {
-                            Some(r) => {
-                                r.1 += p;
-                                r.2 += by;
-                            }
-                            None => c.rules.push((kind, p, by)),
-                        }
-                    }
-                }
-                _ => {}
+                None => c.rules.push((kind, p, by)),
             }
-            b = b.get((len + 3) & !3..).unwrap_or(&[]);
         }
     }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    Ok(Some(c))
 }
 
 /// The lines `check` prints for a running sandbox; empty when this is not one.
@@ -337,23 +257,14 @@ pub fn check_lines() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nla(ty: u16, v: &[u8]) -> Vec<u8> {
-        let mut m = ((v.len() + 4) as u16).to_ne_bytes().to_vec();
-        m.extend(ty.to_ne_bytes());
-        m.extend(v);
-        while m.len() % 4 != 0 {
-            m.push(0);
-        }
-        m
-    }
+    use crate::sys::netlink::{attr as nla, NESTED};
 
     fn expr(name: &str, data: Vec<u8>) -> Vec<u8> {
         let mut n = name.as_bytes().to_vec();
         n.push(0);
         let mut e = nla(NFTA_EXPR_NAME, &n);
-        e.extend(nla(NFTA_EXPR_DATA | 0x8000, &data));
-        nla(NFTA_LIST_ELEM | 0x8000, &e)
+        e.extend(nla(NFTA_EXPR_DATA | NESTED, &data));
+        nla(NFTA_LIST_ELEM | NESTED, &e)
     }
 
     #[test]
@@ -366,23 +277,23 @@ mod tests {
             nla(NFTA_LOG_GROUP, &super::super::nflog::GROUP.to_be_bytes()),
         ));
         list.extend(expr("reject", nla(NFTA_REJECT_TYPE, &1u32.to_be_bytes())));
-        let rule = nla(NFTA_RULE_EXPRESSIONS | 0x8000, &list);
+        let rule = nla(NFTA_RULE_EXPRESSIONS | NESTED, &list);
         assert_eq!(
-            reject_counter(&rule),
+            reject_counter(&Attrs::parse(&rule)),
             Some(("tcp reset".into(), 10, 600, true))
         );
         let mut list = expr("counter", counter);
         list.extend(expr("reject", nla(NFTA_REJECT_TYPE, &2u32.to_be_bytes())));
-        let rule = nla(NFTA_RULE_EXPRESSIONS | 0x8000, &list);
+        let rule = nla(NFTA_RULE_EXPRESSIONS | NESTED, &list);
         assert_eq!(
-            reject_counter(&rule),
+            reject_counter(&Attrs::parse(&rule)),
             Some(("admin-prohibited".into(), 10, 600, false))
         );
         // an accept rule, or garbage: none
-        let rule = nla(NFTA_RULE_EXPRESSIONS | 0x8000, &expr("immediate", vec![]));
-        assert_eq!(reject_counter(&rule), None);
+        let rule = nla(NFTA_RULE_EXPRESSIONS | NESTED, &expr("immediate", vec![]));
+        assert_eq!(reject_counter(&Attrs::parse(&rule)), None);
         for cut in 0..rule.len() {
-            let _ = reject_counter(&rule[..cut]);
+            let _ = reject_counter(&Attrs::parse(&rule[..cut]));
         }
     }
 }

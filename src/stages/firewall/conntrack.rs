@@ -4,17 +4,17 @@
 //! it looks at the allowlist; once their entry is gone, the next packet of such a flow is
 //! NEW again, meets the default deny and is rejected (a TCP reset for TCP).
 //!
-//! Over ctnetlink, on the nfnetlink socket and helpers the firewall already uses: a dump
-//! of every entry (both families), then one delete per matching entry with its original
-//! tuple copied verbatim. Written by hand because rustables speaks nf_tables only and no
-//! linked crate speaks ctnetlink; the kernel's own dump filter (CTA_FILTER) cannot match a
-//! network, so the matching happens here.
+//! Over ctnetlink, on the crate's nfnetlink socket: a dump of every entry (both families),
+//! then one delete per matching entry with its original tuple copied verbatim. The ctnetlink
+//! attributes are written by hand because rustables speaks nf_tables only and no linked
+//! crate speaks ctnetlink; the kernel's own dump filter (CTA_FILTER) cannot match a network,
+//! so the matching happens here.
 
-use super::netlink::{dump_messages, open_socket_with_timeout, request_acked, Attrs};
 use crate::policy::allowlist::{Port, Proto};
+use crate::sys::netlink::{Attrs, Socket, NESTED};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 // linux/netfilter/nfnetlink_conntrack.h
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -28,7 +28,6 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
 
 /// Where a tracked connection was going (its original direction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,24 +90,25 @@ pub fn kill(targets: &[(IpNet, Option<Port>)]) -> Result<usize, String> {
     if targets.is_empty() {
         return Ok(0);
     }
-    let sock = open_socket_with_timeout(2).map_err(|errno| {
+    let sock = Socket::open(Some(Duration::from_secs(2))).map_err(|e| {
         format!(
             "cannot open a netfilter socket: {}",
-            std::io::Error::from_raw_os_error(errno)
+            std::io::Error::from_raw_os_error(e.errno())
         )
     })?;
-    let fd = sock.as_raw_fd();
     let ctnl = |msg: u16| ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg;
-    let entries = dump_messages(fd, ctnl(IPCTNL_MSG_CT_GET), libc::AF_UNSPEC as u8, &[]).map_err(
-        |errno| {
+    let no_filter: &[(u16, Vec<u8>)] = &[];
+    let entries = sock
+        .dump(ctnl(IPCTNL_MSG_CT_GET), libc::AF_UNSPEC as u8, no_filter)
+        .map_err(|errno| {
             format!(
                 "cannot list the tracked connections: {}",
                 std::io::Error::from_raw_os_error(errno)
             )
-        },
-    )?;
+        })?;
     let mut killed = 0;
-    for (family, entry) in &entries {
+    for dumped in &entries {
+        let entry = &dumped.attrs;
         let Some(d) = destination(entry) else {
             continue;
         };
@@ -117,12 +117,12 @@ pub fn kill(targets: &[(IpNet, Option<Port>)]) -> Result<usize, String> {
         }
         // The tuple as the kernel gave it names the entry exactly; its zone and id too.
         let mut attrs = vec![];
-        for (ty, nested) in [(CTA_TUPLE_ORIG, NLA_F_NESTED), (CTA_ZONE, 0), (CTA_ID, 0)] {
+        for (ty, nested) in [(CTA_TUPLE_ORIG, NESTED), (CTA_ZONE, 0), (CTA_ID, 0)] {
             if let Some(v) = entry.get(ty) {
                 attrs.push((ty | nested, v.to_vec()));
             }
         }
-        match request_acked(fd, ctnl(IPCTNL_MSG_CT_DELETE), *family, &attrs) {
+        match sock.request(ctnl(IPCTNL_MSG_CT_DELETE), dumped.family, &attrs) {
             Ok(()) => killed += 1,
             Err(libc::ENOENT) => {}
             Err(errno) => {
@@ -140,18 +140,9 @@ pub fn kill(targets: &[(IpNet, Option<Port>)]) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::netlink::attr;
 
-    fn attr(ty: u16, v: &[u8]) -> Vec<u8> {
-        let mut out = ((v.len() + 4) as u16).to_ne_bytes().to_vec();
-        out.extend(ty.to_ne_bytes());
-        out.extend(v);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out
-    }
-
-    /// An entry as the kernel dumps it: nested attributes flagged NLA_F_NESTED.
+    /// An entry as the kernel dumps it: nested attributes flagged as nested.
     fn entry(dst: IpAddr, proto: u8, dport: Option<u16>) -> Attrs {
         let (src_ty, dst_ty, src, dst) = match dst {
             IpAddr::V4(a) => (1, CTA_IP_V4_DST, vec![10, 0, 0, 2], a.octets().to_vec()),
@@ -163,12 +154,12 @@ mod tests {
             l4.extend(attr(CTA_PROTO_DST_PORT, &p.to_be_bytes()));
         }
         let tuple = [
-            attr(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
-            attr(CTA_TUPLE_PROTO | NLA_F_NESTED, &l4),
+            attr(CTA_TUPLE_IP | NESTED, &ip),
+            attr(CTA_TUPLE_PROTO | NESTED, &l4),
         ]
         .concat();
         let msg = [
-            attr(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple),
+            attr(CTA_TUPLE_ORIG | NESTED, &tuple),
             attr(CTA_ID, &7u32.to_be_bytes()),
         ]
         .concat();

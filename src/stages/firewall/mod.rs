@@ -37,7 +37,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What the firewall was built from: PID 1's later duties (the DNS filter, the reports of
 /// blocked destinations) work from the same allowlist and names.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Applied {
     pub entries: Vec<Entry>,
     /// Each allowlisted name and the addresses it resolved to at start: every name in
@@ -45,6 +45,9 @@ pub struct Applied {
     /// unless strict mode checked them.
     pub resolved: BTreeMap<String, Vec<IpAddr>>,
     pub plan: plan::Plan,
+    /// The socket that committed the table, held for as long as this is (PID 1 keeps it
+    /// until it exits: closing it right after the commit would wait out a grace period).
+    pub committed: netlink::Committed,
 }
 
 /// Programs the firewall, or fails closed. `None` when the firewall is off.
@@ -110,9 +113,9 @@ pub fn setup(
     }
     let marker = marker(&plan);
     let kernel_started = Instant::now();
-    let built = apply_batch(&plan, &marker)?;
+    let (built, committed) = apply_batch(&plan, &marker)?;
     let sent_in = kernel_started.elapsed();
-    netlink::verify(&built.expect).map_err(Error::ReadBack)?;
+    netlink::verify(&committed, &built.expect).map_err(Error::ReadBack)?;
     let groups = || plan.ports.values().chain(plan.dynamic.values());
     let v4 = plan.any.v4.len() + groups().map(|g| g.v4.len()).sum::<usize>();
     let v6 = plan.any.v6.len() + groups().map(|g| g.v6.len()).sum::<usize>();
@@ -138,6 +141,7 @@ pub fn setup(
         entries,
         resolved,
         plan,
+        committed,
     }))
 }
 
@@ -145,10 +149,10 @@ pub fn setup(
 /// kernel refuses the batch (for a reason other than missing privileges), it is sent once
 /// more without the NFLOG copies, which need the kernel's nfnetlink_log that some hosts
 /// lack; if that goes through, the sandbox runs without reports, and says so.
-fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
+fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<(netlink::Built, netlink::Committed)> {
     let built = netlink::build(plan, marker, true).map_err(Error::Build)?;
     let first = match netlink::send(&built) {
-        Ok(()) => return Ok(built),
+        Ok(committed) => return Ok((built, committed)),
         Err(e) => e,
     };
     let refused = diagnosis(&first, &built.what).what;
@@ -157,12 +161,12 @@ fn apply_batch(plan: &plan::Plan, marker: &str) -> Result<netlink::Built> {
     }
     let plain = netlink::build(plan, marker, false).map_err(Error::Build)?;
     match netlink::send(&plain) {
-        Ok(()) => {
+        Ok(committed) => {
             log::warn!(
                 "blocked destinations will NOT be reported: the kernel refused the ruleset \
                  with NFLOG logging ({refused}); the firewall itself is applied"
             );
-            Ok(plain)
+            Ok((plain, committed))
         }
         Err(_) => Err(Error::Kernel(refused)),
     }

@@ -4,6 +4,7 @@
 
 use crate::policy::allowlist::{Port, Proto};
 use crate::policy::ruleset::{AddrGroup, Plan, RootDns};
+use crate::sys::netlink::{self, cstr, Attrs, Socket};
 use ipnet::IpNet;
 use rustables::expr::{
     Bitwise, Cmp, CmpOp, ConnTrackState, Conntrack, ConntrackKey, Counter, HighLevelPayload,
@@ -16,7 +17,7 @@ use rustables::{
     Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily, Rule, Table,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 pub use crate::policy::ruleset::TABLE;
 use crate::policy::ruleset::{
@@ -867,121 +868,37 @@ pub enum NlError {
     },
 }
 
-static COMMITTED: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+impl From<netlink::Error> for NlError {
+    fn from(e: netlink::Error) -> NlError {
+        match e {
+            netlink::Error::Open(n) => NlError::Open(n),
+            netlink::Error::Send(n) => NlError::Send(n),
+            netlink::Error::Recv(n) => NlError::Recv(n),
+            netlink::Error::Refused { errno, seq } => NlError::Kernel { errno, seq },
+            netlink::Error::NoAnswer => NlError::Recv(libc::EAGAIN),
+        }
+    }
+}
+
+/// The socket that committed a transaction. Closing it right after the commit waits for an
+/// RCU grace period (~8 ms here), so PID 1 keeps the one that committed its table for as
+/// long as it runs (close-on-exec: the command never sees it) and reads the table back on it.
+#[derive(Debug)]
+#[must_use = "closing the socket that committed waits for an RCU grace period"]
+pub struct Committed(Socket);
 
 /// Sends the batch and waits for every acknowledgement. Our own socket (not rustables'):
 /// a large allowlist exceeds the default send buffer, and the acks carry the sequence
 /// number of a refused message.
-pub fn send(built: &Built) -> Result<(), NlError> {
+pub fn send(built: &Built) -> Result<Committed, NlError> {
     let last_seq = built.what.len() as u32;
-    let sock = open_socket_with_timeout(5).map_err(NlError::Open)?;
-    let fd = sock.as_raw_fd();
-    let len = built.bytes.len() as i32 + 65536;
+    let sock = Socket::open(Some(Duration::from_secs(5)))?;
     // Best effort: FORCE needs CAP_NET_ADMIN (without it the batch fails anyway, with EPERM).
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, len);
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 1 << 20);
-    // Acks for refused messages without the (possibly huge) request echoed back.
-    setsockopt(fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
-    // SAFETY: sockaddr_nl is plain data; zero = the kernel.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: addr is a valid sockaddr_nl.
-    let rc = unsafe {
-        libc::sendto(
-            fd,
-            built.bytes.as_ptr() as *const libc::c_void,
-            built.bytes.len(),
-            0,
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(NlError::Send(errno()));
-    }
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n < 0 {
-            let e = errno();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(NlError::Recv(e));
-        }
-        match parse_acks(&buf[..n as usize], last_seq) {
-            Ack::More => {}
-            Ack::Done => {
-                // Closing a socket that committed a transaction waits for an RCU grace
-                // period (~8 ms here): PID 1 keeps it instead (CLOEXEC, so the command never
-                // sees it); the kernel closes it when PID 1 exits.
-                let _ = COMMITTED.set(sock);
-                return Ok(());
-            }
-            Ack::Refused { errno, seq } => return Err(NlError::Kernel { errno, seq }),
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Ack {
-    More,
-    Done,
-    Refused { errno: i32, seq: u32 },
-}
-
-/// Walks the netlink messages of one datagram: an error message with a non-zero code is a
-/// refusal; the ack of the last message ends the transaction.
-fn parse_acks(buf: &[u8], last_seq: u32) -> Ack {
-    let u32_at = |o: usize| {
-        buf.get(o..o + 4)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let mut off = 0;
-    while let (Some(len), Some(ty)) = (
-        u32_at(off),
-        buf.get(off + 4..off + 6)
-            .map(|b| u16::from_ne_bytes([b[0], b[1]])),
-    ) {
-        let len = len as usize;
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        let seq = u32_at(off + 8).unwrap_or(0);
-        match ty as i32 {
-            libc::NLMSG_ERROR => {
-                let code = u32_at(off + 16).map(|c| c as i32).unwrap_or(0);
-                if code != 0 {
-                    return Ack::Refused { errno: -code, seq };
-                }
-                if seq >= last_seq {
-                    return Ack::Done;
-                }
-            }
-            libc::NLMSG_DONE => return Ack::Done,
-            _ => {}
-        }
-        off += (len + 3) & !3;
-    }
-    Ack::More
-}
-
-fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
-    // SAFETY: value outlives the call; the size is right.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as u32,
-        );
-    }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    sock.force_send_buffer(built.bytes.len() + 65536);
+    sock.force_recv_buffer(1 << 20);
+    sock.cap_acks();
+    sock.batch(&built.bytes, last_seq)?;
+    Ok(Committed(sock))
 }
 
 // nf_tables attribute numbers (linux/netfilter/nf_tables.h) the read-back needs.
@@ -1008,16 +925,8 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 /// every rule, every set element. (Our own dump parsing: rustables 0.9 decodes a drop
 /// policy as accept and cannot list set elements; and the socket that committed is
 /// reused, as closing one right after a commit waits for an RCU grace period.)
-pub fn verify(expect: &Expect) -> Result<(), String> {
-    let own;
-    let fd = match COMMITTED.get() {
-        Some(s) => s.as_raw_fd(),
-        None => {
-            own = open_socket()
-                .map_err(|e| format!("netlink socket: {}", std::io::Error::from_raw_os_error(e)))?;
-            own.as_raw_fd()
-        }
-    };
+pub fn verify(committed: &Committed, expect: &Expect) -> Result<(), String> {
+    let fd = &committed.0;
     let rb = |e: i32| {
         format!(
             "reading the table back: {}",
@@ -1114,7 +1023,7 @@ pub fn verify(expect: &Expect) -> Result<(), String> {
             .map_err(rb)?
             .iter()
             .filter_map(|m| m.get(NFTA_SET_ELEM_LIST_ELEMENTS))
-            .map(|list| Attrs::parse(list).0.len())
+            .map(|list| Attrs::parse(list).len())
             .sum();
         if n != *want {
             return Err(format!("set {set} holds {n} elements, expected {want}"));
@@ -1126,186 +1035,18 @@ pub fn verify(expect: &Expect) -> Result<(), String> {
 /// Whether this process could program nf_tables (same socket, capability and subsystem as
 /// applying), changing nothing: lists the tables.
 pub fn probe() -> Result<(), NlError> {
-    let sock = open_socket().map_err(NlError::Open)?;
-    dump(sock.as_raw_fd(), NFT_MSG_GETTABLE, &[])
+    let sock = Socket::open(None)?;
+    dump(&sock, NFT_MSG_GETTABLE, &[])
         .map(|_| ())
         .map_err(|errno| NlError::Kernel { errno, seq: 0 })
 }
 
-/// A nfnetlink socket whose reads give up after `timeout_secs` (a kernel that never
-/// answers must not hang PID 1 or `check`).
-pub(crate) fn open_socket_with_timeout(timeout_secs: i64) -> Result<OwnedFd, i32> {
-    let sock = open_socket()?;
-    let tv = libc::timeval {
-        tv_sec: timeout_secs,
-        tv_usec: 0,
-    };
-    // SAFETY: tv outlives the call; the size is right.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    Ok(sock)
-}
-
-fn open_socket() -> Result<OwnedFd, i32> {
-    // SAFETY: plain socket call; the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// The top-level attributes of one message, in order (flags such as NLA_F_NESTED masked
-/// off the types).
-pub(crate) struct Attrs(pub(crate) Vec<(u16, Vec<u8>)>);
-
-impl Attrs {
-    pub(crate) fn parse(mut b: &[u8]) -> Attrs {
-        let mut out = vec![];
-        while b.len() >= 4 {
-            let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-            let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-            if len < 4 || len > b.len() {
-                break;
-            }
-            out.push((ty, b[4..len].to_vec()));
-            b = &b[((len + 3) & !3).min(b.len())..];
-        }
-        Attrs(out)
-    }
-    pub(crate) fn get(&self, ty: u16) -> Option<&[u8]> {
-        self.0.iter().find(|(t, _)| *t == ty).map(|(_, v)| &v[..])
-    }
-    fn str(&self, ty: u16) -> Option<&str> {
-        let v = self.get(ty)?;
-        std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok()
-    }
-    fn be32(&self, ty: u16) -> Option<u32> {
-        let v = self.get(ty)?;
-        Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
-    }
-}
-
-/// One NLM_F_DUMP request for family inet; the attributes of every answer.
-fn dump(fd: i32, msg: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<Attrs>, i32> {
+/// One NLM_F_DUMP request of nf_tables message `msg` for family inet; the attributes of
+/// every answer.
+fn dump(sock: &Socket, msg: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<Attrs>, i32> {
     let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg;
-    let answers = dump_messages(fd, ty, libc::NFPROTO_INET as u8, attrs)?;
-    Ok(answers.into_iter().map(|(_, a)| a).collect())
-}
-
-/// One nfnetlink message: header, nfgenmsg for `family`, then `attrs` (type, payload).
-pub(crate) fn nfnl_message(ty: u16, flags: u16, family: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut req = vec![0u8; 16];
-    req.extend([family, 0, 0, 0]);
-    for (ty, v) in attrs {
-        req.extend(((v.len() + 4) as u16).to_ne_bytes());
-        req.extend(ty.to_ne_bytes());
-        req.extend(v);
-        while req.len() % 4 != 0 {
-            req.push(0);
-        }
-    }
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&ty.to_ne_bytes());
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req
-}
-
-/// One NLM_F_DUMP request of message type `ty` (subsystem << 8 | message) for `family`;
-/// every answer's family (from its nfgenmsg) and top-level attributes.
-pub(crate) fn dump_messages(
-    fd: i32,
-    ty: u16,
-    family: u8,
-    attrs: &[(u16, Vec<u8>)],
-) -> Result<Vec<(u8, Attrs)>, i32> {
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    let req = nfnl_message(ty, flags, family, attrs);
-    // SAFETY: req is readable for its length; the socket is connected to the kernel by
-    // default (destination 0).
-    if unsafe { libc::send(fd, req.as_ptr() as *const libc::c_void, req.len(), 0) } < 0 {
-        return Err(errno());
-    }
-    let mut out = vec![];
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n < 0 {
-            return Err(errno());
-        }
-        let mut b = &buf[..n as usize];
-        while b.len() >= 16 {
-            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            let ty = u16::from_ne_bytes([b[4], b[5]]) as i32;
-            if len < 16 || len > b.len() {
-                break;
-            }
-            match ty {
-                libc::NLMSG_DONE => return Ok(out),
-                libc::NLMSG_ERROR => {
-                    let code = b
-                        .get(16..20)
-                        .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                    if code != 0 {
-                        return Err(-code);
-                    }
-                }
-                _ if len >= 20 => out.push((b[16], Attrs::parse(&b[20..len]))),
-                _ => {}
-            }
-            b = &b[((len + 3) & !3).min(b.len())..];
-        }
-    }
-}
-
-/// One request with NLM_F_ACK; `Ok` when the kernel acknowledged it, else its errno.
-pub(crate) fn request_acked(
-    fd: i32,
-    ty: u16,
-    family: u8,
-    attrs: &[(u16, Vec<u8>)],
-) -> Result<(), i32> {
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    let req = nfnl_message(ty, flags, family, attrs);
-    // SAFETY: as in `dump_messages`.
-    if unsafe { libc::send(fd, req.as_ptr() as *const libc::c_void, req.len(), 0) } < 0 {
-        return Err(errno());
-    }
-    let mut buf = vec![0u8; 8192];
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n < 0 {
-            return Err(errno());
-        }
-        let b = &buf[..n as usize];
-        if b.len() >= 20 && u16::from_ne_bytes([b[4], b[5]]) as i32 == libc::NLMSG_ERROR {
-            let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-            return if code == 0 { Ok(()) } else { Err(-code) };
-        }
-    }
+    let answers = sock.dump(ty, libc::NFPROTO_INET as u8, attrs)?;
+    Ok(answers.into_iter().map(|d| d.attrs).collect())
 }
 
 #[cfg(test)]
@@ -1314,18 +1055,6 @@ mod tests {
     use crate::policy::hostnet::HostNet;
     use crate::policy::ruleset as plan;
     use std::collections::BTreeMap;
-
-    fn msg(ty: u16, seq: u32, code: i32) -> Vec<u8> {
-        let mut v = vec![];
-        v.extend(36u32.to_ne_bytes());
-        v.extend(ty.to_ne_bytes());
-        v.extend(0u16.to_ne_bytes());
-        v.extend(seq.to_ne_bytes());
-        v.extend(0u32.to_ne_bytes());
-        v.extend(code.to_ne_bytes());
-        v.extend([0u8; 16]);
-        v
-    }
 
     #[test]
     fn a_live_change_replaces_the_live_chain_only() {
@@ -1347,26 +1076,6 @@ mod tests {
         assert!(b.what.iter().all(|w| !w.contains("table")), "{:?}", b.what);
         let empty = build_live(&[], &[]).unwrap();
         assert_eq!(empty.what, vec!["flush of chain live".to_string()]);
-    }
-
-    #[test]
-    fn acks_end_at_the_last_sequence_and_errors_carry_theirs() {
-        let err = libc::NLMSG_ERROR as u16;
-        let mut buf = msg(err, 1, 0);
-        buf.extend(msg(err, 2, 0));
-        assert_eq!(parse_acks(&buf, 3), Ack::More);
-        buf.extend(msg(err, 3, 0));
-        assert_eq!(parse_acks(&buf, 3), Ack::Done);
-        let mut buf = msg(err, 1, 0);
-        buf.extend(msg(err, 2, -libc::EPERM));
-        assert_eq!(
-            parse_acks(&buf, 3),
-            Ack::Refused {
-                errno: libc::EPERM,
-                seq: 2
-            }
-        );
-        assert_eq!(parse_acks(&buf[..10], 3), Ack::More);
     }
 
     #[test]
