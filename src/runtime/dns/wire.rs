@@ -20,6 +20,9 @@ pub const RCODE_NXDOMAIN: u8 = 3;
 pub const RCODE_NOTIMP: u8 = 4;
 /// CNAME links followed from the question name.
 const MAX_CHAIN: usize = 16;
+/// The longest text of a query's name (the most a name on the wire spells without
+/// escapes): it is shown in reports and logs.
+const MAX_TEXT: usize = 255;
 
 /// The question of a client's query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +102,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Bad> {
     let mut d = BinDecoder::new(question);
     let (name, qtype) = read_question(&mut d).ok_or(Bad::Answer(RCODE_FORMERR))?;
     let (name, plain) = name_text(&name);
+    if name.len() > MAX_TEXT {
+        return Err(Bad::Answer(RCODE_FORMERR));
+    }
     Ok(Query {
         id: header.id,
         name,
@@ -395,6 +401,18 @@ mod tests {
         assert_eq!(
             parse_query(&query_with_labels(&[&label(64)])),
             Err(Bad::Answer(RCODE_FORMERR))
+        );
+        // Short enough on the wire, but its escapes would make a line of 1000 characters.
+        let odd = vec![1u8; 60];
+        assert_eq!(
+            parse_query(&query_with_labels(&[&odd, &odd, &odd, &odd])),
+            Err(Bad::Answer(RCODE_FORMERR))
+        );
+        let q = parse_query(&query_with_labels(&[&odd[..20], &label(63), &label(63)])).unwrap();
+        assert!(
+            !q.plain && q.name.len() == 20 * 4 + 2 + 126,
+            "{}",
+            q.name.len()
         );
     }
 
