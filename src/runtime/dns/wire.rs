@@ -580,9 +580,21 @@ mod tests {
         ) {
             let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
             let m = query_with_labels(&refs);
-            let q = parse_query(&m).unwrap();
+            let host = |c: &u8| {
+                let c = c.to_ascii_lowercase();
+                c != b'.' && c != b'\\' && (0x21..0x7f).contains(&c)
+            };
+            // One character per byte a host name has, four (`\DDD`) per other byte.
+            let bytes = labels.iter().flatten();
+            let text_len = bytes.map(|c| if host(c) { 1 } else { 4 }).sum::<usize>()
+                + labels.len().saturating_sub(1);
+            let Ok(q) = parse_query(&m) else {
+                prop_assert!(text_len > MAX_TEXT);
+                return Ok(());
+            };
+            prop_assert!(text_len <= MAX_TEXT);
+            prop_assert_eq!(q.name.len(), text_len);
             prop_assert_eq!(q.end, m.len());
-            let host = |c: &u8| c != &b'.' && c != &b'\\' && (0x21..0x7f).contains(c);
             prop_assert_eq!(q.plain, labels.iter().flatten().all(host));
             if q.plain {
                 let text: Vec<String> = labels
