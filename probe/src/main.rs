@@ -69,6 +69,9 @@
 
 mod hijack;
 
+use hickory_proto::op::{Header, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -175,72 +178,49 @@ fn tcp(addr: &str, timeout: Duration) -> Value {
            "ms": start.elapsed().as_millis() as u64})
 }
 
-/// A minimal DNS query for `name` with record type `qtype`.
-fn dns_query(name: &str, id: u16, qtype: u16) -> Vec<u8> {
-    let mut q = vec![];
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&[0, 1]);
-    q
+/// A DNS query for `name` with record type `qtype`, its letters as given (the tests read
+/// the case back). An error for a name hickory-proto cannot encode (a label over 63 bytes,
+/// over 255 in all).
+fn dns_query(name: &str, id: u16, qtype: u16) -> std::io::Result<Vec<u8>> {
+    dns_query_labels(name.split('.').map(str::as_bytes), id, qtype)
 }
 
-/// Reads rcode and the A/AAAA addresses of a response (enough for the tests).
+/// A query whose name has exactly these labels (any bytes; empty ones are left out).
+fn dns_query_labels<'a>(
+    labels: impl IntoIterator<Item = &'a [u8]>,
+    id: u16,
+    qtype: u16,
+) -> std::io::Result<Vec<u8>> {
+    let bad = |e: hickory_proto::ProtoError| std::io::Error::other(format!("bad name: {e}"));
+    let labels = labels.into_iter().filter(|l| !l.is_empty());
+    let name = Name::from_labels(labels).map_err(bad)?;
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name, RecordType::from(qtype)));
+    m.to_vec().map_err(bad)
+}
+
+/// Reads rcode and the A/AAAA addresses of a response (enough for the tests): the records
+/// before a malformed one count.
 fn dns_parse(resp: &[u8]) -> Value {
-    if resp.len() < 12 {
+    let mut d = BinDecoder::new(resp);
+    let Ok(header) = Header::read(&mut d) else {
         return json!({"result": "short-reply"});
-    }
-    let rcode = resp[3] & 0x0f;
-    let qd = u16::from_be_bytes([resp[4], resp[5]]) as usize;
-    let an = u16::from_be_bytes([resp[6], resp[7]]) as usize;
-    let mut i = 12;
-    let skip_name = |mut i: usize| -> Option<usize> {
-        loop {
-            let len = *resp.get(i)? as usize;
-            if len & 0xc0 == 0xc0 {
-                return Some(i + 2);
-            }
-            if len == 0 {
-                return Some(i + 1);
-            }
-            i += len + 1;
-        }
     };
-    let mut addrs = vec![];
-    for _ in 0..qd {
-        match skip_name(i) {
-            Some(j) => i = j + 4,
-            None => return json!({"result": "bad-reply", "rcode": rcode}),
-        }
+    let rcode = header.response_code.low();
+    if Message::read_queries(&mut d, header.counts.queries.into()).is_err() {
+        return json!({"result": "bad-reply", "rcode": rcode});
     }
-    for _ in 0..an {
-        let Some(j) = skip_name(i) else { break };
-        let Some(hdr) = resp.get(j..j + 10) else {
+    let mut addrs = vec![];
+    for _ in 0..header.counts.answers {
+        let Ok(record) = Record::read(&mut d) else {
             break;
         };
-        let rtype = u16::from_be_bytes([hdr[0], hdr[1]]);
-        let rdlen = u16::from_be_bytes([hdr[8], hdr[9]]) as usize;
-        let Some(rdata) = resp.get(j + 10..j + 10 + rdlen) else {
-            break;
-        };
-        match (rtype, rdlen) {
-            (1, 4) => addrs.push(format!(
-                "{}.{}.{}.{}",
-                rdata[0], rdata[1], rdata[2], rdata[3]
-            )),
-            (28, 16) => {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(rdata);
-                addrs.push(std::net::Ipv6Addr::from(b).to_string());
-            }
+        match record.data {
+            RData::A(a) => addrs.push(a.0.to_string()),
+            RData::AAAA(a) => addrs.push(a.0.to_string()),
             _ => {}
         }
-        i = j + 10 + rdlen;
     }
     let rname = match rcode {
         0 => "NOERROR",
@@ -252,24 +232,17 @@ fn dns_parse(resp: &[u8]) -> Value {
     json!({"result": "reply", "rcode": rname, "addrs": addrs})
 }
 
-/// The question of a DNS message, spelled as it came: `{"name", "type"}`.
+/// The question of a DNS message, spelled as it came: `{"name", "type", "id"}`.
 fn dns_parse_question(msg: &[u8]) -> Value {
-    let mut labels = vec![];
-    let mut o = 12;
-    while let Some(&len) = msg.get(o) {
-        if len == 0 || len > 63 {
-            break;
-        }
-        let Some(l) = msg.get(o + 1..o + 1 + len as usize) else {
-            break;
-        };
-        labels.push(String::from_utf8_lossy(l).to_string());
-        o += 1 + len as usize;
-    }
-    let ty = msg
-        .get(o + 1..o + 3)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]));
-    json!({"name": labels.join("."), "type": ty, "id": msg.get(0..2).map(|b| u16::from_be_bytes([b[0], b[1]]))})
+    let mut d = BinDecoder::new(msg);
+    let id = Header::read(&mut d).ok().map(|h| h.id);
+    let question = id.and_then(|_| Query::read(&mut d).ok());
+    let name = question.as_ref().map(|q| {
+        let labels: Vec<_> = q.name().iter().map(String::from_utf8_lossy).collect();
+        labels.join(".")
+    });
+    let ty = question.map(|q| u16::from(q.query_type()));
+    json!({"name": name.unwrap_or_default(), "type": ty, "id": id})
 }
 
 /// Sends one query over `proto` ("udp" or "tcp") and returns the raw reply.
@@ -280,7 +253,7 @@ fn dns_exchange(
     ty: u16,
     timeout: Duration,
 ) -> std::io::Result<Vec<u8>> {
-    let q = dns_query(name, 0x5a5a, ty);
+    let q = dns_query(name, 0x5a5a, ty)?;
     if proto == "tcp" {
         let mut s = TcpStream::connect_timeout(&sa, timeout)?;
         s.set_read_timeout(Some(timeout))?;
@@ -319,7 +292,8 @@ fn dns_report(proto: &str, server: &str, name: &str, ty: u16, timeout: Duration)
                 v["tc"] = json!(flags & 0x02 != 0);
             }
             // The question came back byte for byte as asked (letter case included).
-            let asked = &dns_query(name, 0, ty)[12..];
+            let asked = dns_query(name, 0, ty).unwrap_or_default();
+            let asked = asked.get(12..).unwrap_or_default();
             v["echoed"] = json!(resp.get(12..12 + asked.len()) == Some(asked));
             v
         }
@@ -591,7 +565,9 @@ fn dns_flood_signals(args: &[String]) -> i32 {
         let mut buf = vec![0u8; 4096];
         for chunk in names.chunks(256) {
             for (i, name) in chunk.iter().enumerate() {
-                let _ = s.send(&dns_query(name, i as u16, 1));
+                if let Ok(q) = dns_query(name, i as u16, 1) {
+                    let _ = s.send(&q);
+                }
             }
             for _ in chunk {
                 match s.recv(&mut buf) {
@@ -856,7 +832,7 @@ fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
                 s.set_read_timeout(Some(DNS_PATIENCE))?;
                 let mut out = vec![];
                 for (i, (name, ty)) in chunk.iter().enumerate() {
-                    let q = dns_query(name, i as u16, *ty);
+                    let q = dns_query(name, i as u16, *ty)?;
                     out.extend_from_slice(&(q.len() as u16).to_be_bytes());
                     out.extend_from_slice(&q);
                 }
@@ -882,7 +858,9 @@ fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
             };
             let _ = s.set_read_timeout(Some(DNS_PATIENCE));
             for (i, (name, ty)) in chunk.iter().enumerate() {
-                let _ = s.send(&dns_query(name, i as u16, *ty));
+                if let Ok(q) = dns_query(name, i as u16, *ty) {
+                    let _ = s.send(&q);
+                }
             }
             let mut buf = vec![0; 65536];
             for _ in chunk {
@@ -910,13 +888,8 @@ fn blast(server: &str, n: usize) -> Value {
     let mut sent = 0;
     for i in 0..n {
         let name = format!("{}.flood.evil.test", rng.label(16));
-        if s.send(&dns_query(
-            &name,
-            i as u16,
-            FLOOD_TYPES[i % FLOOD_TYPES.len()],
-        ))
-        .is_ok()
-        {
+        let q = dns_query(&name, i as u16, FLOOD_TYPES[i % FLOOD_TYPES.len()]);
+        if q.is_ok_and(|q| s.send(&q).is_ok()) {
             sent += 1;
         }
     }
@@ -945,22 +918,26 @@ fn garbage(server: &str, n: usize) -> Value {
                 0 => (0..(rng.next() % 600) as usize)
                     .map(|_| rng.next() as u8)
                     .collect(),
-                1 => dns_query("a.allowed.test", 1, 1)[..(rng.next() % 20) as usize].to_vec(),
+                1 => {
+                    let mut q = dns_query("a.allowed.test", 1, 1).unwrap_or_default();
+                    q.truncate((rng.next() % 20) as usize);
+                    q
+                }
                 2 => vec![0x41; 60_000],
                 3 => {
                     // a pointer to itself in the question
-                    let mut q = dns_query("x", 3, 1);
+                    let mut q = dns_query("x", 3, 1).unwrap_or_default();
                     q.truncate(12);
                     q.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
                     q
                 }
                 4 => {
-                    let mut q = dns_query("a.allowed.test", 4, 1);
+                    let mut q = dns_query("a.allowed.test", 4, 1).unwrap_or_default();
                     q[2] |= 0x80; // a response
                     q
                 }
                 _ => {
-                    let mut q = dns_query("a.allowed.test", 5, 1);
+                    let mut q = dns_query("a.allowed.test", 5, 1).unwrap_or_default();
                     let at = 12 + (rng.next() as usize % (q.len() - 12));
                     q[at] = rng.next() as u8;
                     q[5] = (rng.next() % 4) as u8; // qdcount 0..3
@@ -1005,7 +982,7 @@ fn half_close(server: &str, name: &str, ms: u64) -> Value {
             .parse()
             .map_err(|_| std::io::Error::other("bad server address"))?;
         let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-        let q = dns_query(name, 0x4242, 1);
+        let q = dns_query(name, 0x4242, 1)?;
         let mut msg = (q.len() as u16).to_be_bytes().to_vec();
         msg.extend_from_slice(&q);
         s.write_all(&msg)?;
@@ -1124,18 +1101,12 @@ fn raw_labels(escaped: &str) -> Vec<Vec<u8>> {
 }
 
 fn raw_query(server: &str, escaped: &str, ty: u16, timeout: Duration) -> Value {
-    let mut q = vec![0x3c, 0x3c, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in raw_labels(escaped) {
-        q.push(label.len() as u8);
-        q.extend_from_slice(&label);
-    }
-    q.push(0);
-    q.extend_from_slice(&ty.to_be_bytes());
-    q.extend_from_slice(&[0, 1]);
+    let labels = raw_labels(escaped);
     let reply = server
         .parse::<SocketAddr>()
         .map_err(|_| std::io::Error::other("bad server address"))
         .and_then(|sa| {
+            let q = dns_query_labels(labels.iter().map(Vec::as_slice), 0x3c3c, ty)?;
             let s = udp_socket(&sa)?;
             s.set_read_timeout(Some(timeout))?;
             s.send(&q)?;

@@ -1,22 +1,28 @@
 //! The few parts of the DNS wire format (RFC 1035) the filter needs, read from untrusted
 //! bytes: the question of a query, and the A/AAAA records (after CNAMEs) of an answer.
-//! Every read is bounds-checked, names are capped at 255 bytes and compression pointers at
-//! a fixed number of jumps, so no byte string can panic or loop (see the proptests).
+//! hickory-proto's decoder does the reading: every read is bounds-checked, labels are
+//! capped at 63 bytes and names at 255, and a compression pointer is followed only to an
+//! earlier offset, so no byte string can panic or loop (see the proptests). This module
+//! adds what the filter needs on top: the text a name is matched by, the `plain` rule, the
+//! CNAME chain with its cap, and where the TTLs are (to cap them in place).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use hickory_proto::op::{Header, HeaderCounts, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use std::fmt::Write as _;
+use std::net::IpAddr;
 
 pub const HEADER: usize = 12;
-pub const TYPE_A: u16 = 1;
-pub const TYPE_CNAME: u16 = 5;
-pub const TYPE_AAAA: u16 = 28;
 pub const RCODE_FORMERR: u8 = 1;
 pub const RCODE_SERVFAIL: u8 = 2;
 pub const RCODE_NXDOMAIN: u8 = 3;
 pub const RCODE_NOTIMP: u8 = 4;
-const MAX_NAME: usize = 255;
-const MAX_JUMPS: usize = 32;
 /// CNAME links followed from the question name.
 const MAX_CHAIN: usize = 16;
+/// The longest text of a query's name (the most a name on the wire spells without
+/// escapes): it is shown in reports and logs.
+const MAX_TEXT: usize = 255;
 
 /// The question of a client's query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,131 +46,95 @@ pub enum Bad {
     Answer(u8),
 }
 
-pub fn id(msg: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes([*msg.first()?, *msg.get(1)?]))
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(o)?, *b.get(o + 1)?]))
-}
-
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?))
+    Some(u32::from_be_bytes(
+        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// The text a name is matched and reported by, and whether it is `plain`: labels
+/// lower-cased and joined by dots, no trailing dot. A byte no host name has is written
+/// `\DDD` (a backslash too, so `\DDD` in the text is always an escape, which the reports
+/// rely on to show each byte as it was); such a name is not plain, never matched.
+fn name_text(name: &Name) -> (String, bool) {
+    let mut text = String::with_capacity(name.len());
+    let mut plain = true;
+    for (i, label) in name.iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        for &c in label {
+            let c = c.to_ascii_lowercase();
+            if c == b'.' || c == b'\\' || !(0x21..0x7f).contains(&c) {
+                plain = false;
+                let _ = write!(text, "\\{c:03}");
+            } else {
+                text.push(c as char);
+            }
+        }
+    }
+    (text, plain)
+}
+
+/// A question's name and type; its class is read past (any class is asked for as sent).
+fn read_question(d: &mut BinDecoder<'_>) -> Option<(Name, u16)> {
+    let name = Name::read(d).ok()?;
+    let qtype = d.read_u16().ok()?.unverified(/* any type is a type */);
+    d.read_u16().ok()?;
+    Some((name, qtype))
 }
 
 /// Parses a client's query: one question, opcode QUERY.
 pub fn parse_query(msg: &[u8]) -> Result<Query, Bad> {
-    if msg.len() < HEADER || msg[2] & 0x80 != 0 {
+    let header = Header::read(&mut BinDecoder::new(msg)).map_err(|_| Bad::Drop)?;
+    if header.message_type == MessageType::Response {
         return Err(Bad::Drop);
     }
-    let id = u16::from_be_bytes([msg[0], msg[1]]);
-    if (msg[2] >> 3) & 0x0f != 0 {
+    if header.op_code != OpCode::Query {
         return Err(Bad::Answer(RCODE_NOTIMP));
     }
-    if u16_at(msg, 4) != Some(1) {
+    if header.counts.queries != 1 {
         return Err(Bad::Answer(RCODE_FORMERR));
     }
-    // The question of a query carries no compression pointer (nothing precedes it).
-    let mut name = String::new();
-    let mut plain = true;
-    let mut o = HEADER;
-    loop {
-        let len = *msg.get(o).ok_or(Bad::Answer(RCODE_FORMERR))? as usize;
-        o += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 || name.len() + len + 1 > MAX_NAME {
-            return Err(Bad::Answer(RCODE_FORMERR));
-        }
-        let label = msg.get(o..o + len).ok_or(Bad::Answer(RCODE_FORMERR))?;
-        if !name.is_empty() {
-            name.push('.');
-        }
-        for &c in label {
-            let c = c.to_ascii_lowercase();
-            // A backslash too: the text form is then unambiguous (`\DDD` is always an
-            // escape), which the reports rely on to show each byte as it was.
-            if c == b'.' || c == b'\\' || !(0x21..0x7f).contains(&c) {
-                plain = false;
-                // Kept visible for the log line, never matched.
-                name.push_str(&format!("\\{c:03}"));
-            } else {
-                name.push(c as char);
-            }
-        }
-        o += len;
+    // The question of a query carries no compression pointer (nothing precedes it): read
+    // from a buffer that starts at the question, where no pointer can point backwards.
+    let question = msg.get(HEADER..).ok_or(Bad::Drop)?;
+    let mut d = BinDecoder::new(question);
+    let (name, qtype) = read_question(&mut d).ok_or(Bad::Answer(RCODE_FORMERR))?;
+    let (name, plain) = name_text(&name);
+    if name.len() > MAX_TEXT {
+        return Err(Bad::Answer(RCODE_FORMERR));
     }
-    let qtype = u16_at(msg, o).ok_or(Bad::Answer(RCODE_FORMERR))?;
-    u16_at(msg, o + 2).ok_or(Bad::Answer(RCODE_FORMERR))?;
     Ok(Query {
-        id,
+        id: header.id,
         name,
         plain,
         qtype,
-        end: o + 4,
+        end: HEADER + d.index(),
     })
 }
 
 /// Our own answer to a query: its header and question, with `rcode` and no records.
 pub fn error_answer(msg: &[u8], q_end: Option<usize>, rcode: u8) -> Option<Vec<u8>> {
     let end = q_end.unwrap_or(HEADER).min(msg.len());
-    if end < HEADER {
-        return None;
-    }
-    let mut out = msg[..end].to_vec();
-    // QR, opcode and RD kept from the query; RA set; AA, TC, Z cleared.
-    out[2] = 0x80 | (msg[2] & 0x79);
-    out[3] = 0x80 | (rcode & 0x0f);
-    let qd: u16 = if q_end.is_some() { 1 } else { 0 };
-    out[4..6].copy_from_slice(&qd.to_be_bytes());
-    out[6..12].fill(0);
+    let mut header = Header::read(&mut BinDecoder::new(msg.get(..end)?)).ok()?;
+    // QR, opcode and RD kept from the query; RA set; AA, TC, Z, AD and CD cleared.
+    let m = &mut header.metadata;
+    m.message_type = MessageType::Response;
+    m.authoritative = false;
+    m.truncation = false;
+    m.recursion_available = true;
+    m.authentic_data = false;
+    m.checking_disabled = false;
+    m.response_code = ResponseCode::from_low(rcode & 0x0f);
+    header.counts = HeaderCounts {
+        queries: u16::from(q_end.is_some()),
+        ..HeaderCounts::default()
+    };
+    let mut out = Vec::with_capacity(end);
+    header.emit(&mut BinEncoder::new(&mut out)).ok()?;
+    out.extend_from_slice(msg.get(HEADER..end)?);
     Some(out)
-}
-
-/// Reads a (possibly compressed) name at `o`; returns it lower-cased and where the name
-/// ends in place (after the first pointer, if any).
-fn read_name(msg: &[u8], mut o: usize) -> Option<(String, usize)> {
-    let mut name = String::new();
-    let mut end = None;
-    let mut jumps = 0;
-    loop {
-        let len = *msg.get(o)? as usize;
-        match len & 0xc0 {
-            0xc0 => {
-                let ptr = ((len & 0x3f) << 8) | *msg.get(o + 1)? as usize;
-                end.get_or_insert(o + 2);
-                jumps += 1;
-                if jumps > MAX_JUMPS {
-                    return None;
-                }
-                o = ptr;
-            }
-            0 if len == 0 => {
-                return Some((name, end.unwrap_or(o + 1)));
-            }
-            0 => {
-                if name.len() + len + 1 > MAX_NAME {
-                    return None;
-                }
-                let label = msg.get(o + 1..o + 1 + len)?;
-                if !name.is_empty() {
-                    name.push('.');
-                }
-                for &c in label {
-                    let c = c.to_ascii_lowercase();
-                    // Same escaping as queries, so chains compare like for like.
-                    if c == b'.' || c == b'\\' || !(0x21..0x7f).contains(&c) {
-                        name.push_str(&format!("\\{c:03}"));
-                    } else {
-                        name.push(c as char);
-                    }
-                }
-                o += 1 + len;
-            }
-            _ => return None,
-        }
-    }
 }
 
 /// What the filter takes from an upstream answer.
@@ -178,47 +148,84 @@ pub struct Answer {
     pub ttl_offsets: Vec<usize>,
 }
 
+/// One resource record of an answer section, where it lies in the message.
+struct Record<'a> {
+    /// As `name_text` writes it.
+    owner: String,
+    rtype: RecordType,
+    ttl: u32,
+    ttl_at: usize,
+    rdata_at: usize,
+    rdata: &'a [u8],
+}
+
+fn read_record<'a>(d: &mut BinDecoder<'a>) -> Option<Record<'a>> {
+    let (owner, _) = name_text(&Name::read(d).ok()?);
+    let rtype = RecordType::from(d.read_u16().ok()?.unverified(/* any type is a type */));
+    d.read_u16().ok()?;
+    let ttl_at = d.index();
+    let ttl = d.read_u32().ok()?.unverified(/* capped later */);
+    let len = d.read_u16().ok()?.unverified(/* bounds-checked by read_slice */);
+    let rdata_at = d.index();
+    let rdata = d.read_slice(len.into()).ok()?.unverified(/* read by type below */);
+    Some(Record {
+        owner,
+        rtype,
+        ttl,
+        ttl_at,
+        rdata_at,
+        rdata,
+    })
+}
+
+/// The target of a CNAME record: a name inside its data, compressed against anything
+/// before it in the message.
+fn cname_target(msg: &[u8], r: &Record<'_>) -> Option<String> {
+    let upto = msg.get(..r.rdata_at + r.rdata.len())?;
+    let mut d = BinDecoder::new(upto);
+    d.read_slice(r.rdata_at).ok()?;
+    Some(name_text(&Name::read(&mut d).ok()?).0)
+}
+
+/// The address of an A or AAAA record (`None` for any other record, or a malformed one).
+fn address(r: &Record<'_>) -> Option<IpAddr> {
+    let mut d = BinDecoder::new(r.rdata);
+    match (r.rtype, r.rdata.len()) {
+        (RecordType::A, 4) => Some(IpAddr::V4(A::read(&mut d).ok()?.0)),
+        (RecordType::AAAA, 16) => Some(IpAddr::V6(AAAA::read(&mut d).ok()?.0)),
+        _ => None,
+    }
+}
+
 /// Parses an upstream answer to `q` (same id, name and type, or `None`): a reply that does
 /// not answer the question asked is never used.
 pub fn parse_answer(msg: &[u8], q: &Query) -> Option<Answer> {
-    if msg.len() < HEADER || msg[2] & 0x80 == 0 || id(msg)? != q.id {
+    let mut d = BinDecoder::new(msg);
+    let header = Header::read(&mut d).ok()?;
+    if header.message_type != MessageType::Response
+        || header.id != q.id
+        || header.counts.queries != 1
+    {
         return None;
     }
-    let qd = u16_at(msg, 4)?;
-    let an = u16_at(msg, 6)? as usize;
-    if qd != 1 {
+    let (qname, qtype) = read_question(&mut d)?;
+    if qtype != q.qtype || name_text(&qname).0 != q.name {
         return None;
     }
-    let (qname, mut o) = read_name(msg, HEADER)?;
-    if qname != q.name || u16_at(msg, o)? != q.qtype {
-        return None;
-    }
-    o += 4;
-    let mut records: Vec<(String, u16, u32, usize, usize)> = vec![];
     let mut out = Answer {
-        rcode: msg[3] & 0x0f,
-        truncated: msg[2] & 0x02 != 0,
+        rcode: header.response_code.low(),
+        truncated: header.truncation,
         ..Answer::default()
     };
-    // An answer section can hold at most one record per 11 bytes: `an` cannot make us loop.
-    for _ in 0..an {
-        let Some((owner, after)) = read_name(msg, o) else {
+    let mut records = vec![];
+    // Every record takes at least 11 bytes: the count cannot make this loop long. The
+    // records before a malformed one are used.
+    for _ in 0..header.counts.answers {
+        let Some(r) = read_record(&mut d) else {
             break;
         };
-        let (Some(rtype), Some(ttl), Some(rdlen)) = (
-            u16_at(msg, after),
-            u32_at(msg, after + 4),
-            u16_at(msg, after + 8),
-        ) else {
-            break;
-        };
-        let rdata = after + 10;
-        if rdata + rdlen as usize > msg.len() {
-            break;
-        }
-        out.ttl_offsets.push(after + 4);
-        records.push((owner, rtype, ttl, rdata, rdlen as usize));
-        o = rdata + rdlen as usize;
+        out.ttl_offsets.push(r.ttl_at);
+        records.push(r);
     }
     // Follow the CNAME chain from the question name.
     let mut chain = vec![q.name.clone()];
@@ -226,36 +233,27 @@ pub fn parse_answer(msg: &[u8], q: &Query) -> Option<Answer> {
         let Some(last) = chain.last() else { break };
         let next = records
             .iter()
-            .find(|r| r.1 == TYPE_CNAME && &r.0 == last)
-            .and_then(|r| read_name(msg, r.3))
-            .map(|(n, _)| n);
+            .find(|r| r.rtype == RecordType::CNAME && &r.owner == last)
+            .and_then(|r| cname_target(msg, r));
         match next {
             Some(n) if !chain.contains(&n) => chain.push(n),
             _ => break,
         }
     }
-    for (owner, rtype, ttl, rd, len) in &records {
-        if !chain.contains(owner) {
+    for r in &records {
+        if !chain.contains(&r.owner) {
             continue;
         }
-        let addr = match (*rtype, *len) {
-            (TYPE_A, 4) => {
-                let b: [u8; 4] = msg.get(*rd..rd + 4)?.try_into().ok()?;
-                IpAddr::V4(Ipv4Addr::from(b))
-            }
-            (TYPE_AAAA, 16) => {
-                let b: [u8; 16] = msg.get(*rd..rd + 16)?.try_into().ok()?;
-                IpAddr::V6(Ipv6Addr::from(b))
-            }
-            _ => continue,
-        };
-        out.addrs.push((addr, *ttl));
+        if let Some(addr) = address(r) {
+            out.addrs.push((addr, r.ttl));
+        }
     }
     Some(out)
 }
 
 /// Caps every answer record's TTL at `max` seconds, so no client caches an address past
-/// the time its firewall entry is kept.
+/// the time its firewall entry is kept. In place: the rest of the answer leaves as the
+/// resolver wrote it.
 pub fn cap_ttls(msg: &mut [u8], offsets: &[usize], max: u32) {
     for &o in offsets {
         if let Some(ttl) = u32_at(msg, o) {
@@ -268,29 +266,29 @@ pub fn cap_ttls(msg: &mut [u8], offsets: &[usize], max: u32) {
     }
 }
 
-/// Builds a query (the probe, the benchmark and the tests use the same shape).
+/// Builds a query with hickory-proto's encoder, the name's letters as given (the tests).
+#[cfg(test)]
 pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(HEADER + name.len() + 6);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        q.push(label.len().min(63) as u8);
-        q.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&[0, 1]);
-    q
+    use hickory_proto::op::Message;
+    let labels = name.split('.').filter(|l| !l.is_empty());
+    let name = Name::from_labels(labels.map(str::as_bytes)).unwrap();
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(hickory_proto::op::Query::query(
+        name,
+        RecordType::from(qtype),
+    ));
+    m.to_vec().unwrap()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const TYPE_A: u16 = 1;
+    const TYPE_CNAME: u16 = 5;
+    const TYPE_AAAA: u16 = 28;
 
     /// An answer as a server would send it: question, then records (owner, type, ttl, rdata)
     /// with owners and CNAME targets compressed against the question name where equal.
@@ -377,6 +375,75 @@ mod tests {
     }
 
     #[test]
+    fn a_pointer_in_the_question_of_a_query_is_formerr() {
+        // Back into the header: "\x01\x00" there reads as a label holding a zero byte.
+        let mut m = build_query(1, "x", 1);
+        m.truncate(HEADER);
+        m.extend_from_slice(&[0xc0, 2, 0, 1, 0, 1]);
+        // Control: read from the start of the message, the pointer is taken.
+        let mut whole = BinDecoder::new(&m);
+        whole.read_slice(HEADER).unwrap();
+        assert_eq!(Name::read(&mut whole).unwrap().num_labels(), 1);
+        assert_eq!(parse_query(&m), Err(Bad::Answer(RCODE_FORMERR)));
+    }
+
+    #[test]
+    fn names_over_255_bytes_are_formerr() {
+        let label = |n: usize| vec![b'a'; n];
+        let (l63, l61, l62) = (label(63), label(61), label(62));
+        // 4 labels of 63, 63, 63 and 61 bytes: 255 bytes on the wire, the most there is.
+        let longest = parse_query(&query_with_labels(&[&l63, &l63, &l63, &l61])).unwrap();
+        assert_eq!(longest.name.len(), 253);
+        assert_eq!(
+            parse_query(&query_with_labels(&[&l63, &l63, &l63, &l62])),
+            Err(Bad::Answer(RCODE_FORMERR))
+        );
+        assert_eq!(
+            parse_query(&query_with_labels(&[&label(64)])),
+            Err(Bad::Answer(RCODE_FORMERR))
+        );
+        // Short enough on the wire, but its escapes would make a line of 1000 characters.
+        let odd = vec![1u8; 60];
+        assert_eq!(
+            parse_query(&query_with_labels(&[&odd, &odd, &odd, &odd])),
+            Err(Bad::Answer(RCODE_FORMERR))
+        );
+        let q = parse_query(&query_with_labels(&[&odd[..20], &label(63), &label(63)])).unwrap();
+        assert!(
+            !q.plain && q.name.len() == 20 * 4 + 2 + 126,
+            "{}",
+            q.name.len()
+        );
+    }
+
+    #[test]
+    fn a_cname_target_is_read_within_its_record() {
+        let q = build_query(9, "www.allowed.test", TYPE_A);
+        let pq = parse_query(&q).unwrap();
+        let mut m = answer(
+            &q,
+            &[
+                ("edge.example", TYPE_A, 20, vec![10, 0, 0, 1]),
+                (
+                    "www.allowed.test",
+                    TYPE_CNAME,
+                    300,
+                    name_bytes("edge.example"),
+                ),
+            ],
+        );
+        assert_eq!(parse_answer(&m, &pq).unwrap().addrs.len(), 1);
+        // The CNAME's data length cut to its first label: the rest of the name still
+        // follows in the message, but outside the record it is no name of the record's.
+        let rdlen_at = q.len() + name_bytes("edge.example").len() + 14 + 10;
+        assert_eq!(m[rdlen_at..rdlen_at + 2], 14u16.to_be_bytes());
+        m[rdlen_at..rdlen_at + 2].copy_from_slice(&5u16.to_be_bytes());
+        let a = parse_answer(&m, &pq).unwrap();
+        assert!(a.addrs.is_empty(), "{a:?}");
+        assert_eq!(a.ttl_offsets.len(), 2);
+    }
+
+    #[test]
     fn error_answer_echoes_the_question() {
         let q = build_query(0xbeef, "x.evil.test", 16);
         let pq = parse_query(&q).unwrap();
@@ -386,6 +453,24 @@ mod tests {
         assert_eq!(a[3] & 0x0f, RCODE_NXDOMAIN);
         assert_eq!(&a[12..], &q[12..]);
         assert_eq!(&a[6..12], &[0; 6]);
+    }
+
+    #[test]
+    fn error_answer_flags_for_every_query_flag_byte() {
+        // QR set, opcode and RD kept, AA and TC cleared; RA set, Z, AD, CD cleared.
+        let q = build_query(1, "a.test", 1);
+        for (b2, b3) in (0..=255u8).flat_map(|a| (0..=255u8).map(move |b| (a, b))) {
+            let mut m = q.clone();
+            m[2] = b2;
+            m[3] = b3;
+            let a = error_answer(&m, Some(m.len()), RCODE_SERVFAIL).unwrap();
+            assert_eq!(a[2], 0x80 | (b2 & 0x79), "{b2:#x}");
+            assert_eq!(a[3], 0x80 | RCODE_SERVFAIL, "{b3:#x}");
+        }
+        let header_only = error_answer(&q, None, RCODE_FORMERR).unwrap();
+        assert_eq!(header_only.len(), HEADER);
+        assert_eq!(&header_only[4..], &[0; 8]);
+        assert_eq!(error_answer(&q[..HEADER - 1], None, RCODE_FORMERR), None);
     }
 
     #[test]
@@ -486,6 +571,37 @@ mod tests {
                 prop_assert!(q.end <= bytes.len());
                 let mut b = bytes.clone();
                 cap_ttls(&mut b, &[q.end, usize::MAX - 2, bytes.len()], 1);
+            }
+        }
+
+        #[test]
+        fn any_label_bytes_give_their_text_or_are_not_plain(
+            labels in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..20), 0..6),
+        ) {
+            let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+            let m = query_with_labels(&refs);
+            let host = |c: &u8| {
+                let c = c.to_ascii_lowercase();
+                c != b'.' && c != b'\\' && (0x21..0x7f).contains(&c)
+            };
+            // One character per byte a host name has, four (`\DDD`) per other byte.
+            let bytes = labels.iter().flatten();
+            let text_len = bytes.map(|c| if host(c) { 1 } else { 4 }).sum::<usize>()
+                + labels.len().saturating_sub(1);
+            let Ok(q) = parse_query(&m) else {
+                prop_assert!(text_len > MAX_TEXT);
+                return Ok(());
+            };
+            prop_assert!(text_len <= MAX_TEXT);
+            prop_assert_eq!(q.name.len(), text_len);
+            prop_assert_eq!(q.end, m.len());
+            prop_assert_eq!(q.plain, labels.iter().flatten().all(host));
+            if q.plain {
+                let text: Vec<String> = labels
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                    .collect();
+                prop_assert_eq!(q.name, text.join("."));
             }
         }
 
