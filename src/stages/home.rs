@@ -8,7 +8,6 @@
 
 // The walk fails as the link-proof layer does: a refusal, or what the kernel refused.
 use crate::sys::fs::{Error, Result};
-use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode};
 use nix::unistd::{fchownat, Gid, Uid};
@@ -100,13 +99,11 @@ fn walk(dir: &OwnedFd, dev: u64, change: Reown, depth: usize, top: bool) -> Resu
         log::warn!("home deeper than {MAX_DEPTH} levels: the rest keeps its owner");
         return Ok(0);
     }
-    let dup = dir
-        .try_clone()
-        .map_err(|e| Error::os("cannot walk the home".into(), e))?;
-    let mut entries = Dir::from_fd(dup)
+    // The same directory reader as the lockdown walk (rustix), on a descriptor of its own.
+    let entries = rustix::fs::Dir::read_from(dir)
         .map_err(|e| Error::os("cannot list a directory in the home".into(), e))?;
     let mut names = vec![];
-    for ent in entries.iter().flatten() {
+    for ent in entries.flatten() {
         let name = ent.file_name().to_owned();
         if matches!(name.to_bytes(), b"." | b"..") {
             continue;
@@ -119,8 +116,10 @@ fn walk(dir: &OwnedFd, dev: u64, change: Reown, depth: usize, top: bool) -> Resu
             Ok(st) => st,
             Err(_) => continue, // gone meanwhile
         };
-        let is_dir = kind == Some(Type::Directory)
-            || (kind.is_none() && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR);
+        // A file system that does not fill in d_type says Unknown: then the stat decides.
+        let is_dir = kind == rustix::fs::FileType::Directory
+            || (kind == rustix::fs::FileType::Unknown
+                && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR);
         let claude_volume = top && name.to_bytes() == b".claude";
         if st.st_dev != dev && !claude_volume {
             continue; // another mount: not ours to re-own
