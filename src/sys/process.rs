@@ -473,6 +473,12 @@ mod tests {
         .unwrap();
         let argv = ExecArgs::new(vec![CString::new("x").unwrap()]);
         let envp = ExecArgs::new(Vec::new());
-        assert_eq!(exec_fd(dir.as_fd(), &argv, &envp), Errno::EACCES);
+        let errno = exec_fd(dir.as_fd(), &argv, &envp);
+        if errno == Errno::ENOSYS {
+            // qemu-user (the arm64 unit tests) has no execveat; a kernel always has.
+            eprintln!("exec_fd: execveat is not implemented here; skipped");
+            return;
+        }
+        assert_eq!(errno, Errno::EACCES);
     }
 }
