@@ -477,15 +477,7 @@ fn forwards_over_tls_trusting_the_given_ca_only() {
     require();
     let dir = scratch("tls");
     let (ca, cert, key) = test_ca(&dir, "127.0.0.1");
-    let mock = Mock::start(
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mock = Mock::start_tls(&cert, &key);
     let real = real_secret("oat01");
     let ph = placeholder::oauth_token().unwrap();
     let upstream = format!("https://127.0.0.1:{}", mock.port);
@@ -759,15 +751,7 @@ fn the_real_cli_works_through_the_broker_with_every_input_and_never_sends_the_re
     let (ca, cert, key) = test_ca(&dir, "127.0.0.1");
     for tls in [false, true] {
         let mock = if tls {
-            Mock::start(
-                &[
-                    "--tls-cert",
-                    cert.to_str().unwrap(),
-                    "--tls-key",
-                    key.to_str().unwrap(),
-                ],
-                &[],
-            )
+            Mock::start_tls(&cert, &key)
         } else {
             Mock::start(&[], &[])
         };
@@ -944,15 +928,7 @@ fn a_close_delimited_stream_over_tls_reaches_the_client_whole() {
     require();
     let dir = scratch("tls-stream");
     let (ca, cert, key) = test_ca(&dir, "127.0.0.1");
-    let mock = Mock::start(
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mock = Mock::start_tls(&cert, &key);
     let real = real_secret("api03");
     let ph = placeholder::api_key().unwrap();
     let mut spec = Spec::new(

@@ -1,7 +1,9 @@
-//! The library's layers import only downward, and no two modules of a layer import each
-//! other (directly or round a cycle); and netlink bytes are framed in one module only. Reads every `.rs` file under src/: each `crate::`, `self::` and `super::` path, in `use` items (grouped
-//! ones included) and in code, names a module; a module is a file or directory directly
-//! under a layer, e.g. `policy::config` or `runtime::dns`.
+//! The source tree's structure: the library's layers import only downward, and no two
+//! modules of a layer import each other (directly or round a cycle); netlink bytes are
+//! framed in one module only; `unsafe` is rare and each use says why it is sound.
+//! Reads every `.rs` file under src/: each `crate::`, `self::` and `super::` path, in `use`
+//! items (grouped ones included) and in code, names a module; a module is a file or
+//! directory directly under a layer, e.g. `policy::config` or `runtime::dns`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,21 @@ impl std::fmt::Display for Module {
             (l, n) => write!(f, "{l}::{n}"),
         }
     }
+}
+
+/// The tree the checks read: src/ of this checkout, or SANDBOX_LAYERS_SRC (e.g. a checkout
+/// of an older commit, to show a check fails there).
+fn checked_src() -> PathBuf {
+    std::env::var_os("SANDBOX_LAYERS_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+}
+
+/// Writes `text` at `rel` under `dir` (the checks' made-up trees).
+fn write_file(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
 }
 
 fn rank(layer: &str) -> Option<usize> {
@@ -518,9 +535,7 @@ fn netlink_outside_its_layer(src: &Path) -> Vec<String> {
 
 #[test]
 fn netlink_messages_are_walked_in_one_module() {
-    let src = std::env::var_os("SANDBOX_LAYERS_SRC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let src = checked_src();
     let problems = netlink_outside_its_layer(&src);
     assert!(
         problems.is_empty(),
@@ -538,11 +553,7 @@ fn netlink_messages_are_walked_in_one_module() {
 fn the_netlink_check_finds_walkers_outside_the_layer() {
     let dir = std::env::temp_dir().join(format!("sandbox-netlink-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let write = |p: &str, s: &str| {
-        let p = dir.join(p);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, s).unwrap();
-    };
+    let write = |p: &str, s: &str| write_file(&dir, p, s);
     write(
         "sys/netlink.rs",
         "fn walk(b: &[u8]) { if ty == libc::NLMSG_ERROR { off += (len + 3) & !3; } }",
@@ -579,10 +590,7 @@ fn the_netlink_check_finds_walkers_outside_the_layer() {
 
 #[test]
 fn layers_import_only_downward_and_modules_have_no_cycles() {
-    // SANDBOX_LAYERS_SRC checks another tree (e.g. a checkout of an older commit).
-    let src = std::env::var_os("SANDBOX_LAYERS_SRC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let src = checked_src();
     let problems = violations(&src);
     assert!(
         problems.is_empty(),
@@ -599,11 +607,7 @@ fn layers_import_only_downward_and_modules_have_no_cycles() {
 fn the_check_finds_upward_paths_and_cycles() {
     let dir = std::env::temp_dir().join(format!("sandbox-layers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let write = |p: &str, s: &str| {
-        let p = dir.join(p);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, s).unwrap();
-    };
+    let write = |p: &str, s: &str| write_file(&dir, p, s);
     write("lib.rs", "pub mod sys; pub mod policy; pub mod app;");
     write("sys/mod.rs", "pub mod fs;");
     write(
@@ -633,4 +637,95 @@ fn the_check_finds_upward_paths_and_cycles() {
         "comments and strings are not imports: {text}"
     );
     assert_eq!(problems.len(), 3, "{text}");
+}
+
+// ---- unsafe ------------------------------------------------------------------------------
+// The crate's `unsafe` stays small and explained: at most 17 lines under src/ name it (a
+// third of the 53 the architecture step started from), and every `unsafe` block, fn or impl
+// has a `SAFETY:` comment (or, for an `unsafe fn`, a `# Safety` section) just above it.
+
+const MAX_UNSAFE_LINES: usize = 17;
+/// How far above an `unsafe` its SAFETY comment may start (a comment of a few lines).
+const COMMENT_REACH: usize = 6;
+
+/// A line that uses `unsafe` as code (not only in a comment or a string's prose).
+fn uses_unsafe(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w == "unsafe")
+}
+
+/// The unexplained uses in one file's text: (line number, line).
+fn unexplained(text: &str) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut bad = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !uses_unsafe(line) {
+            continue;
+        }
+        let from = i.saturating_sub(COMMENT_REACH);
+        let explained = lines[from..=i]
+            .iter()
+            .any(|l| l.contains("SAFETY:") || l.contains("# Safety"));
+        if !explained {
+            bad.push((i + 1, line.trim().to_string()));
+        }
+    }
+    bad
+}
+
+/// Lines naming `unsafe` at all, as `grep -c unsafe` counts them.
+fn count(text: &str) -> usize {
+    text.lines().filter(|l| l.contains("unsafe")).count()
+}
+
+#[test]
+fn unsafe_is_rare_and_every_use_says_why_it_is_sound() {
+    let src = checked_src();
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut total = 0;
+    let mut per_file = Vec::new();
+    let mut missing = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read source");
+        let n = count(&text);
+        let rel = f.strip_prefix(&src).unwrap_or(f).display().to_string();
+        if n > 0 {
+            per_file.push(format!("{rel}: {n}"));
+        }
+        total += n;
+        for (line, code) in unexplained(&text) {
+            missing.push(format!("src/{rel}:{line}: {code}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "unsafe without a SAFETY comment above it:\n{}",
+        missing.join("\n")
+    );
+    assert!(
+        total <= MAX_UNSAFE_LINES,
+        "{total} lines under src/ name unsafe (at most {MAX_UNSAFE_LINES}); per file:\n{}",
+        per_file.join("\n")
+    );
+}
+
+#[test]
+fn the_check_finds_an_unexplained_unsafe_and_ignores_prose() {
+    let bare = "fn f() {\n    let x = unsafe { g() };\n}\n";
+    assert_eq!(unexplained(bare).len(), 1);
+    let explained =
+        "fn f() {\n    // SAFETY: g has no preconditions.\n    let x = unsafe { g() };\n}\n";
+    assert!(unexplained(explained).is_empty());
+    let documented = "/// # Safety\n/// Only before threads start.\nunsafe fn f() {}\n";
+    assert!(unexplained(documented).is_empty());
+    let prose = "// this is not unsafe code\nlet s = \"unsafe_name\";\n";
+    assert!(unexplained(prose).is_empty());
+    let far = format!(
+        "// SAFETY: too far up\n{}let x = unsafe {{ g() }};\n",
+        "\n".repeat(8)
+    );
+    assert_eq!(unexplained(&far).len(), 1);
+    assert_eq!(count(bare), 1);
 }

@@ -262,6 +262,12 @@ mod tests {
         waitpid(pid, None).unwrap()
     }
 
+    /// Runs `check` in a forked child and asserts it held there.
+    fn holds_in_child(check: impl FnOnce(&Child) -> bool) {
+        let pid = fork_child(|c| if check(c) { 0 } else { 1 }).unwrap();
+        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+    }
+
     fn pipe() -> (OwnedFd, OwnedFd) {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
     }
@@ -290,18 +296,12 @@ mod tests {
         assert_eq!(exit_of(control), WaitStatus::Exited(control, 0));
 
         let low = w1.as_raw_fd().min(w2.as_raw_fd());
-        let pid = fork_child(|child| {
+        holds_in_child(|child| {
             child.close_from(low, &[w2.as_fd()]);
             let closed = nix::unistd::write(&w1, b"x") == Err(Errno::EBADF);
             let kept = nix::unistd::write(&w2, b"x").is_ok();
-            if closed && kept {
-                0
-            } else {
-                1
-            }
-        })
-        .unwrap();
-        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+            closed && kept
+        });
     }
 
     #[test]
@@ -309,38 +309,26 @@ mod tests {
         let (_r1, w1) = pipe();
         let (_r2, w2) = pipe();
         let low = w1.as_raw_fd().min(w2.as_raw_fd());
-        let pid = fork_child(|_| {
+        holds_in_child(|_| {
             close_each(low, &[w2.as_fd()]);
             let closed = nix::unistd::write(&w1, b"x") == Err(Errno::EBADF);
             let kept = nix::unistd::write(&w2, b"x").is_ok();
-            if closed && kept {
-                0
-            } else {
-                1
-            }
-        })
-        .unwrap();
-        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+            closed && kept
+        });
 
         let flags = |fd: &OwnedFd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD);
-        let pid = fork_child(|_| {
+        holds_in_child(|_| {
             let none = nix::fcntl::FdFlag::empty();
             for fd in [&w1, &w2] {
                 if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(none)).is_err() {
-                    return 2;
+                    return false;
                 }
             }
             mark_each_listed(low, &[w2.as_fd()]);
             let marked = flags(&w1).is_ok_and(|f| f & libc::FD_CLOEXEC != 0);
             let kept = flags(&w2).is_ok_and(|f| f & libc::FD_CLOEXEC == 0);
-            if marked && kept {
-                0
-            } else {
-                1
-            }
-        })
-        .unwrap();
-        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+            marked && kept
+        });
     }
 
     #[test]

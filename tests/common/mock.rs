@@ -42,6 +42,12 @@ impl Mock {
         Mock::start_in(None, "127.0.0.1", extra, env)
     }
 
+    /// On loopback, serving HTTPS with `cert` and `key` (from `test_ca`).
+    pub fn start_tls(cert: &Path, key: &Path) -> Mock {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        Mock::start(&["--tls-cert", &cert, "--tls-key", &key], &[])
+    }
+
     /// On `bind` inside the network namespace `netns` (`ip netns exec`), or this one.
     pub fn start_in(netns: Option<&str>, bind: &str, extra: &[&str], env: &[(&str, &str)]) -> Mock {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker/mock_api.py");
