@@ -84,6 +84,7 @@ check_test() {
     have tmux || need tmux "tmux: the interactive session (the TUI) in the Docker tier"
     have git || need git "git: the workspace tier and the .gitconfig reader's tests"
     have python3 || need python3 "python3: test servers"
+    [ -s /etc/ssl/certs/ca-certificates.crt ] || need ca-certificates "the CA bundle the fixtures' images carry, as real images do"
     have dig || need dnsutils "dig: DNS from the sandboxed user"
     have debootstrap || need debootstrap "debootstrap: the Debian root filesystem and image base"
     have npm || need npm "npm: fetches Claude Code's native executable"

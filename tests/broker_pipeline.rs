@@ -44,14 +44,6 @@ fn fixture(name: &str) -> Fixture {
     let net = Net::new();
     let root = Rootfs::new();
     root.write("etc/resolv.conf", &format!("nameserver {DNS1}\n"));
-    // As in every Docker container.
-    let null = root.join("dev/null");
-    assert!(std::process::Command::new("mknod")
-        .args([null.to_str().unwrap(), "c", "1", "3"])
-        .status()
-        .unwrap()
-        .success());
-    fs::set_permissions(&null, fs::Permissions::from_mode(0o666)).unwrap();
     let base = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
     let dir = PathBuf::from(base).join(format!("broker-pipe-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -331,6 +323,25 @@ fn apply_refuses_the_broker() {
         .net
         .in_box(&["nft", "list", "table", "inet", "sandbox_init"]);
     assert!(!table.contains("chain"), "apply built a firewall: {table}");
+
+    // On only by default, `apply` goes without it: the real credential is written (nobody
+    // would hold it otherwise) and the firewall is built.
+    let token = real_secret("oat01");
+    let run = run_bounded(
+        &mut f.root.command(
+            &["apply", "-v"],
+            &[NO_PRESETS, ("CLAUDE_CODE_OAUTH_TOKEN", &token)],
+            Some(&f.net.box_ns),
+        ),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    assert!(run.stderr.contains("applying without it"), "{}", run.stderr);
+    assert!(f.home_file(".claude/.credentials.json").contains(&token));
+    let (_, table) = f
+        .net
+        .in_box(&["nft", "list", "table", "inet", "sandbox_init"]);
+    assert!(table.contains("chain"), "no firewall: {table}");
 }
 
 #[test]

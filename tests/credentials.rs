@@ -31,6 +31,7 @@ fn blob(scopes: &[&str]) -> String {
 fn probe_command<'a>(subcommand: &'a str, probe_args: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         NO_FW,
+        "--no-broker",
         "--workdir",
         "/workspace",
         "--",
@@ -43,7 +44,15 @@ fn probe_command<'a>(subcommand: &'a str, probe_args: &[&'a str]) -> Vec<&'a str
 
 /// Runs the probe as the command, in /workspace, with debug logging (so that any secret
 /// that reached a log line would show up in stderr).
+/// This tier is the credentials stage writing the real values, so the broker (on by
+/// default) is off here but where a test names it; tests/broker_pipeline.rs covers it.
 fn run(root: &Rootfs, extra: &[&str], env: &[(&str, &str)], probe: &[&str]) -> Run {
+    let mut with = vec!["--no-broker"];
+    with.extend_from_slice(extra);
+    run_as_given(root, &with, env, probe)
+}
+
+fn run_as_given(root: &Rootfs, extra: &[&str], env: &[(&str, &str)], probe: &[&str]) -> Run {
     let mut args = vec![NO_FW, "--workdir", "/workspace"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", PROBE_IN_ROOT, "report"]);
@@ -102,6 +111,95 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32, u32)> {
         }
     }
     out
+}
+
+#[test]
+fn by_default_the_broker_holds_the_token_and_the_home_gets_a_placeholder() {
+    require_root();
+    let root = Rootfs::new();
+    let r = run_as_given(
+        &root,
+        &[],
+        &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)],
+        &["--read", "/home/claude/.claude/.credentials.json"],
+    );
+    r.assert_code(0);
+    assert!(r.stderr.contains("credential broker: pid"), "{}", r.stderr);
+    let written = fs::read_to_string(root.join(CREDS)).unwrap();
+    assert!(!written.contains(TOKEN), "{written}");
+    let doc: Value = serde_json::from_str(&written).unwrap();
+    let held = doc["claudeAiOauth"]["accessToken"].as_str().unwrap();
+    assert!(held.contains("sandbox-init-placeholder"), "{written}");
+    let rep = r.report();
+    let env = env_map(&rep);
+    let base = env.get("ANTHROPIC_BASE_URL").cloned().unwrap_or_default();
+    assert!(base.starts_with("http://127.0.0.1:"), "{env:?}");
+    assert!(
+        !rep.to_string().contains(TOKEN),
+        "the child saw the token: {rep}"
+    );
+
+    // Turned off at the next start, the placeholder (worthless) is replaced without
+    // --force-credentials; a real login is kept (existing_credentials_are_kept_unless_forced).
+    let r = run(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    assert!(
+        r.stderr
+            .contains("replaced the credential broker's placeholder"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(json_at(&root, CREDS)["claudeAiOauth"]["accessToken"], TOKEN);
+}
+
+#[test]
+fn without_a_ca_bundle_the_default_broker_steps_aside_and_a_required_one_fails() {
+    require_root();
+    let root = Rootfs::new();
+    fs::remove_file(root.join(CA_BUNDLE)).unwrap();
+    // On by default: a warning that says what it means and how to require it; the real
+    // token is written as without the broker.
+    let r = run_as_given(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    let warning = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("credential broker (on by default) not started"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", r.stderr));
+    for says in [
+        "no CA certificates found",
+        "the agent can read it",
+        "--broker",
+    ] {
+        assert!(warning.contains(says), "{says}: {warning}");
+    }
+    assert!(!r.stderr.contains("credential broker: pid"), "{}", r.stderr);
+    assert!(fs::read_to_string(root.join(CREDS))
+        .unwrap()
+        .contains(TOKEN));
+
+    // Asked for: the start fails (70), naming the way out, and the real token is never
+    // written (the home keeps only this start's placeholder).
+    let root = Rootfs::new();
+    fs::remove_file(root.join(CA_BUNDLE)).unwrap();
+    for (args, env) in [
+        (&["--broker"][..], &[][..]),
+        (&[][..], &[("SANDBOX_BROKER", "1")][..]),
+    ] {
+        let mut given = vec![("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)];
+        given.extend_from_slice(env);
+        let r = run_as_given(&root, args, &given, &[]);
+        r.assert_code(70);
+        assert!(
+            r.stderr.contains("no CA certificates found"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("--no-broker"), "{}", r.stderr);
+        assert!(!r.stderr.contains("(on by default)"), "{}", r.stderr);
+        let written = fs::read_to_string(root.join(CREDS)).unwrap_or_default();
+        assert!(!written.contains(TOKEN), "{written}");
+    }
 }
 
 #[test]

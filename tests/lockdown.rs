@@ -123,20 +123,6 @@ impl Drop for Mounts {
     }
 }
 
-/// The probe's `--exec` gives the program /dev/null as stdin; the minimal rootfs has an
-/// empty /dev.
-fn dev_null(root: &Rootfs) {
-    let p = std::ffi::CString::new(root.join("dev/null").display().to_string()).unwrap();
-    // SAFETY: mknod with a valid path; the test runs as root.
-    let rc = unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
-    assert_eq!(
-        rc,
-        0,
-        "mknod /dev/null: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -156,7 +142,6 @@ fn plant_suid_probe(root: &Rootfs, rel: &str) {
 fn a_set_uid_root_program_gives_no_root_and_loses_its_bit() {
     require_root();
     let root = Rootfs::new();
-    dev_null(&root);
     plant_suid_probe(&root, SUID_PROBE);
     root.install(PROBE, "usr/local/bin/sgid-probe", 0o2755);
     // control: the planted copy does give root to uid 1000 outside the sandbox
@@ -215,7 +200,6 @@ fn with_strip_suid_off_the_bit_stays_and_no_new_privs_still_holds() {
         "etc/sandbox-init/config.toml",
         "[lockdown]\nstrip_suid = false\n",
     );
-    dev_null(&root);
     plant_suid_probe(&root, SUID_PROBE);
     let cmd = format!("{SUID_PROBE} ids");
     let (r, rep) = run_probe(&root, &[&cmd]);
@@ -238,7 +222,6 @@ fn with_strip_suid_off_the_bit_stays_and_no_new_privs_still_holds() {
 fn a_read_only_root_is_fine() {
     require_root();
     let root = Rootfs::new();
-    dev_null(&root);
     plant_suid_probe(&root, SUID_PROBE);
     let mut mounts = Mounts(vec![]);
     let p = root.path.display().to_string();

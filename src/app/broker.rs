@@ -1,4 +1,4 @@
-//! The credential broker in the pipeline. With `credentials.broker` on and a credential
+//! The credential broker in the pipeline. With `credentials.broker` on (the default) and a credential
 //! given, the credentials stage writes placeholders instead of the real values, PID 1
 //! starts the broker (its own uid, confined) with the real ones before the command, and
 //! the command gets `ANTHROPIC_BASE_URL` pointing at the broker; the container's own
@@ -6,11 +6,12 @@
 
 use super::context::Context;
 use super::exit::{Error, Result};
+use crate::policy::config::Source;
 use crate::policy::ruleset::BrokerRoute;
 use crate::runtime::broker::account::{self, Account};
 use crate::runtime::broker::launch::{self, Launch, Running};
 use crate::runtime::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
-use crate::runtime::broker::{placeholder, secret::Secret, store};
+use crate::runtime::broker::{placeholder, secret::Secret, store, upstream};
 use crate::stages::credentials::{self, doc};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,8 +56,25 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
             broker: None,
         });
     }
+    // On by default, the broker steps aside where it cannot run; asked for, it is
+    // required, and a start it cannot serve fails (exit 70).
+    let asked = !matches!(cx.settings.broker.source, Source::Default);
+    let off = |plan: doc::Plan| {
+        Ok(Credentials {
+            plan,
+            fresh: false,
+            broker: None,
+        })
+    };
     if plan.is_empty() {
-        log::warn!(
+        // Nothing to hold. A login made with /login lives in ~/.claude as usual.
+        let level = if asked {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "credential broker on ({}), but no credential given ({}, {}, {}): nothing for it \
              to hold, not started; a login made with /login is kept in ~/.claude as usual",
             cx.settings.broker.source,
@@ -64,12 +82,9 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
             doc::KEYCHAIN,
             doc::API_KEY
         );
-        return Ok(Credentials {
-            plan,
-            fresh: false,
-            broker: None,
-        });
+        return off(plan);
     }
+    let given_plan = plan.clone();
     let broken = |e: String| Error::Broker(format!("{e}; to run without it: {OFF_HOW}"));
     let oauth = match &plan.credentials {
         Some((blob, from)) if *from == doc::KEYCHAIN => {
@@ -96,6 +111,7 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         Some(real) => {
             let ph = placeholder::api_key().map_err(broken)?;
             plan.api_key = Some(ph.clone());
+            plan.api_key_from = "a placeholder (the credential broker holds the real key)";
             Some(ApiKeyBinding {
                 real: Secret::new(real.trim()),
                 placeholder: ph,
@@ -113,12 +129,41 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         .as_ref()
         .is_some_and(|o| o.real.refresh.is_some());
     spec.log = cx.settings.log.value.clone();
-    let account = choose_account(cx).map_err(broken)?;
+    let account = choose_account(cx);
+    if !asked {
+        if let Some(why) = cannot_run(&spec, account.as_ref().err()) {
+            log::warn!(
+                "credential broker (on by default) not started: {why}. The real credential \
+                 goes into ~/.claude, where the agent can read it; to require the broker \
+                 instead (the start then fails here): --broker or SANDBOX_BROKER=1"
+            );
+            return off(given_plan);
+        }
+    }
+    let account = account.map_err(broken)?;
     Ok(Credentials {
         plan,
         fresh: true,
         broker: Some(Planned { account, spec }),
     })
+}
+
+/// Why the broker could not run on this machine, found before anything is written: a CPU
+/// its TLS library does not support, no CA bundle while it must speak TLS, no free uid.
+fn cannot_run(spec: &Spec, no_account: Option<&String>) -> Option<String> {
+    if !crate::runtime::broker::cpu_supported() {
+        return Some(
+            "this CPU lacks instructions its TLS library needs (x86_64: AES-NI, PCLMULQDQ, \
+             AVX2, BMI, ADX; aarch64: AES, SHA2, PMULL)"
+                .into(),
+        );
+    }
+    if spec.needs_tls() {
+        if let Err(e) = upstream::bundle_path(spec.ca_file.as_deref()) {
+            return Some(e);
+        }
+    }
+    no_account.cloned()
 }
 
 /// Starts the broker, as root, before the command and before PID 1's own privilege drop.
@@ -213,8 +258,8 @@ pub fn publish(running: Option<&Running>) {
         Ok(d) => d,
         Err(e) if running.is_some() => {
             log::warn!(
-                "{e}: `sandbox-init exec` sessions will not get the credential broker's \
-                 {BASE_URL} (mount a tmpfs on /run/sandbox-init to have it)"
+                "`sandbox-init exec` sessions will not get the credential broker's {BASE_URL} \
+                 (no {SESSION_PATH}: {e}); on a read-only root file system add --tmpfs /run"
             );
             return;
         }

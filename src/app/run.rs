@@ -109,12 +109,22 @@ fn run() -> Result<i32> {
     init_logging(&settings.log.value);
     let mut settings = settings;
     if mode == Some(ModeKind::Apply) && settings.broker.value {
-        return Err(Error::Refused(format!(
-            "apply: the credential broker ({}) needs sandbox-init to stay PID 1 and hold the \
-             real credential for the session; a one-shot apply leaves no one to. Use the \
-             entrypoint, or apply with --no-broker",
-            settings.broker.source
-        )));
+        // The broker is a process PID 1 keeps for the session; a one-shot `apply` leaves
+        // no one to hold the secret. Asked for, that is an error; on by default, `apply`
+        // writes the real credentials as without it.
+        if !matches!(settings.broker.source, config::Source::Default) {
+            return Err(Error::Refused(format!(
+                "apply: the credential broker ({}) needs sandbox-init to stay PID 1 and hold \
+                 the real credential for the session; a one-shot apply leaves no one to. Use \
+                 the entrypoint, or apply with --no-broker",
+                settings.broker.source
+            )));
+        }
+        log::info!(
+            "apply: the credential broker (on by default) needs sandbox-init to stay PID 1; \
+             applying without it (the real credentials go into ~/.claude)"
+        );
+        settings.broker.value = false;
     }
     if matches!(mode, Some(ModeKind::Apply)) && settings.dns.value == config::DnsMode::Filter {
         // The DNS filter is PID 1 answering queries; a one-shot `apply` leaves no one to.

@@ -187,12 +187,16 @@ pub struct Options {
     #[arg(long)]
     pub force_credentials: bool,
 
-    /// Keep the real credential out of the agent's reach: the CLI gets a placeholder and
-    /// talks to the API through a broker process of its own uid [env: SANDBOX_BROKER=1]
+    /// Require the credential broker (on by default): the CLI gets a placeholder and talks
+    /// to the API through a broker process of its own uid, which alone holds the real
+    /// credential. On by default it steps aside where it cannot run (warning); required, such
+    /// a start fails (exit 70) [env: SANDBOX_BROKER=1]
     #[arg(long, conflicts_with = "no_broker")]
     pub broker: bool,
 
-    /// Write the real credential into ~/.claude, no broker [env: SANDBOX_BROKER=0]
+    /// No credential broker: the real credential goes into ~/.claude, readable by the agent.
+    /// Needed by Claude Code features that bypass ANTHROPIC_BASE_URL (claude.ai MCP
+    /// connectors, Remote Control) [env: SANDBOX_BROKER=0]
     #[arg(long)]
     pub no_broker: bool,
 

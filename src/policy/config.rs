@@ -168,7 +168,7 @@ impl Default for Settings {
             dns: Sourced::default(DnsMode::Filter),
             force_credentials: Sourced::default(false),
             // Off until proven with the real CLI in every credential input end to end.
-            broker: Sourced::default(false),
+            broker: Sourced::default(true),
             host_gitconfig: Sourced::default(PathBuf::from(DEFAULT_HOST_GITCONFIG)),
             audit_log: Sourced::default(None),
             log: Sourced::default("info".into()),
@@ -899,10 +899,18 @@ mod tests {
     }
 
     #[test]
-    fn broker_is_off_by_default_and_layers_file_env_flag() {
+    fn broker_is_on_by_default_and_layers_file_env_flag() {
         let s = build(&Options::default(), &[], &env(&[]), None).unwrap();
-        assert!(!s.broker.value);
+        assert!(s.broker.value);
         assert_eq!(s.broker.source, Source::Default);
+        let off = build(
+            &Options::default(),
+            &[],
+            &env(&[]),
+            file("[credentials]\nbroker = false\n"),
+        )
+        .unwrap();
+        assert!(!off.broker.value);
         let text = "[credentials]\nbroker = true\n";
         let s = build(&Options::default(), &[], &env(&[]), file(text)).unwrap();
         assert!(s.broker.value);

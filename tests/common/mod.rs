@@ -97,6 +97,9 @@ pub struct Rootfs {
     pub path: PathBuf,
 }
 
+/// Debian's CA bundle, the first the broker looks for.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 impl Rootfs {
     /// The minimal image: /etc/passwd with root and claude (1000), the two binaries, /tmp,
     /// the home and /workspace owned by claude.
@@ -107,6 +110,7 @@ impl Rootfs {
         let _ = fs::remove_dir_all(&path);
         for d in [
             "etc/sandbox-init",
+            "etc/ssl/certs",
             "proc",
             "dev",
             "tmp",
@@ -133,6 +137,26 @@ impl Rootfs {
             "root:x:0:\nsudo:x:27:claude\ndev:x:500:claude\nclaude:x:1000:\nnogroup:x:65534:\n",
         );
         r.write("etc/resolv.conf", "nameserver 127.0.0.1\n");
+        // The character devices every Docker container has (the credential broker's stdin
+        // and stdout are /dev/null).
+        for (name, minor) in [
+            ("null", "3"),
+            ("zero", "5"),
+            ("full", "7"),
+            ("urandom", "9"),
+        ] {
+            let node = r.join(&format!("dev/{name}"));
+            let made = Command::new("mknod")
+                .arg(&node)
+                .args(["c", "1", minor])
+                .status()
+                .expect("run mknod");
+            assert!(made.success(), "mknod {}", node.display());
+            fs::set_permissions(&node, fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        // Real images carry a CA bundle (ours installs ca-certificates): the credential
+        // broker, on by default, needs one for the real API.
+        r.install(CA_BUNDLE, CA_BUNDLE, 0o644);
         r.install(INIT, INIT_IN_ROOT, 0o755);
         probe_built();
         r.install(PROBE, PROBE_IN_ROOT, 0o755);

@@ -74,7 +74,7 @@ struct Started {
 
 fn prepare() -> Result<Started, String> {
     check_confined()?;
-    if !graviola::util::is_cpu_supported() {
+    if !super::cpu_supported() {
         return Err(
             "this CPU lacks instructions the broker's TLS library needs (x86_64: AES-NI, \
              PCLMULQDQ, AVX2, BMI, ADX; aarch64: AES, SHA2, PMULL); start without the broker \
@@ -112,13 +112,10 @@ fn prepare() -> Result<Started, String> {
         None
     };
 
-    let upstream = Upstream::parse(&spec.upstream, "the upstream (ANTHROPIC_BASE_URL)")?;
-    let token_url = Upstream::parse(&spec.token_url, "the OAuth token endpoint")?;
-    let refreshes = spec
-        .oauth
-        .as_ref()
-        .is_some_and(|o| o.real.refresh.is_some());
-    let needs_tls = upstream.is_tls() || (refreshes && token_url.is_tls());
+    // Checked before `ready`: a bad URL fails the start, not the first request.
+    Upstream::parse(&spec.upstream, "the upstream (ANTHROPIC_BASE_URL)")?;
+    Upstream::parse(&spec.token_url, "the OAuth token endpoint")?;
+    let needs_tls = spec.needs_tls();
     let roots = match upstream::load_roots(spec.ca_file.as_deref()) {
         Ok((roots, path)) => {
             log::debug!("trusting the CA bundle {}", path.display());

@@ -34,3 +34,10 @@ pub mod store;
 mod testkit;
 pub mod upstream;
 pub mod wire;
+
+/// Whether this CPU has what the broker's TLS library needs (graviola: AES, carry-less
+/// multiply and, on x86_64, AVX2, BMI and ADX). PID 1 asks before it plans placeholders,
+/// so a broker that is on only by default can step aside instead of failing the start.
+pub fn cpu_supported() -> bool {
+    graviola::util::is_cpu_supported()
+}

@@ -11,8 +11,9 @@ use super::wire::OAuth;
 use serde_json::{json, Value};
 
 /// Recognisable in any log or file: whoever finds one knows it is not a credential.
-pub const OAUTH_PREFIX: &str = "sk-ant-oat01-sandbox-init-placeholder-";
-pub const API_KEY_PREFIX: &str = "sk-ant-api03-sandbox-init-placeholder-";
+pub use crate::stages::credentials::doc::{
+    API_KEY_PLACEHOLDER_PREFIX as API_KEY_PREFIX, OAUTH_PLACEHOLDER_PREFIX as OAUTH_PREFIX,
+};
 
 /// The scope the CLI needs to use an OAuth login at all. With nothing else, it makes no
 /// profile call (those ignore ANTHROPIC_BASE_URL and would go around the broker).

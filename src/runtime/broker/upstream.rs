@@ -81,11 +81,11 @@ pub const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/ca-bundle.pem",
 ];
 
-/// The trust anchors: the given bundle (SSL_CERT_FILE), or the first system bundle that
-/// exists.
-pub fn load_roots(ca_file: Option<&Path>) -> Result<(rustls::RootCertStore, PathBuf), String> {
-    let path = match ca_file {
-        Some(p) => p.to_path_buf(),
+/// The CA bundle the broker trusts: the given one (SSL_CERT_FILE), or the first system
+/// bundle that exists.
+pub fn bundle_path(ca_file: Option<&Path>) -> Result<PathBuf, String> {
+    match ca_file {
+        Some(p) => Ok(p.to_path_buf()),
         None => SYSTEM_BUNDLES
             .iter()
             .map(PathBuf::from)
@@ -96,8 +96,13 @@ pub fn load_roots(ca_file: Option<&Path>) -> Result<(rustls::RootCertStore, Path
                      package in the image or set SSL_CERT_FILE",
                     SYSTEM_BUNDLES.join(", ")
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+/// The trust anchors of `bundle_path`.
+pub fn load_roots(ca_file: Option<&Path>) -> Result<(rustls::RootCertStore, PathBuf), String> {
+    let path = bundle_path(ca_file)?;
     let certs = CertificateDer::pem_file_iter(&path)
         .map_err(|e| format!("cannot read the CA bundle {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();

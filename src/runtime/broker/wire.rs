@@ -86,4 +86,18 @@ impl Spec {
             log: "info".into(),
         }
     }
+
+    /// Whether the broker will speak TLS: to an https upstream, or to an https token
+    /// endpoint when it holds a login it can refresh.
+    pub fn needs_tls(&self) -> bool {
+        let tls = |url: &str| {
+            url.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        };
+        let refreshes = self
+            .oauth
+            .as_ref()
+            .is_some_and(|o| o.real.refresh.is_some());
+        tls(&self.upstream) || (refreshes && tls(&self.token_url))
+    }
 }

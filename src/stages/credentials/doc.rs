@@ -14,6 +14,20 @@ pub const CONFIG_DIR: &str = "CLAUDE_CONFIG_DIR";
 /// The scope without which the CLI ignores an OAuth login ("Not logged in").
 pub const INFERENCE_SCOPE: &str = "user:inference";
 
+/// How the credential broker's placeholders begin: recognisable in any log or file, and
+/// never worth keeping on the volume once the broker is off.
+pub const OAUTH_PLACEHOLDER_PREFIX: &str = "sk-ant-oat01-sandbox-init-placeholder-";
+pub const API_KEY_PLACEHOLDER_PREFIX: &str = "sk-ant-api03-sandbox-init-placeholder-";
+
+/// Whether a `.credentials.json` on the volume holds only a broker placeholder.
+pub fn holds_placeholder(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes).is_ok_and(|d| {
+        d["claudeAiOauth"]["accessToken"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(OAUTH_PLACEHOLDER_PREFIX))
+    })
+}
+
 /// What the environment asks us to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -21,6 +35,8 @@ pub struct Plan {
     pub credentials: Option<(Value, &'static str)>,
     /// `primaryApiKey` for `.claude.json`.
     pub api_key: Option<String>,
+    /// Where `api_key` came from, for the log.
+    pub api_key_from: &'static str,
     /// A credential variable that was given but loses to another (warned about).
     pub ignored: Option<&'static str>,
 }
@@ -51,6 +67,7 @@ pub fn plan(env: &HashMap<String, String>) -> Result<Plan, String> {
     Ok(Plan {
         credentials,
         api_key: given(env, API_KEY).map(str::to_string),
+        api_key_from: API_KEY,
         ignored,
     })
 }
@@ -175,7 +192,11 @@ pub fn merge_state(
         None => KeyOutcome::None,
         Some(k) => match doc.get("primaryApiKey").and_then(Value::as_str) {
             Some(old) if old == k => KeyOutcome::Same,
-            Some(old) if !old.is_empty() && !force => KeyOutcome::Kept,
+            Some(old)
+                if !old.is_empty() && !force && !old.starts_with(API_KEY_PLACEHOLDER_PREFIX) =>
+            {
+                KeyOutcome::Kept
+            }
             old => {
                 let outcome = if old.is_some_and(|o| !o.is_empty()) {
                     KeyOutcome::Replaced
@@ -366,6 +387,24 @@ mod tests {
         assert_eq!(forced.key, KeyOutcome::Replaced);
         assert!(forced.changed);
         assert_eq!(forced.doc["primaryApiKey"], "new");
+    }
+
+    #[test]
+    fn a_broker_placeholder_is_never_kept() {
+        let ph = format!("{API_KEY_PLACEHOLDER_PREFIX}0123");
+        let existing = json!({"primaryApiKey": ph});
+        let m = merge_state(existing.as_object().cloned(), "/w", Some("real"), false);
+        assert_eq!(m.key, KeyOutcome::Replaced);
+        assert_eq!(m.doc["primaryApiKey"], "real");
+        let login = |token: &str| {
+            json!({"claudeAiOauth": {"accessToken": token, "refreshToken": null}}).to_string()
+        };
+        let ph = format!("{OAUTH_PLACEHOLDER_PREFIX}0123");
+        assert!(holds_placeholder(login(&ph).as_bytes()));
+        assert!(!holds_placeholder(login("sk-ant-oat01-real").as_bytes()));
+        assert!(!holds_placeholder(b"not json"));
+        // The prefix must lead: a real token that merely mentions it is kept.
+        assert!(!holds_placeholder(login(&format!("x{ph}")).as_bytes()));
     }
 
     #[test]

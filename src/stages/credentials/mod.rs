@@ -312,8 +312,12 @@ fn write_credentials(
     force: bool,
 ) -> Result<()> {
     let name = OsStr::new(CREDENTIALS_FILE);
-    // Its content is never needed (a kept file is kept whatever it holds): not read.
-    let verb = match files::read_or_set_aside(dir, name, shown, None)? {
+    // Read only to tell a broker session's placeholder (worthless, always replaced) from a
+    // login worth keeping.
+    let verb = match files::read_or_set_aside(dir, name, shown, Some(files::PARSE_LIMIT))? {
+        Found::File(bytes, _) if !force && doc::holds_placeholder(&bytes) => {
+            "replaced the credential broker's placeholder in"
+        }
         Found::File(_, fd) if !force => {
             tighten(&fd, shown);
             log::info!(
@@ -427,7 +431,7 @@ fn write_state(dir: BorrowedFd<'_>, shown: &Path, job: &Job) -> Result<bool> {
         m.changed.then_some(m.doc)
     })?;
     let s = shown.display();
-    let from = doc::API_KEY;
+    let from = job.plan.api_key_from;
     match outcome {
         KeyOutcome::None => {}
         KeyOutcome::Written => log::info!("credentials: wrote primaryApiKey in {s} from {from}"),
