@@ -40,6 +40,7 @@ PR_SET_NO_NEW_PRIVS = 38
 INIT = "/usr/local/sbin/sandbox-init"
 PROBE = "/usr/local/bin/sandbox-probe"
 NO_WALK = "etc/sandbox-init/no-walk.toml"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -77,6 +78,9 @@ def image_layer(tmp, init, probe, dns, lower):
     os.makedirs(os.path.join(layer, "etc/sandbox-init"), exist_ok=True)
     with open(os.path.join(layer, NO_WALK), "w") as f:
         f.write("[lockdown]\nstrip_suid = false\n")
+    # The image's CA bundle (ours installs ca-certificates): the credential broker needs one.
+    os.makedirs(os.path.join(layer, "etc/ssl/certs"), exist_ok=True)
+    shutil.copy(CA_BUNDLE, layer + CA_BUNDLE)
     for src, dst in ((init, INIT), (probe, PROBE)):
         shutil.copy(src, layer + dst)
         os.chmod(layer + dst, 0o755)
@@ -200,8 +204,12 @@ def main():
     env = {"PATH": PATH, "SANDBOX_PRESETS": "", "SANDBOX_ALLOW": " ".join(names)}
     files = int(subprocess.run(["find", a.lower, "-xdev"], capture_output=True, text=True,
                                check=True).stdout.count("\n"))
+    # A start with a credential: the broker (on by default) is started before the command.
+    token = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-bench-" + os.urandom(16).hex()}
     variants = [
         ("sandbox-init, no_new_privs", lambda n, b: sandbox_once(a, layer, b, True, n, env)[0]),
+        ("  no_new_privs, token+broker",
+         lambda n, b: sandbox_once(a, layer, b, True, n, dict(env, **token))[0]),
         ("sandbox-init", lambda n, b: sandbox_once(a, layer, b, False, n, env)[0]),
         ("  no_new_privs, strip_suid off",
          lambda n, b: sandbox_once(a, layer, b, True, n, env, ("--config", "/" + NO_WALK))[0]),
@@ -222,16 +230,20 @@ def main():
                 if rnd > 0:
                     times[name].append(t)
         # what sandbox-init said at info level on one run of each kind (the first lines)
-        for nnp in (True, False):
+        for nnp, extra in ((True, {}), (False, {}), (True, token)):
             box = new_box(a.lib)
             try:
-                _, err = sandbox_once(a, layer, box, nnp, n, dict(env, SANDBOX_LOG="debug"))
+                _, err = sandbox_once(a, layer, box, nnp, n, dict(env, SANDBOX_LOG="debug", **extra))
             finally:
                 drop_box(a.lib, box)
             n += 1
             keep = [l for l in err.splitlines()
-                    if "firewall applied" in l or "lockdown" in l or "built in" in l or "ready in" in l]
-            print(f"  (no_new_privs={str(nnp).lower()}) " + "\n  ".join(keep))
+                    if "firewall applied" in l or "lockdown" in l or "built in" in l or "ready in" in l
+                    or "credential broker" in l]
+            if extra and not any("credential broker: pid" in l for l in keep):
+                raise SystemExit("the start with a token ran no broker:\n" + err)
+            print(f"  (no_new_privs={str(nnp).lower()}{', token' if extra else ''}) "
+                  + "\n  ".join(keep))
     finally:
         subprocess.run(["umount", "-l", os.path.join(a.tmp, "tmpfs")], check=False)
     script = statistics.median(times["dig+ipset+iptables script"])

@@ -20,8 +20,10 @@ volume per project, claude-config-<dir name>-<SHA-256 of the path>. The containe
 after the project too (printed at start): docker exec -it NAME bash.
 
 Credentials, by name only (never on a command line): CLAUDE_CODE_OAUTH_TOKEN (from
-`claude setup-token`), ANTHROPIC_API_KEY, or --keychain on macOS. sandbox-init writes them
-to the volume and removes them from every environment.
+`claude setup-token`), ANTHROPIC_API_KEY, or --keychain on macOS. sandbox-init removes them
+from every environment; its credential broker holds them, and the volume gets a placeholder
+the agent cannot use elsewhere (SANDBOX_BROKER=0 with --env SANDBOX_BROKER writes the real
+ones to the volume instead, for claude.ai MCP connectors and Remote Control).
 
 Sandbox:
   --allow ENTRY       allow one more destination: host, host:443, host:53/udp, *.host,
