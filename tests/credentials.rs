@@ -139,6 +139,23 @@ fn by_default_the_broker_holds_the_token_and_the_home_gets_a_placeholder() {
         "the child saw the token: {rep}"
     );
 
+    // Without a credential there is nothing to hold: no broker, and at the default log
+    // level not a word about it (every start without one would say it); -v says why.
+    let quiet = Rootfs::new();
+    let args = [
+        NO_FW,
+        "--workdir",
+        "/workspace",
+        "--",
+        PROBE_IN_ROOT,
+        "report",
+    ];
+    let r = quiet.run(&args, &[]);
+    r.assert_code(0);
+    assert!(!r.stderr.contains("broker"), "{}", r.stderr);
+    let r = quiet.run(&[&["-v"][..], &args].concat(), &[]);
+    assert!(r.stderr.contains("nothing for it to hold"), "{}", r.stderr);
+
     // Turned off at the next start, the placeholder (worthless) is replaced without
     // --force-credentials; a real login is kept (existing_credentials_are_kept_unless_forced).
     let r = run(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);

@@ -71,7 +71,7 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         let level = if asked {
             log::Level::Warn
         } else {
-            log::Level::Info
+            log::Level::Debug
         };
         log::log!(
             level,
