@@ -170,6 +170,45 @@ fn by_default_the_broker_holds_the_token_and_the_home_gets_a_placeholder() {
 }
 
 #[test]
+fn the_broker_says_so_when_its_placeholder_replaces_a_kept_login() {
+    require_root();
+    let root = Rootfs::new();
+    // A login with a refresh token, kept from a start without the broker.
+    run(
+        &root,
+        &[],
+        &[("CLAUDE_CREDENTIALS", &blob(&["user:inference"]))],
+        &[],
+    )
+    .assert_code(0);
+    assert!(fs::read_to_string(root.join(CREDS))
+        .unwrap()
+        .contains("sk-ant-ort01-REFRESH"));
+    let r = run_as_given(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    let warning = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("is replaced by a placeholder"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", r.stderr));
+    assert!(
+        warning.contains(CREDS.trim_start_matches("home/claude/")),
+        "{warning}"
+    );
+    assert!(warning.contains("the one given at this start"), "{warning}");
+    let written = fs::read_to_string(root.join(CREDS)).unwrap();
+    assert!(!written.contains("sk-ant-ort01-REFRESH"), "{written}");
+    // Its own placeholder, replaced at the next start, is not worth a word.
+    let r = run_as_given(&root, &[], &[("CLAUDE_CODE_OAUTH_TOKEN", TOKEN)], &[]);
+    r.assert_code(0);
+    assert!(
+        !r.stderr.contains("is replaced by a placeholder"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn without_a_ca_bundle_the_default_broker_steps_aside_and_a_required_one_fails() {
     require_root();
     let root = Rootfs::new();

@@ -28,6 +28,16 @@ pub fn holds_placeholder(bytes: &[u8]) -> bool {
     })
 }
 
+/// Whether a `.credentials.json` on the volume holds a real login with a refresh token.
+pub fn holds_refreshable_login(bytes: &[u8]) -> bool {
+    !holds_placeholder(bytes)
+        && serde_json::from_slice::<Value>(bytes).is_ok_and(|d| {
+            d["claudeAiOauth"]["refreshToken"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+}
+
 /// What the environment asks us to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -403,6 +413,17 @@ mod tests {
         assert!(holds_placeholder(login(&ph).as_bytes()));
         assert!(!holds_placeholder(login("sk-ant-oat01-real").as_bytes()));
         assert!(!holds_placeholder(b"not json"));
+        let refreshable = |access: &str| {
+            json!({"claudeAiOauth": {"accessToken": access, "refreshToken": "sk-ant-ort01-r"}})
+                .to_string()
+        };
+        assert!(holds_refreshable_login(
+            refreshable("sk-ant-oat01-real").as_bytes()
+        ));
+        assert!(!holds_refreshable_login(refreshable(&ph).as_bytes()));
+        assert!(!holds_refreshable_login(
+            login("sk-ant-oat01-real").as_bytes()
+        ));
         // The prefix must lead: a real token that merely mentions it is kept.
         assert!(!holds_placeholder(login(&format!("x{ph}")).as_bytes()));
     }

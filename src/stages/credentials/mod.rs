@@ -121,6 +121,8 @@ struct Job {
     layout: Layout,
     uid: u32,
     force: bool,
+    /// The plan holds the credential broker's placeholders.
+    fresh: bool,
     workdir: String,
     gitconfig: Option<HostGit>,
 }
@@ -196,6 +198,7 @@ pub fn install_plan(
         layout,
         uid: identity.uid,
         force: settings.force_credentials.value || fresh,
+        fresh,
         workdir: workdir.to_string_lossy().into_owned(),
         gitconfig,
     };
@@ -215,6 +218,7 @@ fn write_as_user(job: &Job) -> Result<()> {
             document,
             from,
             job.force,
+            job.fresh,
         )?;
     }
 
@@ -310,6 +314,7 @@ fn write_credentials(
     document: &Value,
     from: &str,
     force: bool,
+    fresh: bool,
 ) -> Result<()> {
     let name = OsStr::new(CREDENTIALS_FILE);
     // Read only to tell a broker session's placeholder (worthless, always replaced) from a
@@ -326,6 +331,18 @@ fn write_credentials(
                 shown.display()
             );
             return Ok(());
+        }
+        Found::File(bytes, _) if fresh && doc::holds_refreshable_login(&bytes) => {
+            // Claude Code may have refreshed it since (rotating the refresh token of the
+            // login given now): say so, since a placeholder now stands in its place.
+            log::warn!(
+                "credentials: the login kept in {} (from a start without the credential \
+                 broker, perhaps refreshed by Claude Code since) is replaced by a \
+                 placeholder; the broker holds the one given at this start. If that one can \
+                 no longer be refreshed, the broker says so: then give a fresh login",
+                shown.display()
+            );
+            "replaced (the broker's)"
         }
         Found::File(..) => "replaced (forced)",
         Found::Symlink => {
