@@ -134,6 +134,14 @@ fn by_default_the_broker_holds_the_token_and_the_home_gets_a_placeholder() {
     let env = env_map(&rep);
     let base = env.get("ANTHROPIC_BASE_URL").cloned().unwrap_or_default();
     assert!(base.starts_with("http://127.0.0.1:"), "{env:?}");
+    let out = root.run(&["check", NO_FW], &[]).stdout;
+    assert!(out.contains("credential broker: on (default)"), "{out}");
+    assert!(!out.contains("would step aside"), "{out}");
+    let out = root.run(&["check", NO_FW, "--no-broker"], &[]).stdout;
+    assert!(
+        out.contains("credential broker: off (flag --no-broker)"),
+        "{out}"
+    );
     assert!(
         !rep.to_string().contains(TOKEN),
         "the child saw the token: {rep}"
@@ -233,6 +241,23 @@ fn without_a_ca_bundle_the_default_broker_steps_aside_and_a_required_one_fails()
     assert!(fs::read_to_string(root.join(CREDS))
         .unwrap()
         .contains(TOKEN));
+    // `check` says so before any start: a note by default, a problem when asked for.
+    let r = root.run(&["check", NO_FW], &[]);
+    let out = &r.stdout;
+    assert!(out.contains("credential broker: on (default)"), "{out}");
+    assert!(
+        out.contains("would step aside at start: no CA certificates"),
+        "{out}"
+    );
+    assert!(!out.contains("problem: the credential broker"), "{out}");
+    let r = root.run(&["check", NO_FW, "--broker"], &[]);
+    let out = &r.stdout;
+    assert_eq!(r.code, Some(1), "{out}");
+    assert!(
+        out.contains("problem: the credential broker (flag --broker) cannot start: no CA"),
+        "{out}"
+    );
+    assert!(out.contains("--no-broker"), "{out}");
 
     // Asked for: the start fails (70), naming the way out, and the real token is never
     // written (the home keeps only this start's placeholder).

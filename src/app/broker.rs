@@ -241,6 +241,51 @@ pub fn route_for_check(cx: &Context) -> Option<BrokerRoute> {
     ))
 }
 
+/// For `check`: whether the broker is on, whether it runs in this session (inside a
+/// running container), and what would keep it from starting (a problem when it was asked
+/// for: that start fails; a note when it is on only by default: it steps aside).
+pub fn check_status(cx: &Context) -> (Vec<String>, Option<(String, String)>) {
+    let source = &cx.settings.broker.source;
+    if !cx.settings.broker.value {
+        return (
+            vec![format!(
+                "credential broker: off ({source}): a credential given at start is written \
+                 into ~/.claude, where the agent can read it"
+            )],
+            None,
+        );
+    }
+    let mut lines = vec![format!(
+        "credential broker: on ({source}): started when a credential is given at start"
+    )];
+    if let Some(url) = published() {
+        lines.push(format!(
+            "  running in this session: the command's {BASE_URL} is {url}"
+        ));
+    }
+    let mut spec = Spec::new(None, None);
+    if let Some(url) = given(cx, BASE_URL) {
+        spec.upstream = url.to_string();
+    }
+    spec.ca_file = given(cx, CA_FILE).map(PathBuf::from);
+    let Some(why) = cannot_run(&spec, choose_account(cx).err().as_ref()) else {
+        return (lines, None);
+    };
+    if matches!(source, Source::Default) {
+        lines.push(format!(
+            "  would step aside at start: {why}; the real credential would go into ~/.claude"
+        ));
+        return (lines, None);
+    }
+    (
+        lines,
+        Some((
+            format!("the credential broker ({source}) cannot start: {why}"),
+            format!("fix that, or run without it: {OFF_HOW}"),
+        )),
+    )
+}
+
 /// Where PID 1 tells `sandbox-init exec` sessions (root, through `docker exec`, with the
 /// container's environment) the broker's address: a file in its root-only status
 /// directory, next to status.json.

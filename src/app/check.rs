@@ -74,6 +74,13 @@ pub fn run(cx: &Context) -> i32 {
             fix: "mount /proc in the container".into(),
         }),
     }
+    let (broker_lines, broker_problem) = super::broker::check_status(cx);
+    for line in broker_lines {
+        println!("{line}");
+    }
+    if let Some((what, fix)) = broker_problem {
+        problems.push(Problem { what, fix });
+    }
     let route = super::broker::route_for_check(cx);
     print_firewall(
         firewall::diagnose(&cx.settings, &cx.env, route.as_ref()),
