@@ -1540,6 +1540,14 @@ fn refresh_log(marker: &str) -> (Logged, Logged) {
     (turns, tokens)
 }
 
+/// Each request's place in the log and credential, for messages (the bodies are long).
+fn credentials_of(turns: &Logged) -> Vec<(usize, String)> {
+    turns
+        .iter()
+        .map(|(i, q)| (*i, q["authorization"].to_string()))
+        .collect()
+}
+
 fn holds_read_result(q: &Value) -> bool {
     q["messages"].to_string().contains("toolu_refresh_read_01")
         && q["messages"].to_string().contains("tool_result")
@@ -1761,10 +1769,11 @@ fn case_claude_broker_refreshes_mid_session(clean: &Cleanup) {
     let (before, after): (Vec<_>, Vec<_>) = turns.iter().partition(|(i, _)| i < at);
     assert!(
         !before.is_empty(),
-        "the CLI's first turn came only after the refresh, which fell due {REFRESH_LEAD:?} \
-         after the start (a machine this slow cannot show a refresh mid-session; took \
-         {:?}): {turns:?}",
-        first.elapsed
+        "the CLI's first turn came only after the refresh (at {at} in the mock's log), which \
+         fell due {REFRESH_LEAD:?} after the start, so the refresh was not mid-session; the \
+         start took {:?}; the session's requests: {:?}",
+        first.elapsed,
+        credentials_of(&turns)
     );
     for (_, q) in &before {
         assert_eq!(
@@ -1775,7 +1784,8 @@ fn case_claude_broker_refreshes_mid_session(clean: &Cleanup) {
     }
     assert!(
         after.iter().any(|(_, q)| holds_read_result(q)),
-        "no turn of the session after the refresh: {turns:?}"
+        "no turn of the session after the refresh (at {at}): {:?}",
+        credentials_of(&turns)
     );
     for (_, q) in &after {
         assert_eq!(
@@ -1817,7 +1827,11 @@ fn case_claude_broker_refreshes_mid_session(clean: &Cleanup) {
         1,
         "the second start refreshed again: {tokens:?}"
     );
-    assert!(turns.len() >= 2, "the turn and the tool_result: {turns:?}");
+    assert!(
+        turns.len() >= 2,
+        "the turn and the tool_result: {:?}",
+        credentials_of(&turns)
+    );
     for (_, q) in &turns {
         assert_eq!(
             q["authorization"],
