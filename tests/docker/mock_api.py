@@ -304,10 +304,12 @@ def main():
         context.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
         for server in servers:
             server.socket = context.wrap_socket(server.socket, server_side=True)
+    # Each socket listens from here on (a connection waits in its backlog): the main port
+    # is the first line, as --port 0 needs.
+    for server in servers:
+        print(json.dumps({"ready": server.server_address[1]}), flush=True)
     for server in servers[1:]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        print(json.dumps({"ready": server.server_address[1]}), flush=True)
-    print(json.dumps({"ready": servers[0].server_address[1]}), flush=True)
     try:
         servers[0].serve_forever()
     except KeyboardInterrupt:
