@@ -9,6 +9,9 @@
 //! |------------------|-------------------------------------------------------------|
 //! | 10.213.0.1       | the gateway (this host): a listener the sandbox must not reach |
 //! | 10.213.0.10:8080 | mock of the Messages API, `api.mock.test`, allowlisted       |
+//! | 10.213.0.10:8443 | the same over HTTPS (a test CA), the broker's upstream        |
+//! | 10.213.0.10:443  | that HTTPS server again as `platform.claude.com`: the OAuth  |
+//! |                  | token endpoint the broker refreshes a login at               |
 //! | 10.213.0.20:80   | an allowed host, `allowed.test`                              |
 //! | 10.213.0.30:80   | a host that must stay unreachable, also a rogue DNS server   |
 //! | 10.213.0.53      | dnsmasq: the upstream of Docker's embedded DNS (`--dns`)     |
@@ -43,6 +46,9 @@ const MOCK_IP: &str = "10.213.0.10";
 const ALLOWED_IP: &str = "10.213.0.20";
 const BLOCKED_IP: &str = "10.213.0.30";
 const DNS_IP: &str = "10.213.0.53";
+/// Claude Code's OAuth token host, which the broker refreshes a login at: the fixture's
+/// dnsmasq answers it with the mock's address, the mock holds a certificate for it.
+const TOKEN_HOST: &str = "platform.claude.com";
 
 const BASE: &str = "sandbox-init-test/debian:bookworm";
 const FIXTURE_IMG: &str = "sandbox-init-test/fixture";
@@ -367,7 +373,7 @@ fn start_fixtures(clean: &Cleanup) {
     };
     let records = format!(
         "--address=/allowed.test/{ALLOWED_IP} --address=/api.mock.test/{MOCK_IP} \
-         --address=/blocked.test/{BLOCKED_IP}"
+         --address=/blocked.test/{BLOCKED_IP} --address=/{TOKEN_HOST}/{MOCK_IP}"
     );
     start_fixture(
         clean,
@@ -383,10 +389,12 @@ fn start_fixtures(clean: &Cleanup) {
         ],
     );
     // The Messages API mock: plain HTTP on 8080, and HTTPS with a test CA's certificate for
-    // its address on 8443 (the broker's upstream); both log to the container's stdout.
+    // its address and for TOKEN_HOST on 8443 (the broker's upstream) and 443 (the token
+    // endpoint, one process with 8443 so a turn can wait for a refresh); both log to the
+    // container's stdout.
     let tls = TLS_DIR.get_or_init(|| temp_dir("tls"));
     clean.dir(tls);
-    common::mock::test_ca(tls, MOCK_IP);
+    common::mock::test_ca_for(tls, MOCK_IP, &[TOKEN_HOST]);
     for f in ["server.pem", "server.key"] {
         std::fs::set_permissions(
             tls.join(f),
@@ -415,12 +423,17 @@ fn start_fixtures(clean: &Cleanup) {
         &format!("MOCK_SEARCH_COMMAND={SEARCH_COMMAND}"),
         "-e",
         &format!("MOCK_SEARCH_NEEDLES={BROKER_REFRESH}"),
+        "-e",
+        &format!("MOCK_REFRESH_COMMAND={REFRESH_READ_COMMAND}"),
+        "-e",
+        &format!("MOCK_REFRESH_TOKEN={REFRESH_CASE_REFRESH}"),
         FIXTURE_IMG,
         "sh",
         "-c",
         &format!(
-            "python3 -u /srv/mock_api.py --port 8443 --messages \
-             --tls-cert {TLS_IN_MOCK}/server.pem --tls-key {TLS_IN_MOCK}/server.key & \
+            "python3 -u /srv/mock_api.py --port 8443 --also-port 443 --messages \
+             --token-endpoint --tls-cert {TLS_IN_MOCK}/server.pem \
+             --tls-key {TLS_IN_MOCK}/server.key & \
              exec python3 -u /srv/mock_api.py --port 8080 --messages"
         ),
     ]);
@@ -457,6 +470,7 @@ fn start_fixtures(clean: &Cleanup) {
     wait_log(C_DNS, "started");
     wait_log(C_MOCK, "{\"ready\": 8080}");
     wait_log(C_MOCK, "{\"ready\": 8443}");
+    wait_log(C_MOCK, "{\"ready\": 443}");
     wait_log(C_ALLOWED, "\"ready\"");
     wait_log(C_BLOCKED, "\"ready\"");
 }
@@ -1463,6 +1477,380 @@ fn case_claude_through_the_broker(clean: &Cleanup) {
     );
     let req = request_with("CASE-BROKER-BY-NAME");
     assert_eq!(req["x-api-key"], API_KEY, "{req}");
+}
+
+/// The refresh case's keychain login (invented; the mock's token endpoint takes only this
+/// refresh token, MOCK_REFRESH_TOKEN).
+const REFRESH_CASE_ACCESS: &str = "sk-ant-oat01-INVENTED-refresh-case-access-5e21";
+const REFRESH_CASE_REFRESH: &str = "sk-ant-ort01-INVENTED-refresh-case-refresh-77b0";
+/// What the mock's token endpoint issues first.
+const REFRESHED_ACCESS: &str = "mock-refreshed-access-1";
+const REFRESHED_REFRESH: &str = "mock-refreshed-refresh-1";
+/// Claude Code's own OAuth client id, which a refresh in its name must carry.
+const CLAUDE_CODE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+/// The refresh falls due this long after the session starts: the CLI's first request
+/// comes within a few seconds of `docker run`, and the mock holds its answer until the
+/// refresh, so the case waits about this long, never the broker's whole margin.
+const REFRESH_LEAD: Duration = Duration::from_secs(20);
+
+/// What the agent's Bash tool runs in the refresh case: list and read the broker's token
+/// directory in its own home, read its own ~/.claude file (the control: the same read
+/// where it may read), and search the home for the refreshed tokens and, the search's
+/// control, for the placeholder in ~/.claude (each needle is put together in the shell, so
+/// the command in the transcript does not hold it).
+const REFRESH_READ_COMMAND: &str = "d=~/.sandbox-init-broker; echo READ-START; \
+echo AGENT-UID $(id -u); echo DIR-OWNER $(stat -c %u:%a $d 2>&1); \
+if ls -A $d >/dev/null 2>&1; then echo LIST-READ; else echo LIST-REFUSED; fi; \
+if cat $d/oauth.json >/dev/null 2>&1; then echo FILE-READ; else echo FILE-REFUSED; fi; \
+echo FILE-ERROR $(cat $d/oauth.json 2>&1 >/dev/null | sed 's/.*: //'); \
+if cat ~/.claude/.credentials.json >/dev/null 2>&1; then echo OWN-READ; \
+else echo OWN-NOT-READ; fi; \
+n=mock-; echo HOME-HITS $(grep -rlF ${n}refreshed- ~ 2>/dev/null | wc -l); \
+p=sandbox-init-; echo PLACEHOLDER-HITS $(grep -rlF ${p}placeholder ~ 2>/dev/null | wc -l); \
+echo READ-END";
+
+/// The broker's uid, from PID 1's line about it.
+fn broker_uid(r: &Ran) -> u32 {
+    r.stderr
+        .split("credential broker: pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(", uid ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("no broker uid in the log\n{r}"))
+}
+
+/// Entries of the mock's log with their place in it.
+type Logged = Vec<(usize, Value)>;
+
+/// The requests of the session whose prompt held `marker`, with their place in the mock's
+/// log (the TLS server logs its turns and its token endpoint in the order it served them),
+/// and that log's token requests.
+fn refresh_log(marker: &str) -> (Logged, Logged) {
+    let log: Logged = mock_requests().into_iter().enumerate().collect();
+    let turns = log
+        .iter()
+        .filter(|(_, q)| q["messages"].to_string().contains(marker))
+        .cloned()
+        .collect();
+    let tokens = log
+        .into_iter()
+        .filter(|(_, q)| q["path"] == "/v1/oauth/token")
+        .collect();
+    (turns, tokens)
+}
+
+/// Each request's place in the log and credential, for messages (the bodies are long).
+fn credentials_of(turns: &Logged) -> Vec<(usize, String)> {
+    turns
+        .iter()
+        .map(|(i, q)| (*i, q["authorization"].to_string()))
+        .collect()
+}
+
+fn holds_read_result(q: &Value) -> bool {
+    q["messages"].to_string().contains("toolu_refresh_read_01")
+        && q["messages"].to_string().contains("tool_result")
+}
+
+/// The agent's read of the broker's token directory in the session of `marker`.
+fn refresh_read(marker: &str) -> (std::collections::BTreeMap<String, String>, String) {
+    let out = mock_requests()
+        .iter()
+        .filter(|q| q["messages"].to_string().contains(marker))
+        .flat_map(|q| q["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == "toolu_refresh_read_01")
+        .map(|b| b["content"].to_string())
+        .unwrap_or_else(|| panic!("the mock never received the read's tool_result for {marker}"));
+    assert!(
+        out.contains("READ-START") && out.contains("READ-END"),
+        "the read did not run to its end: {out}"
+    );
+    (search_lines(&out), out)
+}
+
+/// The agent, in the session of `marker`, could not list or read the broker's directory
+/// (owned by `broker`, 0700) although it read its own ~/.claude, and found no refreshed
+/// token anywhere in its home.
+fn assert_agent_cannot_read(marker: &str, broker: u32) {
+    let (lines, out) = refresh_read(marker);
+    eprintln!("docker tier: {marker}: the agent's read: {lines:?}");
+    let agent: u32 = lines
+        .get("AGENT-UID")
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no AGENT-UID: {out}"));
+    assert_ne!(agent, broker, "the agent runs as the broker's uid: {out}");
+    assert_eq!(
+        lines.get("DIR-OWNER").map(String::as_str),
+        Some(format!("{broker}:700").as_str()),
+        "{out}"
+    );
+    for key in ["LIST-REFUSED", "FILE-REFUSED", "OWN-READ"] {
+        assert!(lines.contains_key(key), "{key} missing: {out}");
+    }
+    assert_eq!(
+        lines.get("FILE-ERROR").map(String::as_str),
+        Some("Permission denied"),
+        "{out}"
+    );
+    assert_eq!(count(&lines, "HOME-HITS", &out), 0, "{out}");
+    assert!(
+        count(&lines, "PLACEHOLDER-HITS", &out) >= 1,
+        "the search missed the placeholder in ~/.claude: {out}"
+    );
+}
+
+/// The home volume `vol` as root sees it: the broker's token directory and file are the
+/// broker's (0700, 0600, one link), and the file holds the refreshed pair.
+fn assert_saved_pair(vol: &str, broker: u32) {
+    let mount = format!("{vol}:/home/claude");
+    let dir = "/home/claude/.sandbox-init-broker";
+    let file = format!("{dir}/oauth.json");
+    let as_root = |entrypoint: &str, args: &[&str]| {
+        let mut a = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &mount,
+            "--entrypoint",
+            entrypoint,
+            CLAUDE_IMG,
+        ];
+        a.extend_from_slice(args);
+        docker_ok(&a)
+    };
+    let modes = as_root("stat", &["-c", "%u %a %h %F", dir, &file]);
+    assert_eq!(
+        modes.lines().collect::<Vec<_>>(),
+        [
+            format!("{broker} 700 2 directory"),
+            format!("{broker} 600 1 regular file")
+        ],
+        "the token directory and file on the home volume"
+    );
+    let saved: Value = serde_json::from_str(&as_root("cat", &[&file]))
+        .unwrap_or_else(|e| panic!("the saved token file is not JSON: {e}"));
+    assert_eq!(saved["access"], REFRESHED_ACCESS, "{saved}");
+    assert_eq!(saved["refresh"], REFRESHED_REFRESH, "{saved}");
+    // Neither secret of the input login is on the volume: the CLI had placeholders.
+    for secret in [REFRESH_CASE_ACCESS, REFRESH_CASE_REFRESH] {
+        let found = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &mount,
+            "--entrypoint",
+            "grep",
+            CLAUDE_IMG,
+            "-rlF",
+            secret,
+            "/home/claude",
+        ]);
+        assert_eq!(
+            found.status.code(),
+            Some(1),
+            "the home volume holds an input secret: {}",
+            text(&found.stdout)
+        );
+    }
+}
+
+/// The real CLI through the broker with a keychain login whose access token falls due for
+/// refresh during the session, at Claude Code's own token endpoint (https://platform.claude.com,
+/// the product's default: the fixture's DNS and test CA make the mock that host). The
+/// session's first turn carries the input token; the mock holds its answer until the broker
+/// has refreshed, so the turn after the tool carries the refreshed one and the CLI ends
+/// normally. The refresh carried the input refresh token and Claude Code's client id; the
+/// refreshed pair is on the home volume, the broker's alone, and the agent cannot read it.
+/// The next start with the same input login uses the refreshed token and refreshes nothing.
+/// Control: without the broker the agent reads the refresh token in its own ~/.claude.
+fn case_claude_broker_refreshes_mid_session(clean: &Cleanup) {
+    use sandbox_init::runtime::broker::oauth::MARGIN_MS;
+    let ca = TLS_DIR
+        .get()
+        .expect("the fixtures made the test CA")
+        .join("ca.pem");
+    let ca_mount = format!("{}:{CA_IN_SANDBOX}:ro", ca.display());
+    let upstream = format!("https://{MOCK_IP}:8443");
+    let blob = |expires_at_ms: u64| {
+        serde_json::json!({
+            "claudeAiOauth": {
+                "accessToken": REFRESH_CASE_ACCESS,
+                "refreshToken": REFRESH_CASE_REFRESH,
+                "expiresAt": expires_at_ms,
+                "scopes": ["user:inference"],
+                "subscriptionType": "max"
+            },
+            "mcpOAuth": {}
+        })
+        .to_string()
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+
+    // Control: without the broker, the agent's own user reads the refresh token.
+    let opts = claude_opts(clean, "refresh-control");
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let control_blob = blob(now_ms() + MARGIN_MS + REFRESH_LEAD.as_millis() as u64);
+    let r = run_in_net(
+        &opts,
+        &[CLAUDE_IMG, "cat", "/home/claude/.claude/.credentials.json"],
+        &[
+            ("CLAUDE_CREDENTIALS", &control_blob),
+            ("SANDBOX_BROKER", "0"),
+        ],
+    );
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains(REFRESH_CASE_REFRESH),
+        "without the broker the user's ~/.claude holds the refresh token\n{r}"
+    );
+
+    let vol = "sandbox-init-test-home-refresh";
+    let mut opts = claude_opts(clean, "refresh");
+    opts.extend(["-v".to_string(), ca_mount]);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    // Fixed for both starts: the second gets the very same input login.
+    let input = blob(now_ms() + MARGIN_MS + REFRESH_LEAD.as_millis() as u64);
+    let env = claude_env(&[
+        ("CLAUDE_CREDENTIALS", &input),
+        ("SANDBOX_BROKER", "1"),
+        ("ANTHROPIC_BASE_URL", &upstream),
+        ("SSL_CERT_FILE", CA_IN_SANDBOX),
+        ("SANDBOX_ALLOW", ""),
+    ]);
+    let start = |marker: &str| {
+        let prompt = format!("please RUN-AFTER-REFRESH for {marker}");
+        let r = run_in_net(
+            &opts,
+            &[
+                CLAUDE_IMG,
+                "claude",
+                "-p",
+                &prompt,
+                "--dangerously-skip-permissions",
+            ],
+            &env,
+        );
+        r.assert_code(0);
+        assert!(
+            r.stdout.contains("MOCK-TOOL-DONE"),
+            "{marker}: the CLI did not finish its tool round trip\n{r}"
+        );
+        r
+    };
+
+    // The first start: the refresh comes in the middle of the session.
+    let marker = "CASE-REFRESH-FIRST";
+    let first = start(marker);
+    let broker = broker_uid(&first);
+    assert!(first.stderr.contains("OAuth token refreshed"), "{first}");
+    let (turns, tokens) = refresh_log(marker);
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one refresh at the token endpoint: {tokens:?}"
+    );
+    let (at, refresh) = &tokens[0];
+    assert_eq!(refresh["grant_type"], "refresh_token", "{refresh}");
+    assert_eq!(refresh["refresh_token"], REFRESH_CASE_REFRESH, "{refresh}");
+    assert_eq!(refresh["client_id"], CLAUDE_CODE_CLIENT_ID, "{refresh}");
+    assert_eq!(refresh["scope"], "user:inference", "{refresh}");
+    assert_eq!(refresh["answer"], 200, "{refresh}");
+    let (before, after): (Vec<_>, Vec<_>) = turns.iter().partition(|(i, _)| i < at);
+    assert!(
+        !before.is_empty(),
+        "the CLI's first turn came only after the refresh (at {at} in the mock's log), which \
+         fell due {REFRESH_LEAD:?} after the start, so the refresh was not mid-session; the \
+         start took {:?}; the session's requests: {:?}",
+        first.elapsed,
+        credentials_of(&turns)
+    );
+    for (_, q) in &before {
+        assert_eq!(
+            q["authorization"],
+            format!("Bearer {REFRESH_CASE_ACCESS}"),
+            "before the refresh: {q}"
+        );
+    }
+    assert!(
+        after.iter().any(|(_, q)| holds_read_result(q)),
+        "no turn of the session after the refresh (at {at}): {:?}",
+        credentials_of(&turns)
+    );
+    for (_, q) in &after {
+        assert_eq!(
+            q["authorization"],
+            format!("Bearer {REFRESHED_ACCESS}"),
+            "after the refresh: {q}"
+        );
+    }
+    eprintln!(
+        "docker tier: refresh: {} request(s) of the session with the input token, then the \
+         refresh, then {} with the refreshed one",
+        before.len(),
+        after.len()
+    );
+    // The token host was looked up by its name, the product's default endpoint (lower-cased:
+    // PID 1 asks in random letter case).
+    let dns = docker(&["logs", C_DNS]);
+    let dns = format!("{}{}", text(&dns.stdout), text(&dns.stderr)).to_ascii_lowercase();
+    assert!(
+        dns.contains(&format!("query[a] {TOKEN_HOST}")),
+        "nobody asked the fixture's DNS for {TOKEN_HOST}: {dns}"
+    );
+    assert_saved_pair(vol, broker);
+    assert_agent_cannot_read(marker, broker);
+
+    // The second start, same input login: it uses the refreshed pair, no new refresh.
+    let marker = "CASE-REFRESH-SECOND";
+    let second = start(marker);
+    assert_eq!(broker_uid(&second), broker, "{second}");
+    assert!(
+        second
+            .stderr
+            .contains("using the OAuth token this login was refreshed to earlier"),
+        "{second}"
+    );
+    let (turns, tokens) = refresh_log(marker);
+    assert_eq!(
+        tokens.len(),
+        1,
+        "the second start refreshed again: {tokens:?}"
+    );
+    assert!(
+        turns.len() >= 2,
+        "the turn and the tool_result: {:?}",
+        credentials_of(&turns)
+    );
+    for (_, q) in &turns {
+        assert_eq!(
+            q["authorization"],
+            format!("Bearer {REFRESHED_ACCESS}"),
+            "the second start: {q}"
+        );
+    }
+    assert_saved_pair(vol, broker);
+    assert_agent_cannot_read(marker, broker);
+    for seen in mock_requests() {
+        assert!(
+            !seen.to_string().contains("sandbox-init-placeholder"),
+            "the mock saw a placeholder: {seen}"
+        );
+    }
+    eprintln!(
+        "docker tier: refresh: first start {:?}, second {:?}",
+        first.elapsed, second.elapsed
+    );
 }
 
 /// ANTHROPIC_API_KEY through the launcher itself: its exact capability set, no-new-privileges,
@@ -2619,6 +3007,10 @@ fn docker_end_to_end() {
         (
             "claude: through the credential broker over TLS, every input, tool and search",
             Box::new(|| case_claude_through_the_broker(&clean)),
+        ),
+        (
+            "claude: the broker refreshes a keychain login mid-session, the next start uses it",
+            Box::new(|| case_claude_broker_refreshes_mid_session(&clean)),
         ),
         (
             "claude: tool_use inside the sandbox",

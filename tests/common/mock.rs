@@ -116,6 +116,11 @@ impl Drop for Mock {
 /// A test CA and a server certificate for the IP address `ip` signed by it, in `dir`:
 /// (ca.pem, server.pem, server.key); the CA file is readable by everyone.
 pub fn test_ca(dir: &Path, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
+    test_ca_for(dir, ip, &[])
+}
+
+/// As `test_ca`, the certificate also valid for the DNS `names`.
+pub fn test_ca_for(dir: &Path, ip: &str, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -161,7 +166,13 @@ pub fn test_ca(dir: &Path, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     fs::write(
         dir.join("ext.cnf"),
-        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+        format!(
+            "subjectAltName=IP:{ip}{}\nbasicConstraints=CA:FALSE\n",
+            names
+                .iter()
+                .map(|n| format!(",DNS:{n}"))
+                .collect::<String>()
+        ),
     )
     .unwrap();
     run(&[

@@ -19,6 +19,13 @@ and 404 JSON for everything else. Replies:
                                                        $MOCK_RETRY_COMMAND
   - the last user text holds RUN-TOOL and the Bash tool is offered
                                                     -> a Bash tool_use running $MOCK_TOOL_COMMAND
+  - the last user text holds RUN-AFTER-REFRESH and the Bash tool is offered
+                                                    -> once this process's token endpoint has
+                                                       issued a pair (waits up to 60 s, so the
+                                                       next request of the session comes after
+                                                       the refresh), a Bash tool_use
+                                                       toolu_refresh_read_01 running
+                                                       $MOCK_REFRESH_COMMAND
   - the last user text holds RUN-SEARCH and the Bash tool is offered
                                                     -> a Bash tool_use toolu_broker_search_01
                                                        running $MOCK_SEARCH_COMMAND with @NEEDLES@
@@ -34,6 +41,9 @@ test reads what the CLI sent, tool results included, from `docker logs`.
 Options for the credential broker's tests:
     --bind ADDR                   listen address (default 0.0.0.0); --port 0 picks a free port,
                                   printed in the first line {"ready": PORT}
+    --also-port PORT              listen on PORT too, same server and state (the Docker tier's
+                                  TLS mock: 8443, and 443 for platform.claude.com's token
+                                  endpoint)
     --tls-cert PEM --tls-key PEM  serve HTTPS with that certificate
     --token-endpoint              also answer POST /v1/oauth/token (OAuth refresh, as
                                   platform.claude.com does): a JSON body with grant_type
@@ -54,7 +64,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARGS = None
-TOKENS = {"current": None, "issued": 0, "lock": threading.Lock()}
+TOKENS = {"current": None, "issued": 0, "lock": threading.Condition()}
 REPLIES = {"n": 0, "lock": threading.Lock()}
 
 
@@ -98,6 +108,12 @@ def wait_for(path, seconds):
         time.sleep(0.1)
 
 
+def wait_for_refresh(seconds):
+    """Until the token endpoint has issued a pair (or `seconds` pass)."""
+    with TOKENS["lock"]:
+        TOKENS["lock"].wait_for(lambda: TOKENS["issued"] > 0, timeout=seconds)
+
+
 def escaped_needles(credential):
     """The credential and $MOCK_SEARCH_NEEDLES as one printf %b argument, one a line."""
     needles = [credential] if credential else []
@@ -126,6 +142,9 @@ def plan_reply(body, credential=None):
         command = os.environ.get("MOCK_SEARCH_COMMAND", "true")
         return bash_tool_use("toolu_broker_search_01",
                              command.replace("@NEEDLES@", escaped_needles(credential)))
+    if "RUN-AFTER-REFRESH" in text and "Bash" in tools:
+        wait_for_refresh(60)
+        return bash_tool_use("toolu_refresh_read_01", os.environ.get("MOCK_REFRESH_COMMAND", "id"))
     if "RUN-TOOL" in text and "Bash" in tools:
         return bash_tool_use("toolu_sandbox_probe_01", os.environ.get("MOCK_TOOL_COMMAND", "id"))
     return [{"type": "text", "text": "MOCK-ANSWER-42"}], "end_turn"
@@ -186,10 +205,13 @@ class Handler(BaseHTTPRequestHandler):
                 TOKENS["issued"] += 1
                 n = TOKENS["issued"]
                 TOKENS["current"] = f"mock-refreshed-refresh-{n}"
-        entry = {"path": self.path, "grant_type": body.get("grant_type"),
-                 "refresh_token": body.get("refresh_token"), "client_id": body.get("client_id"),
-                 "scope": body.get("scope"), "answer": 200 if good else 400}
-        print(json.dumps(entry), flush=True)
+            entry = {"path": self.path, "grant_type": body.get("grant_type"),
+                     "refresh_token": body.get("refresh_token"),
+                     "client_id": body.get("client_id"), "scope": body.get("scope"),
+                     "answer": 200 if good else 400}
+            # Logged before a waiting turn is woken: the log's order is the order served.
+            print(json.dumps(entry), flush=True)
+            TOKENS["lock"].notify_all()
         if not good:
             self.send_json(400, {"error": "invalid_grant",
                                  "error_description": "refresh token not recognised"})
@@ -267,6 +289,7 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--also-port", type=int)
     parser.add_argument("--banner")
     parser.add_argument("--messages", action="store_true")
     parser.add_argument("--bind", default="0.0.0.0")
@@ -274,14 +297,21 @@ def main():
     parser.add_argument("--tls-key")
     parser.add_argument("--token-endpoint", action="store_true")
     ARGS = parser.parse_args()
-    server = ThreadingHTTPServer((ARGS.bind, ARGS.port), Handler)
+    servers = [ThreadingHTTPServer((ARGS.bind, port), Handler)
+               for port in [ARGS.port] + ([ARGS.also_port] if ARGS.also_port else [])]
     if ARGS.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    print(json.dumps({"ready": server.server_address[1]}), flush=True)
+        for server in servers:
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+    # Each socket listens from here on (a connection waits in its backlog): the main port
+    # is the first line, as --port 0 needs.
+    for server in servers:
+        print(json.dumps({"ready": server.server_address[1]}), flush=True)
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        server.serve_forever()
+        servers[0].serve_forever()
     except KeyboardInterrupt:
         pass
     sys.exit(0)
