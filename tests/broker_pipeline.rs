@@ -643,3 +643,89 @@ fn exec_sessions_get_the_brokers_base_url_while_it_runs_and_nothing_else() {
     fs::write(f.root.join(go), "").unwrap();
     assert_eq!(sbx.wait(LIVENESS).0, Some(0));
 }
+
+#[test]
+fn the_child_resolves_the_upstreams_name_but_only_the_broker_connects_there_in_filter_mode() {
+    upstream_name_is_the_brokers("filter");
+}
+
+#[test]
+fn the_child_resolves_the_upstreams_name_but_only_the_broker_connects_there_in_resolver_mode() {
+    upstream_name_is_the_brokers("resolver");
+}
+
+/// The attack: the agent resolves the broker's upstream by name (through the same
+/// resolver as the broker) and connects to the answer itself, with a session or key of its
+/// own. Even an explicit `--allow` of the name does not open it while the broker runs.
+fn upstream_name_is_the_brokers(dns: &str) {
+    let f = fixture(&format!("upstream-name-{dns}"));
+    let plain = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let port = plain.port.to_string();
+    let upstream = format!("http://allowed.test:{port}");
+    let real = real_secret("api03");
+    let go = "/tmp/requests-done";
+    let resolver = format!("{DNS1}:53");
+    let env = |broker: &'static str| {
+        vec![
+            NO_PRESETS,
+            ("SANDBOX_DNS", dns),
+            ("ANTHROPIC_BASE_URL", upstream.as_str()),
+            ("ANTHROPIC_API_KEY", real.as_str()),
+            ("SANDBOX_BROKER", broker),
+        ]
+    };
+    let mut argv = vec![
+        "--allow",
+        "allowed.test",
+        "--",
+        PROBE_IN_ROOT,
+        "dns",
+        "--resolve-connect",
+        &resolver,
+        "allowed.test",
+        &port,
+    ];
+
+    // Control: without the broker the allowed name is the child's to reach.
+    let run = run_bounded(
+        &mut f.root.command(&argv, &env("0"), Some(&f.net.box_ns)),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    let step = &steps(&run.stdout)[0];
+    assert_eq!(step["addrs"], json!([ALLOWED4]), "{step}");
+    assert_eq!(step["connect"]["result"], "connected", "{step}");
+
+    // With the broker: the name still resolves for the child, the connect to its answer
+    // is refused at once whether the name is allowed or not, and the broker's own
+    // forwarding there works (without an allow entry too: the name is the broker's).
+    argv.extend(["--wait-file", go]);
+    for allowed in [true, false] {
+        let argv = if allowed { &argv[..] } else { &argv[2..] };
+        let run = Running::start(&mut f.root.command(argv, &env("1"), Some(&f.net.box_ns)));
+        let step: Value = serde_json::from_str(&run.line(LIVENESS)).unwrap();
+        assert_eq!(
+            step["addrs"],
+            json!([ALLOWED4]),
+            "the name did not resolve: {step}"
+        );
+        assert_eq!(step["connect"]["result"], "error", "{step}");
+        assert_eq!(
+            step["connect"]["error"], "ECONNREFUSED",
+            "not a fast reject: {step}"
+        );
+        let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+        let state: Value = serde_json::from_str(&f.home_file(".claude.json")).unwrap();
+        let ph = state["primaryApiKey"].as_str().unwrap().to_string();
+        let before = plain.log().len();
+        let (status, body) = f.post(&broker_addr(&log), ("x-api-key", &ph));
+        fs::write(f.root.join(go), "").unwrap();
+        let stderr = run.stderr.clone();
+        let _ = run.wait(LIVENESS);
+        fs::remove_file(f.root.join(go)).unwrap();
+        assert_eq!(status, 200, "{body}\n{}", stderr.lock().unwrap());
+        assert!(plain.log().len() > before, "{:?}", plain.log());
+    }
+    let seen = plain.wait_for("the request", |v| v["path"] == "/v1/messages");
+    assert_eq!(seen["x-api-key"], real);
+}
