@@ -428,10 +428,10 @@ fn broker_resolves_a_name(docker_dns: bool) {
 fn check_shows_what_the_broker_alone_may_reach() {
     let f = fixture("check");
     let upstream = f.upstream.clone();
-    let show = |flag: &str| {
+    let show_with = |args: &[&str]| {
         let run = run_bounded(
             &mut f.root.command(
-                &["check", flag],
+                args,
                 &[
                     ("ANTHROPIC_BASE_URL", &upstream),
                     ("SANDBOX_PRESETS", "anthropic"),
@@ -442,6 +442,7 @@ fn check_shows_what_the_broker_alone_may_reach() {
         );
         run.stdout
     };
+    let show = |flag: &str| show_with(&["check", flag]);
     let on = show("--broker");
     assert!(on.contains("accept  the credential broker (uid"), "{on}");
     assert!(
@@ -452,8 +453,31 @@ fn check_shows_what_the_broker_alone_may_reach() {
         on.contains("credentials.broker") && on.contains("--broker"),
         "{on}"
     );
+    // The login and token hosts leave the child's allowlist; the upstream's host and the
+    // token host are the broker's names.
+    assert!(
+        on.contains(
+            "claude.ai claude.com platform.claude.com console.anthropic.com: left the \
+             sandboxed user's allowlist"
+        ),
+        "{on}"
+    );
+    assert!(
+        on.contains("to the addresses of its names platform.claude.com"),
+        "{on}"
+    );
+    // Explicit wins: an allowed login host stays the child's.
+    let kept = show_with(&["check", "--broker", "--allow", "claude.ai"]);
+    assert!(
+        kept.contains("claude.ai: kept in the sandboxed user's allowlist"),
+        "{kept}"
+    );
     let off = show("--no-broker");
     assert!(!off.contains("credential broker (uid"), "{off}");
+    assert!(
+        !off.contains("left the sandboxed user's allowlist"),
+        "{off}"
+    );
 }
 
 #[test]
