@@ -753,3 +753,65 @@ fn upstream_name_is_the_brokers(dns: &str) {
     let seen = plain.wait_for("the request", |v| v["path"] == "/v1/messages");
     assert_eq!(seen["x-api-key"], real);
 }
+
+/// The same attack through a live change: root's `sandbox-init allow` of the upstream's
+/// name (what an agent might talk a user into) does not open it to the child while the
+/// broker runs. Control: without the broker the same live allow opens it.
+#[test]
+fn a_live_allow_does_not_give_the_child_the_brokers_upstream() {
+    let f = fixture("live-upstream");
+    let plain = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let port = plain.port.to_string();
+    let upstream = format!("http://allowed.test:{port}");
+    let real = real_secret("api03");
+    let resolver = format!("{DNS1}:53");
+    let (allowed, go) = ("/tmp/allowed", "/tmp/live-done");
+    #[rustfmt::skip]
+    let argv = [
+        "--", PROBE_IN_ROOT, "dns",
+        "--resolve-connect", &resolver, "allowed.test", &port, // 0: before the allow
+        "--wait-file", allowed,                                 // 1
+        "--resolve-connect", &resolver, "allowed.test", &port, // 2: after it
+        "--wait-file", go,
+    ];
+    for broker in ["0", "1"] {
+        let env = [
+            NO_PRESETS,
+            ("SANDBOX_DNS", "filter"),
+            ("ANTHROPIC_BASE_URL", upstream.as_str()),
+            ("ANTHROPIC_API_KEY", real.as_str()),
+            ("SANDBOX_BROKER", broker),
+        ];
+        let sbx = Running::start(&mut f.root.command(&argv, &env, Some(&f.net.box_ns)));
+        let before: Value = serde_json::from_str(&sbx.line(LIVENESS)).unwrap();
+        assert_ne!(before["connect"]["result"], "connected", "{before}");
+        let run = exec_in(&sbx, &[INIT_IN_ROOT, "allow", "allowed.test"], &[]);
+        run.assert_code(0);
+        fs::write(f.root.join(allowed), "").unwrap();
+        let _wait = sbx.line(LIVENESS);
+        let after: Value = serde_json::from_str(&sbx.line(LIVENESS)).unwrap();
+        fs::write(f.root.join(go), "").unwrap();
+        assert_eq!(sbx.wait(LIVENESS).0, Some(0));
+        for p in [allowed, go] {
+            fs::remove_file(f.root.join(p)).unwrap();
+        }
+        assert_eq!(after["addrs"], json!([ALLOWED4]), "{after}");
+        if broker == "0" {
+            assert!(
+                run.stdout.contains("allowed.test: allowed"),
+                "{}",
+                run.stdout
+            );
+            assert_eq!(after["connect"]["result"], "connected", "{after}");
+        } else {
+            assert_eq!(before["addrs"], json!([ALLOWED4]), "{before}");
+            assert_eq!(after["connect"]["error"], "ECONNREFUSED", "{after}");
+            assert!(
+                run.stdout.contains("only the broker may reach"),
+                "{}{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+    }
+}
