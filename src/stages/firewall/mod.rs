@@ -123,6 +123,26 @@ pub fn setup(
     for w in &plan.warnings {
         log::warn!("{w}");
     }
+    if let Some(b) = &plan.broker {
+        let mut said = format!(
+            "credential broker: its uid reaches {} by name",
+            b.names.join(" ")
+        );
+        if !b.exclusive.is_empty() {
+            said += &format!(
+                ", {} (its upstream) no one else does",
+                b.exclusive.join(" ")
+            );
+        }
+        if !b.left.is_empty() {
+            said += &format!(
+                "; {} left the command's allowlist (the broker holds the login; allow one \
+                 explicitly to keep it)",
+                b.left.join(" ")
+            );
+        }
+        log::info!("{said}");
+    }
     let marker = marker(&plan);
     let kernel_started = Instant::now();
     let (built, committed) = apply_batch(&plan, &marker)?;
