@@ -815,3 +815,38 @@ fn a_live_allow_does_not_give_the_child_the_brokers_upstream() {
         }
     }
 }
+
+/// Strict mode fails a start on a name of the allowlist that does not resolve; the
+/// broker's own token host (unresolvable here) is needed by the broker alone, and only
+/// when it refreshes: with the broker on and no entry naming it, the start goes on.
+#[test]
+fn strict_mode_does_not_fail_a_start_on_a_name_only_the_broker_asks_for() {
+    let f = fixture("strict");
+    let real = real_secret("api03");
+    let creds = [("ANTHROPIC_API_KEY", real.as_str())];
+    // Control: the same name as an allowlist entry fails the strict start.
+    let run = run_bounded(
+        &mut f.command(
+            &["--no-broker", "--strict", "--allow", "platform.claude.com"],
+            &creds,
+            &["report"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot resolve platform.claude.com"),
+        "{}",
+        run.stderr
+    );
+    let run = run_bounded(
+        &mut f.command(&["--broker", "--strict"], &creds, &["report"]),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("cannot resolve platform.claude.com"),
+        "warned, not fatal: {}",
+        run.stderr
+    );
+}

@@ -100,11 +100,12 @@ pub fn setup(
     };
     let resolved_in = started.elapsed();
     let (resolved, failed) = split_answers(&answers);
-    if settings.strict.value && !failed.is_empty() {
+    let listed = allowlisted(&failed, &entries);
+    if settings.strict.value && !listed.is_empty() {
         return Err(Error::Strict(format!(
             "strict mode ({}): cannot resolve {}; the command was not started",
             settings.strict.source,
-            failed
+            listed
                 .iter()
                 .map(|(n, why)| format!("{n} ({why})"))
                 .collect::<Vec<_>>()
@@ -289,7 +290,7 @@ pub fn diagnose(
     let answers = resolve::resolve_all(&names(&entries, route.as_ref()));
     let (resolved, failed) = split_answers(&answers);
     if settings.strict.value {
-        for (name, why) in &failed {
+        for (name, why) in allowlisted(&failed, &entries) {
             findings.push(Finding {
                 what: format!("strict mode: {name} cannot be resolved ({why})"),
                 fix: Fix::Unresolvable(name.clone()),
@@ -371,6 +372,14 @@ fn names(entries: &[Entry], broker: Option<&plan::BrokerRoute>) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The failed names an allowlist entry asked for: strict mode is about those (a name only
+/// the broker uses, its token endpoint's host for one, is needed by it alone, and not in
+/// every session; it is warned about like any name that does not resolve).
+fn allowlisted<'a>(failed: &'a [(String, String)], entries: &[Entry]) -> Vec<&'a (String, String)> {
+    let listed = names(entries, None);
+    failed.iter().filter(|(n, _)| listed.contains(n)).collect()
 }
 
 type Split = (BTreeMap<String, Vec<IpAddr>>, Vec<(String, String)>);
@@ -593,6 +602,23 @@ mod tests {
         .map(|s| s.parse().unwrap())
         .collect();
         assert_eq!(names(&e, None), ["a.test", "b.test"]);
+    }
+
+    #[test]
+    fn strict_mode_is_about_the_allowlists_names_not_the_brokers() {
+        let e: Vec<Entry> = ["a.test", "*.w.test"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let failed: Vec<(String, String)> = ["a.test", "w.test", "platform.claude.com"]
+            .iter()
+            .map(|n| (n.to_string(), "refused".to_string()))
+            .collect();
+        let listed: Vec<&str> = allowlisted(&failed, &e)
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(listed, ["a.test", "w.test"]);
     }
 
     #[test]
