@@ -439,10 +439,10 @@ fn broker_resolves_a_name(docker_dns: bool) {
 fn check_shows_what_the_broker_alone_may_reach() {
     let f = fixture("check");
     let upstream = f.upstream.clone();
-    let show = |flag: &str| {
+    let show_with = |args: &[&str]| {
         let run = run_bounded(
             &mut f.root.command(
-                &["check", flag],
+                args,
                 &[
                     ("ANTHROPIC_BASE_URL", &upstream),
                     ("SANDBOX_PRESETS", "anthropic"),
@@ -453,6 +453,7 @@ fn check_shows_what_the_broker_alone_may_reach() {
         );
         run.stdout
     };
+    let show = |flag: &str| show_with(&["check", flag]);
     let on = show("--broker");
     assert!(on.contains("accept  the credential broker (uid"), "{on}");
     assert!(
@@ -463,8 +464,31 @@ fn check_shows_what_the_broker_alone_may_reach() {
         on.contains("credentials.broker") && on.contains("--broker"),
         "{on}"
     );
+    // The login and token hosts leave the child's allowlist; the upstream's host and the
+    // token host are the broker's names.
+    assert!(
+        on.contains(
+            "claude.ai claude.com platform.claude.com console.anthropic.com: left the \
+             sandboxed user's allowlist"
+        ),
+        "{on}"
+    );
+    assert!(
+        on.contains("to the addresses of its names platform.claude.com"),
+        "{on}"
+    );
+    // Explicit wins: an allowed login host stays the child's.
+    let kept = show_with(&["check", "--broker", "--allow", "claude.ai"]);
+    assert!(
+        kept.contains("claude.ai: kept in the sandboxed user's allowlist"),
+        "{kept}"
+    );
     let off = show("--no-broker");
     assert!(!off.contains("credential broker (uid"), "{off}");
+    assert!(
+        !off.contains("left the sandboxed user's allowlist"),
+        "{off}"
+    );
 }
 
 #[test]
@@ -653,4 +677,187 @@ fn exec_sessions_get_the_brokers_base_url_while_it_runs_and_nothing_else() {
     );
     fs::write(f.root.join(go), "").unwrap();
     assert_eq!(sbx.wait(LIVENESS).0, Some(0));
+}
+
+#[test]
+fn the_child_resolves_the_upstreams_name_but_only_the_broker_connects_there_in_filter_mode() {
+    upstream_name_is_the_brokers("filter");
+}
+
+#[test]
+fn the_child_resolves_the_upstreams_name_but_only_the_broker_connects_there_in_resolver_mode() {
+    upstream_name_is_the_brokers("resolver");
+}
+
+/// The attack: the agent resolves the broker's upstream by name (through the same
+/// resolver as the broker) and connects to the answer itself, with a session or key of its
+/// own. Even an explicit `--allow` of the name does not open it while the broker runs.
+fn upstream_name_is_the_brokers(dns: &str) {
+    let f = fixture(&format!("upstream-name-{dns}"));
+    let plain = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let port = plain.port.to_string();
+    let upstream = format!("http://allowed.test:{port}");
+    let real = real_secret("api03");
+    let go = "/tmp/requests-done";
+    let resolver = format!("{DNS1}:53");
+    let env = |broker: &'static str| {
+        vec![
+            NO_PRESETS,
+            ("SANDBOX_DNS", dns),
+            ("ANTHROPIC_BASE_URL", upstream.as_str()),
+            ("ANTHROPIC_API_KEY", real.as_str()),
+            ("SANDBOX_BROKER", broker),
+        ]
+    };
+    let mut argv = vec![
+        "--allow",
+        "allowed.test",
+        "--",
+        PROBE_IN_ROOT,
+        "dns",
+        "--resolve-connect",
+        &resolver,
+        "allowed.test",
+        &port,
+    ];
+
+    // Control: without the broker the allowed name is the child's to reach.
+    let run = run_bounded(
+        &mut f.root.command(&argv, &env("0"), Some(&f.net.box_ns)),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    let step = &steps(&run.stdout)[0];
+    assert_eq!(step["addrs"], json!([ALLOWED4]), "{step}");
+    assert_eq!(step["connect"]["result"], "connected", "{step}");
+
+    // With the broker: the name still resolves for the child, the connect to its answer
+    // is refused at once whether the name is allowed or not, and the broker's own
+    // forwarding there works (without an allow entry too: the name is the broker's).
+    argv.extend(["--wait-file", go]);
+    for allowed in [true, false] {
+        let argv = if allowed { &argv[..] } else { &argv[2..] };
+        let run = Running::start(&mut f.root.command(argv, &env("1"), Some(&f.net.box_ns)));
+        let step: Value = serde_json::from_str(&run.line(LIVENESS)).unwrap();
+        assert_eq!(
+            step["addrs"],
+            json!([ALLOWED4]),
+            "the name did not resolve: {step}"
+        );
+        assert_eq!(step["connect"]["result"], "error", "{step}");
+        assert_eq!(
+            step["connect"]["error"], "ECONNREFUSED",
+            "not a fast reject: {step}"
+        );
+        let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+        let state: Value = serde_json::from_str(&f.home_file(".claude.json")).unwrap();
+        let ph = state["primaryApiKey"].as_str().unwrap().to_string();
+        let before = plain.log().len();
+        let (status, body) = f.post(&broker_addr(&log), ("x-api-key", &ph));
+        fs::write(f.root.join(go), "").unwrap();
+        let stderr = run.stderr.clone();
+        let _ = run.wait(LIVENESS);
+        fs::remove_file(f.root.join(go)).unwrap();
+        assert_eq!(status, 200, "{body}\n{}", stderr.lock().unwrap());
+        assert!(plain.log().len() > before, "{:?}", plain.log());
+    }
+    let seen = plain.wait_for("the request", |v| v["path"] == "/v1/messages");
+    assert_eq!(seen["x-api-key"], real);
+}
+
+/// The same attack through a live change: root's `sandbox-init allow` of the upstream's
+/// name (what an agent might talk a user into) does not open it to the child while the
+/// broker runs. Control: without the broker the same live allow opens it.
+#[test]
+fn a_live_allow_does_not_give_the_child_the_brokers_upstream() {
+    let f = fixture("live-upstream");
+    let plain = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let port = plain.port.to_string();
+    let upstream = format!("http://allowed.test:{port}");
+    let real = real_secret("api03");
+    let resolver = format!("{DNS1}:53");
+    let (allowed, go) = ("/tmp/allowed", "/tmp/live-done");
+    #[rustfmt::skip]
+    let argv = [
+        "--", PROBE_IN_ROOT, "dns",
+        "--resolve-connect", &resolver, "allowed.test", &port, // 0: before the allow
+        "--wait-file", allowed,                                 // 1
+        "--resolve-connect", &resolver, "allowed.test", &port, // 2: after it
+        "--wait-file", go,
+    ];
+    for broker in ["0", "1"] {
+        let env = [
+            NO_PRESETS,
+            ("SANDBOX_DNS", "filter"),
+            ("ANTHROPIC_BASE_URL", upstream.as_str()),
+            ("ANTHROPIC_API_KEY", real.as_str()),
+            ("SANDBOX_BROKER", broker),
+        ];
+        let sbx = Running::start(&mut f.root.command(&argv, &env, Some(&f.net.box_ns)));
+        let before: Value = serde_json::from_str(&sbx.line(LIVENESS)).unwrap();
+        assert_ne!(before["connect"]["result"], "connected", "{before}");
+        let run = exec_in(&sbx, &[INIT_IN_ROOT, "allow", "allowed.test"], &[]);
+        run.assert_code(0);
+        fs::write(f.root.join(allowed), "").unwrap();
+        let _wait = sbx.line(LIVENESS);
+        let after: Value = serde_json::from_str(&sbx.line(LIVENESS)).unwrap();
+        fs::write(f.root.join(go), "").unwrap();
+        assert_eq!(sbx.wait(LIVENESS).0, Some(0));
+        for p in [allowed, go] {
+            fs::remove_file(f.root.join(p)).unwrap();
+        }
+        assert_eq!(after["addrs"], json!([ALLOWED4]), "{after}");
+        if broker == "0" {
+            assert!(
+                run.stdout.contains("allowed.test: allowed"),
+                "{}",
+                run.stdout
+            );
+            assert_eq!(after["connect"]["result"], "connected", "{after}");
+        } else {
+            assert_eq!(before["addrs"], json!([ALLOWED4]), "{before}");
+            assert_eq!(after["connect"]["error"], "ECONNREFUSED", "{after}");
+            assert!(
+                run.stdout.contains("only the broker may reach"),
+                "{}{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+    }
+}
+
+/// Strict mode fails a start on a name of the allowlist that does not resolve; the
+/// broker's own token host (unresolvable here) is needed by the broker alone, and only
+/// when it refreshes: with the broker on and no entry naming it, the start goes on.
+#[test]
+fn strict_mode_does_not_fail_a_start_on_a_name_only_the_broker_asks_for() {
+    let f = fixture("strict");
+    let real = real_secret("api03");
+    let creds = [("ANTHROPIC_API_KEY", real.as_str())];
+    // Control: the same name as an allowlist entry fails the strict start.
+    let run = run_bounded(
+        &mut f.command(
+            &["--no-broker", "--strict", "--allow", "platform.claude.com"],
+            &creds,
+            &["report"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot resolve platform.claude.com"),
+        "{}",
+        run.stderr
+    );
+    let run = run_bounded(
+        &mut f.command(&["--broker", "--strict"], &creds, &["report"]),
+        Duration::from_secs(60),
+    );
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("cannot resolve platform.claude.com"),
+        "warned, not fatal: {}",
+        run.stderr
+    );
 }

@@ -224,6 +224,7 @@ pub fn route(cx: &Context, planned: &Planned) -> BrokerRoute {
         planned.account.uid,
         &cx.settings.presets.value,
         Some(&planned.spec.upstream),
+        Some(&planned.spec.token_url),
     )
 }
 
@@ -234,10 +235,12 @@ pub fn route_for_check(cx: &Context) -> Option<BrokerRoute> {
         return None;
     }
     let account = choose_account(cx).ok()?;
+    let upstream = given(cx, BASE_URL).unwrap_or(crate::runtime::broker::wire::DEFAULT_UPSTREAM);
     Some(BrokerRoute::new(
         account.uid,
         &cx.settings.presets.value,
-        given(cx, BASE_URL),
+        Some(upstream),
+        Some(crate::runtime::broker::wire::DEFAULT_TOKEN_URL),
     ))
 }
 

@@ -338,7 +338,7 @@ fn duties(
     let mut policy = None;
     if let Some(a) = applied.filter(|_| dns_filter_on(cx)) {
         let filter = crate::runtime::dns::filter(
-            &a.entries,
+            a.names_policy(),
             &a.plan.upstreams,
             &a.resolved,
             reporter.clone(),

@@ -113,6 +113,16 @@ pub const PRESETS: &[Preset] = &[
     },
 ];
 
+/// The `anthropic` preset's login and token hosts: with the credential broker running the
+/// command holds a placeholder that never expires, so it never logs in nor refreshes there,
+/// and they leave its allowlist (the broker refreshes through its token endpoint).
+pub const BROKER_HOSTS: &[&str] = &[
+    "claude.ai",
+    "claude.com",
+    "console.anthropic.com",
+    "platform.claude.com",
+];
+
 pub fn lookup(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
 }

@@ -2,6 +2,7 @@
 //! so every decision here (merging, ports, DNS, gateway) is unit-tested without root.
 
 use super::hostnet::HostNet;
+pub use super::names::{broker_set_name, set_name};
 use crate::policy::allowlist::{Entry, Port, Target};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,16 +32,6 @@ pub const SET_TIMEOUT: Duration = Duration::from_secs(10);
 pub const NFLOG_GROUP: u16 = 7041;
 /// The log prefix the reject rules carry (shown by `nft list`; also in every message).
 pub const NFLOG_PREFIX: &str = "sandbox-init blocked";
-
-/// The name of a dynamic set (filled by the DNS filter) for one port group (`None`: every
-/// port) and family.
-pub fn set_name(group: Option<Port>, v6: bool) -> String {
-    let fam = if v6 { "v6" } else { "v4" };
-    match group {
-        None => format!("dyn_any_{fam}"),
-        Some(p) => format!("dyn_{}{}_{fam}", p.proto, p.number),
-    }
-}
 
 /// Addresses allowed for one port (or for every port): single addresses go into kernel
 /// sets, networks become one rule each (sets of rustables 0.9 cannot hold intervals).
@@ -115,20 +106,54 @@ pub enum RootDns {
 }
 
 /// With the credential broker on: destinations only the broker's uid may reach (the API's
-/// fixed ranges and the upstream's own address). Everyone else, the sandboxed user
-/// included, is rejected there before the allowlist is consulted.
+/// fixed ranges and the upstream's own address, and the addresses of the broker's own
+/// names). Everyone else, the sandboxed user included, is rejected at those networks before
+/// the allowlist is consulted; the names' addresses are simply not the allowlist's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerRoute {
     pub uid: u32,
     pub nets: Vec<IpNet>,
+    /// The hosts the broker connects to by name (its upstream's, its token endpoint's),
+    /// lower case.
+    pub names: Vec<String>,
+    /// Of `names`, those that are the broker's alone (its upstream's host, as an upstream
+    /// address is): no allowlist entry, explicit or not, gives them to the sandboxed user.
+    pub exclusive: Vec<String>,
+    /// Preset hosts the sandboxed user's allowlist does without while the broker runs (its
+    /// placeholder never logs in nor refreshes), unless an explicit entry names them.
+    pub withdrawn: Vec<String>,
+    /// What `agent_entries` did: the hosts that left the allowlist, those an explicit
+    /// entry kept, and the entries dropped for naming an exclusive host.
+    pub left: Vec<String>,
+    pub kept: Vec<String>,
+    pub dropped: Vec<String>,
+    /// The addresses `names` resolved to at start (resolver mode; in filter mode the DNS
+    /// filter adds them as they are asked for).
+    pub addrs: AddrGroup,
 }
 
 impl BrokerRoute {
-    /// The networks of the `anthropic` preset when it is selected, and the upstream's host
-    /// when `upstream` (the container's ANTHROPIC_BASE_URL) names an address. An upstream
-    /// named by a host name keeps that name's allowlist treatment (the broker's own DNS
-    /// goes through the same path as everyone's).
-    pub fn new(uid: u32, presets: &[String], upstream: Option<&str>) -> BrokerRoute {
+    /// The networks of the `anthropic` preset and its login and token hosts when it is
+    /// selected; the upstream's host (the container's ANTHROPIC_BASE_URL, or the default):
+    /// an address joins the networks, a name the exclusive names; the token endpoint's host
+    /// (`token_url`) joins the names.
+    pub fn new(
+        uid: u32,
+        presets: &[String],
+        upstream: Option<&str>,
+        token_url: Option<&str>,
+    ) -> BrokerRoute {
+        let mut route = BrokerRoute {
+            uid,
+            nets: vec![],
+            names: vec![],
+            exclusive: vec![],
+            withdrawn: vec![],
+            left: vec![],
+            kept: vec![],
+            dropped: vec![],
+            addrs: AddrGroup::default(),
+        };
         let mut nets: Vec<IpNet> = vec![];
         if presets.iter().any(|p| p == "anthropic") {
             let preset = super::presets::lookup("anthropic").map(|p| p.entries);
@@ -141,26 +166,101 @@ impl BrokerRoute {
                     nets.push(n);
                 }
             }
+            route.withdrawn = super::presets::BROKER_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
         }
-        if let Some(ip) = upstream.and_then(url_address) {
-            nets.push(IpNet::from(ip));
+        match upstream.and_then(url_host) {
+            Some(Host::Address(ip)) => nets.push(IpNet::from(ip)),
+            Some(Host::Name(name)) => route.exclusive.push(name),
+            None => {}
         }
-        BrokerRoute {
-            uid,
-            nets: IpNet::aggregate(&nets),
+        if let Some(Host::Name(name)) = token_url.and_then(url_host) {
+            if !route.exclusive.contains(&name) {
+                route.names.push(name);
+            }
+        }
+        route.names.extend(route.exclusive.iter().cloned());
+        route.nets = IpNet::aggregate(&nets);
+        route
+    }
+
+    /// The sandboxed user's allowlist with the broker running: the preset entries without
+    /// the withdrawn hosts (an explicit entry naming one keeps it: explicit wins), then the
+    /// explicit entries, less any entry naming an exclusive host. Records what it did.
+    pub fn agent_entries(&mut self, from_presets: &[Entry], explicit: &[Entry]) -> Vec<Entry> {
+        let named = super::names::Policy::new(explicit);
+        let mut out = vec![];
+        for e in from_presets {
+            if let Target::Host(h) = &e.target {
+                if self.withdrawn.contains(h) {
+                    let explicitly = named.matches_entry(h);
+                    let record = if explicitly {
+                        &mut self.kept
+                    } else {
+                        &mut self.left
+                    };
+                    if !record.contains(h) {
+                        record.push(h.clone());
+                    }
+                    if !explicitly {
+                        continue;
+                    }
+                }
+            }
+            out.push(e.clone());
+        }
+        out.extend(explicit.iter().cloned());
+        let exclusive = &self.exclusive;
+        let (dropped, agent): (Vec<Entry>, Vec<Entry>) = out
+            .into_iter()
+            .partition(|e| matches!(&e.target, Target::Host(h) if exclusive.contains(h)));
+        self.dropped = dropped.iter().map(|e| e.to_string()).collect();
+        agent
+    }
+
+    /// What the DNS filter gives the broker's sets.
+    pub fn dns_names(&self) -> super::names::BrokerNames {
+        super::names::BrokerNames {
+            names: self.names.clone(),
+            exclusive: self.exclusive.clone(),
         }
     }
 }
 
-/// The address in `scheme://[user@]HOST[:port][/path]` when HOST is one.
-fn url_address(url: &str) -> Option<IpAddr> {
+/// The host of a URL: an address or a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    Address(IpAddr),
+    Name(String),
+}
+
+/// HOST in `scheme://[user@]HOST[:port][/path]`.
+fn url_host(url: &str) -> Option<Host> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if let Some(v6) = host.strip_prefix('[') {
-        return v6.split(']').next()?.parse().ok();
+        return v6.split(']').next()?.parse().ok().map(Host::Address);
     }
-    host.split(':').next()?.parse().ok()
+    let host = host.split(':').next()?.trim_end_matches('.');
+    if host.is_empty() {
+        return None;
+    }
+    Some(match host.parse() {
+        Ok(ip) => Host::Address(ip),
+        Err(_) => Host::Name(host.to_ascii_lowercase()),
+    })
+}
+
+/// The address in `scheme://[user@]HOST[:port][/path]` when HOST is one.
+#[cfg(test)]
+fn url_address(url: &str) -> Option<IpAddr> {
+    match url_host(url)? {
+        Host::Address(ip) => Some(ip),
+        Host::Name(_) => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,17 +295,42 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Gives `route`'s destinations to the broker's uid alone: they leave every group of
-    /// the allowlist, and the builder puts the broker's accept and everyone else's reject
-    /// before it.
-    pub fn with_broker(mut self, route: BrokerRoute) -> Plan {
+    /// Gives `route`'s destinations to the broker's uid alone: its networks leave every
+    /// group of the allowlist, and the builder puts the broker's accept and everyone
+    /// else's reject before it; what its names resolved to (`resolved`) is the broker's
+    /// to reach, and what an exclusive name resolved to leaves the allowlist's static
+    /// groups (in resolver mode a wildcard entry allows its apex, which may be one).
+    pub fn with_broker(
+        mut self,
+        mut route: BrokerRoute,
+        resolved: &BTreeMap<String, Vec<IpAddr>>,
+    ) -> Plan {
+        let exclusive: BTreeSet<IpAddr> = route
+            .exclusive
+            .iter()
+            .filter_map(|n| resolved.get(n))
+            .flatten()
+            .copied()
+            .collect();
         let mine = |ip: IpAddr| route.nets.iter().any(|n| n.contains(&ip));
         let covered = |net: &IpNet| route.nets.iter().any(|n| n.contains(net));
+        let theirs = |ip: IpAddr| mine(ip) || (!self.filter && exclusive.contains(&ip));
         for g in std::iter::once(&mut self.any).chain(self.ports.values_mut()) {
-            g.v4.retain(|a| !mine(IpAddr::V4(*a)));
-            g.v6.retain(|a| !mine(IpAddr::V6(*a)));
+            g.v4.retain(|a| !theirs(IpAddr::V4(*a)));
+            g.v6.retain(|a| !theirs(IpAddr::V6(*a)));
             g.nets.retain(|n| !covered(n));
         }
+        let mut addrs = AddrGroup::default();
+        for ip in route.names.iter().filter_map(|n| resolved.get(n)).flatten() {
+            if mine(*ip) || self.blocked_gateways.contains(ip) {
+                continue;
+            }
+            match ip {
+                IpAddr::V4(a) => addrs.v4.insert(*a),
+                IpAddr::V6(a) => addrs.v6.insert(*a),
+            };
+        }
+        route.addrs = addrs;
         self.broker = Some(route);
         self
     }
@@ -463,11 +588,57 @@ impl fmt::Display for Plan {
                 "    accept  the credential broker (uid {}) to {nets}",
                 b.uid
             )?;
+            let mut addrs: Vec<String> = b.addrs.v4.iter().map(|a| a.to_string()).collect();
+            addrs.extend(b.addrs.v6.iter().map(|a| a.to_string()));
+            let how = if self.filter {
+                "answers of the DNS filter, expiring"
+            } else {
+                "resolved at start"
+            };
+            writeln!(
+                f,
+                "    accept  the credential broker (uid {}) to the addresses of its names {} \
+                 ({how}): {}",
+                b.uid,
+                list(b.names.clone()),
+                list(addrs)
+            )?;
             writeln!(
                 f,
                 "    reject  every other user to {nets} (the sandboxed user reaches the API \
                  through the broker only)"
             )?;
+            if !b.exclusive.is_empty() {
+                writeln!(
+                    f,
+                    "            {}: the broker's alone (its upstream): resolvable for \
+                     everyone, reachable by no one else{}",
+                    b.exclusive.join(" "),
+                    if b.dropped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", whatever the allowlist says ({})", b.dropped.join(" "))
+                    }
+                )?;
+            }
+            if !b.left.is_empty() {
+                writeln!(
+                    f,
+                    "            {}: left the sandboxed user's allowlist (from the anthropic \
+                     preset; the broker holds the login, so the command never logs in nor \
+                     refreshes, and an open Anthropic host would carry out an attacker's \
+                     own session or key; allow one explicitly to keep it)",
+                    b.left.join(" ")
+                )?;
+            }
+            if !b.kept.is_empty() {
+                writeln!(
+                    f,
+                    "            {}: kept in the sandboxed user's allowlist (allowed \
+                     explicitly: explicit wins)",
+                    b.kept.join(" ")
+                )?;
+            }
         }
         let group = |f: &mut fmt::Formatter<'_>, what: &str, g: &AddrGroup| {
             let mut items: Vec<String> = g.v4.iter().map(|a| a.to_string()).collect();
@@ -526,14 +697,19 @@ mod tests {
     #[test]
     fn the_broker_alone_gets_the_api_ranges_and_the_upstream_address() {
         let presets = vec!["anthropic".to_string(), "npm".to_string()];
-        let route = BrokerRoute::new(65432, &presets, Some("https://user@10.77.0.10:8443/v1"));
+        let route = BrokerRoute::new(
+            65432,
+            &presets,
+            Some("https://user@10.77.0.10:8443/v1"),
+            None,
+        );
         let shown: Vec<String> = route.nets.iter().map(|n| n.to_string()).collect();
         assert!(shown.contains(&"160.79.104.0/23".to_string()), "{shown:?}");
         assert!(shown.contains(&"2607:6bc0::/48".to_string()), "{shown:?}");
         assert!(shown.contains(&"10.77.0.10/32".to_string()), "{shown:?}");
         assert_eq!(url_address("http://[fd77::10]:80"), Some(ip("fd77::10")));
         assert_eq!(url_address("https://api.example.test/x"), None);
-        assert!(BrokerRoute::new(1, &[], Some("https://gw.test"))
+        assert!(BrokerRoute::new(1, &[], Some("https://gw.test"), None)
             .nets
             .is_empty());
 
@@ -549,7 +725,7 @@ mod tests {
             &host(),
             false,
         )
-        .with_broker(route);
+        .with_broker(route, &BTreeMap::new());
         let all: Vec<IpAddr> = std::iter::once(&plan.any)
             .chain(plan.ports.values())
             .flat_map(|g| {
@@ -572,6 +748,150 @@ mod tests {
         let text = plan.to_string();
         assert!(text.contains("credential broker (uid 65432)"), "{text}");
         assert!(text.contains("reject  every other user to"), "{text}");
+    }
+
+    fn texts(list: &[Entry]) -> Vec<String> {
+        list.iter().map(|e| e.to_string()).collect()
+    }
+
+    fn anthropic() -> Vec<Entry> {
+        entries(super::super::presets::lookup("anthropic").unwrap().entries)
+    }
+
+    #[test]
+    fn with_the_broker_the_login_and_token_hosts_leave_the_agents_list_unless_explicit() {
+        let explicit = entries(&["*.claude.com", "registry.npmjs.org"]);
+        // Control: without the broker the preset gives the agent every login host.
+        let all = texts(&[anthropic(), explicit.clone()].concat());
+        for h in super::super::presets::BROKER_HOSTS {
+            assert!(all.contains(&h.to_string()), "{h} not in {all:?}");
+        }
+        let mut route = BrokerRoute::new(
+            9,
+            &["anthropic".to_string()],
+            Some("https://api.anthropic.com"),
+            Some("https://platform.claude.com/v1/oauth/token"),
+        );
+        let agent = texts(&route.agent_entries(&anthropic(), &explicit));
+        for gone in ["claude.ai", "console.anthropic.com", "api.anthropic.com"] {
+            assert!(!agent.contains(&gone.to_string()), "{gone} in {agent:?}");
+        }
+        // *.claude.com names claude.com and platform.claude.com: explicit wins.
+        for kept in [
+            "claude.com",
+            "platform.claude.com",
+            "downloads.claude.ai",
+            "mcp-proxy.anthropic.com",
+            "code.claude.com",
+            "*.claude.com",
+            "registry.npmjs.org",
+            "160.79.104.0/23",
+        ] {
+            assert!(agent.contains(&kept.to_string()), "{kept} lost: {agent:?}");
+        }
+        assert_eq!(route.left, ["claude.ai", "console.anthropic.com"]);
+        assert_eq!(route.kept, ["claude.com", "platform.claude.com"]);
+        assert_eq!(route.dropped, ["api.anthropic.com"]);
+        assert_eq!(route.names, ["platform.claude.com", "api.anthropic.com"]);
+        assert_eq!(route.exclusive, ["api.anthropic.com"]);
+
+        let plan = build(&entries(&[]), &BTreeMap::new(), &host(), false)
+            .with_broker(route, &BTreeMap::new());
+        let text = plan.to_string();
+        assert!(
+            text.contains("claude.ai console.anthropic.com: left the sandboxed user's allowlist"),
+            "{text}"
+        );
+        assert!(
+            text.contains("claude.com platform.claude.com: kept in the sandboxed user's allowlist (allowed explicitly: explicit wins)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api.anthropic.com: the broker's alone"),
+            "{text}"
+        );
+
+        // Without the anthropic preset nothing is withdrawn, and a preset host given
+        // explicitly stays the agent's whatever the broker does.
+        let mut route = BrokerRoute::new(9, &[], None, Some("https://platform.claude.com/t"));
+        let agent = route.agent_entries(&[], &entries(&["claude.ai", "platform.claude.com"]));
+        assert_eq!(texts(&agent), ["claude.ai", "platform.claude.com"]);
+        assert!(route.left.is_empty() && route.kept.is_empty());
+    }
+
+    #[test]
+    fn the_brokers_names_are_its_to_reach_and_its_upstreams_name_no_one_elses() {
+        let explicit = entries(&["gw.test", "*.gw.test:443", "other.test"]);
+        let answers = resolved(&[
+            ("gw.test", &["10.77.0.20", "fd77::20"]),
+            ("tok.test", &["10.77.0.21"]),
+            ("other.test", &["10.77.0.21"]),
+        ]);
+        // Control: without the broker an explicit entry opens the upstream to the agent
+        // (any port by name, tcp 443 by the wildcard's apex).
+        let open = build(&explicit, &answers, &host(), false);
+        assert!(open.any.contains(ip("10.77.0.20")));
+        let apex = build(&explicit[1..], &answers, &host(), false);
+        assert!(apex.ports[&tcp(443)].contains(ip("10.77.0.20")));
+
+        let mut route = BrokerRoute::new(
+            9,
+            &[],
+            Some("https://GW.test.:8443/v1"),
+            Some("https://tok.test/oauth/token"),
+        );
+        assert_eq!(route.names, ["tok.test", "gw.test"]);
+        assert_eq!(route.exclusive, ["gw.test"]);
+        let agent = route.agent_entries(&[], &explicit);
+        assert_eq!(texts(&agent), ["*.gw.test:443", "other.test"]);
+        assert_eq!(route.dropped, ["gw.test"]);
+
+        // Resolver mode: static sets; the upstream's addresses are nobody's but the
+        // broker's, a token host's address another name shares stays that name's.
+        let plan = build(&agent, &answers, &host(), false).with_broker(route.clone(), &answers);
+        for g in std::iter::once(&plan.any).chain(plan.ports.values()) {
+            assert!(!g.contains(ip("10.77.0.20")), "{g:?}");
+            assert!(!g.contains(ip("fd77::20")), "{g:?}");
+        }
+        assert!(plan.any.contains(ip("10.77.0.21")));
+        let b = plan.broker.as_ref().unwrap();
+        for a in ["10.77.0.20", "fd77::20", "10.77.0.21"] {
+            assert!(b.addrs.contains(ip(a)), "{a} not the broker's: {b:?}");
+        }
+        let text = plan.to_string();
+        assert!(
+            text.contains("to the addresses of its names tok.test gw.test (resolved at start): 10.77.0.20 10.77.0.21 fd77::20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("whatever the allowlist says (gw.test)"),
+            "{text}"
+        );
+        let pos = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle} in {text}"))
+        };
+        assert!(pos("addresses of its names") < pos("reject  every other user"));
+        assert!(pos("reject  every other user") < pos("accept  any port"));
+
+        // Filter mode: the DNS filter's policy sends the upstream's answers to the
+        // broker's sets only, the token host's to both when an entry names it too.
+        let names = crate::policy::names::Policy::new(&agent).with_broker(&route.dns_names());
+        use crate::policy::names::Group;
+        assert_eq!(names.groups("gw.test"), [Group::Broker].into());
+        assert_eq!(
+            names.groups("x.gw.test"),
+            [Group::Agent(Some(tcp(443)))].into()
+        );
+        assert_eq!(names.groups("tok.test"), [Group::Broker].into());
+        assert_eq!(names.groups("other.test"), [Group::Agent(None)].into());
+        let control = crate::policy::names::Policy::new(&explicit);
+        assert!(control.groups("gw.test").contains(&Group::Agent(None)));
+        let plan = build_mode(&agent, &BTreeMap::new(), &host(), false, true)
+            .with_broker(route, &BTreeMap::new());
+        assert!(plan
+            .to_string()
+            .contains("(answers of the DNS filter, expiring): (none)"));
     }
 
     fn tcp(n: u16) -> Port {

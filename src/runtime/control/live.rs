@@ -3,6 +3,7 @@
 //! one netlink batch and a new DNS policy, and keeps the change only when the kernel took it.
 
 use crate::policy::allowlist::{Entry, Port, Target};
+use crate::policy::names::{BrokerNames, Policy};
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -37,6 +38,9 @@ pub struct Live {
     pub filter: bool,
     /// Port groups whose dynamic sets the start-time ruleset created.
     pub start_groups: BTreeSet<Option<Port>>,
+    /// The credential broker's own names, when it runs: they stay in the DNS policy
+    /// whatever changes live.
+    pub broker: BrokerNames,
     pub live: Vec<LiveEntry>,
 }
 
@@ -62,7 +66,13 @@ impl Live {
                      addresses instead, or restart with SANDBOX_ALLOW={e}"
                 ));
             }
-            if self.started_with(e) {
+            if matches!(&e.target, Target::Host(h) if self.broker.exclusive.contains(h)) {
+                // As at the start: the broker's upstream is its alone, allowed or not.
+                lines.push(format!(
+                    "{e}: the credential broker's upstream, which only the broker may reach \
+                     (the command reaches it through the broker): unchanged"
+                ));
+            } else if self.started_with(e) {
                 lines.push(format!("{e}: already allowed since the start"));
             } else if next.iter().any(|l| &l.entry == e) {
                 lines.push(format!("{e}: already allowed live"));
@@ -136,6 +146,11 @@ impl Live {
             .map(|(e, _)| e.clone())
             .chain(self.live.iter().map(|l| l.entry.clone()))
             .collect()
+    }
+
+    /// The DNS filter's policy now: every entry, and the broker's names.
+    pub fn policy(&self) -> Policy {
+        Policy::new(&self.policy_entries()).with_broker(&self.broker)
     }
 
     /// The live addresses and networks with their ports: one rule each in the live chain.
@@ -214,6 +229,7 @@ mod tests {
                 number: 443,
             })]
             .into(),
+            broker: BrokerNames::default(),
             live: vec![],
         }
     }
@@ -281,6 +297,35 @@ mod tests {
         assert!(l.live.is_empty());
         l.allow(&[e("10.0.0.1")], ROOT, "t").unwrap();
         assert_eq!(l.live.len(), 1);
+    }
+
+    #[test]
+    fn live_changes_keep_the_brokers_names_and_never_open_its_upstream() {
+        use crate::policy::names::Group;
+        let mut l = live(true);
+        // Control: without the broker a live allow of the name opens it.
+        l.allow(&[e("gw.test")], ROOT, "t").unwrap();
+        assert_eq!(l.policy().groups("gw.test"), [Group::Agent(None)].into());
+        l.deny(&[e("gw.test")]);
+
+        l.broker = BrokerNames {
+            names: vec!["platform.claude.com".into(), "gw.test".into()],
+            exclusive: vec!["gw.test".into()],
+        };
+        let lines = l.allow(&[e("gw.test"), e("claude.ai")], ROOT, "t").unwrap();
+        assert!(lines[0].contains("only the broker may reach"), "{lines:?}");
+        assert_eq!(lines[1], "claude.ai: allowed");
+        assert_eq!(l.live.len(), 1);
+        let p = l.policy();
+        assert_eq!(p.groups("gw.test"), [Group::Broker].into());
+        assert_eq!(p.groups("platform.claude.com"), [Group::Broker].into());
+        // An explicit live allow of a login host is explicit, as --allow is.
+        assert_eq!(p.groups("claude.ai"), [Group::Agent(None)].into());
+        l.allow(&[e("platform.claude.com")], ROOT, "t").unwrap();
+        assert_eq!(
+            l.policy().groups("platform.claude.com"),
+            [Group::Agent(None), Group::Broker].into()
+        );
     }
 
     #[test]

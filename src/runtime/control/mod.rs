@@ -73,6 +73,12 @@ pub fn serve(
         ),
         filter: applied.plan.filter,
         start_groups: applied.plan.dynamic.keys().copied().collect(),
+        broker: applied
+            .plan
+            .broker
+            .as_ref()
+            .map(|b| b.dns_names())
+            .unwrap_or_default(),
         live: vec![],
     };
     let container = container_name();

@@ -7,7 +7,7 @@
 use super::live::{Live, Peer};
 use super::protocol::{Request, Response, MAX_REQUEST};
 use crate::policy::allowlist::{Entry, Suggestion};
-use crate::policy::names::{Policy, Shared};
+use crate::policy::names::Shared;
 use crate::runtime::report::SharedReporter;
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
@@ -201,7 +201,7 @@ impl Server {
             return Response::Err(format!("the kernel refused the change: {why}"));
         }
         if let Some(p) = &self.policy {
-            *p.borrow_mut() = Policy::new(&next.policy_entries());
+            *p.borrow_mut() = next.policy();
         }
         self.live = next;
         for l in &lines {

@@ -12,23 +12,21 @@ pub mod sets;
 pub mod upstream;
 pub mod wire;
 
-use crate::policy::allowlist::Entry;
 use crate::policy::names as policy;
 use crate::runtime::report::SharedReporter;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
-/// The forwarder for the allowlist the firewall was built from, asking `upstreams` and
-/// seeded with the names `resolved` at start. Runs before the command starts (binding port
-/// 53 needs PID 1's privileges).
+/// The forwarder for the names the firewall was built from (`policy`), asking `upstreams`
+/// and seeded with the names `resolved` at start. Runs before the command starts (binding
+/// port 53 needs PID 1's privileges).
 pub fn filter(
-    entries: &[Entry],
+    policy: policy::Policy,
     upstreams: &[IpAddr],
     resolved: &BTreeMap<String, Vec<IpAddr>>,
     reporter: SharedReporter,
 ) -> Result<forwarder::Forwarder, String> {
-    let policy = policy::Policy::new(entries);
     let writer = match sets::SetWriter::open(crate::policy::ruleset::TABLE) {
         Ok(w) => Some(w),
         Err(e) => return Err(format!("DNS filter: cannot open a netlink socket: {e}")),

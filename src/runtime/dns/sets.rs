@@ -15,7 +15,6 @@
 //! deny, whatever their TTL.
 
 use crate::policy::names::Group;
-use crate::policy::ruleset::set_name;
 pub use crate::policy::ruleset::SET_TIMEOUT;
 use crate::sys::netlink::Socket;
 use std::collections::HashMap;
@@ -205,12 +204,8 @@ impl SetWriter {
         let mut by_set: BTreeMap<String, (Vec<Ipv4Addr>, Vec<Ipv6Addr>)> = BTreeMap::new();
         for (addr, group) in items {
             match addr {
-                IpAddr::V4(a) => by_set
-                    .entry(set_name(*group, false))
-                    .or_default()
-                    .0
-                    .push(*a),
-                IpAddr::V6(a) => by_set.entry(set_name(*group, true)).or_default().1.push(*a),
+                IpAddr::V4(a) => by_set.entry(group.set_name(false)).or_default().0.push(*a),
+                IpAddr::V6(a) => by_set.entry(group.set_name(true)).or_default().1.push(*a),
             }
         }
         let mut batch = Batch::new();
@@ -248,6 +243,8 @@ mod tests {
     use super::*;
     use crate::policy::allowlist::{Port, Proto};
 
+    const ANY: Group = Group::Agent(None);
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -277,7 +274,7 @@ mod tests {
             // answers at 0 s and 2.5 s (the second one is "recent"-skipped or not)
             for (at_ms, expect_push) in [(0u64, true), (500, false), (2500, true)] {
                 let now = t0 + Duration::from_millis(at_ms);
-                let pushed = t.learn(a, None, "n.test", ttl, now);
+                let pushed = t.learn(a, ANY, "n.test", ttl, now);
                 assert_eq!(pushed, expect_push, "ttl {ttl} at {at_ms} ms");
                 if pushed {
                     last_add = Some(now);
@@ -313,11 +310,11 @@ mod tests {
     fn groups_are_tracked_apart() {
         let now = Instant::now();
         let mut t = Tracker::default();
-        let g = Some(Port {
+        let g = Group::Agent(Some(Port {
             proto: Proto::Tcp,
             number: 443,
-        });
-        assert!(t.learn(ip("10.0.0.1"), None, "n.test", 0, now));
+        }));
+        assert!(t.learn(ip("10.0.0.1"), ANY, "n.test", 0, now));
         assert!(t.learn(ip("10.0.0.1"), g, "n.test", 0, now));
         assert_eq!(t.len(), 2);
         let later = now + REFRESH;
@@ -339,26 +336,26 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Tracker::default();
         let (only, shared, crowded) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"));
-        t.learn(only, None, "Gone.Test", 3600, t0);
-        t.learn(shared, None, "gone.test", 3600, t0);
-        t.learn(shared, None, "kept.test", 3600, t0);
+        t.learn(only, ANY, "Gone.Test", 3600, t0);
+        t.learn(shared, ANY, "gone.test", 3600, t0);
+        t.learn(shared, ANY, "kept.test", 3600, t0);
         for i in 0..=NAMES_KEPT {
             let name = if i == 0 {
                 "gone.test".to_string()
             } else {
                 format!("n{i}.test")
             };
-            t.learn(crowded, None, &name, 3600, t0);
+            t.learn(crowded, ANY, &name, 3600, t0);
         }
         let allowed = |denied: bool| move |n: &str, _: Group| !(denied && n == "gone.test");
         // control: while nothing is denied, every address is refreshed
         let mut due = t.due(t0 + REFRESH, allowed(false));
         due.sort();
-        assert_eq!(due, vec![(only, None), (shared, None), (crowded, None)]);
+        assert_eq!(due, vec![(only, ANY), (shared, ANY), (crowded, ANY)]);
         // gone.test denied: its own address is forgotten, the other two stay
         let mut due = t.due(t0 + REFRESH * 2, allowed(true));
         due.sort();
-        assert_eq!(due, vec![(shared, None), (crowded, None)]);
+        assert_eq!(due, vec![(shared, ANY), (crowded, ANY)]);
         assert_eq!(t.len(), 2);
     }
 }

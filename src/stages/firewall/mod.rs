@@ -39,6 +39,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// blocked destinations) work from the same allowlist and names.
 #[derive(Debug)]
 pub struct Applied {
+    /// The sandboxed user's allowlist (with the broker, less what its route took).
     pub entries: Vec<Entry>,
     /// Each allowlisted name and the addresses it resolved to at start: every name in
     /// resolver mode, none in filter mode (the DNS filter learns them as the command asks),
@@ -48,6 +49,17 @@ pub struct Applied {
     /// The socket that committed the table, held for as long as this is (PID 1 keeps it
     /// until it exits: closing it right after the commit would wait out a grace period).
     pub committed: netlink::Committed,
+}
+
+impl Applied {
+    /// The names the DNS filter answers: the allowlist's, and the broker's own.
+    pub fn names_policy(&self) -> crate::policy::names::Policy {
+        let policy = crate::policy::names::Policy::new(&self.entries);
+        match &self.plan.broker {
+            Some(b) => policy.with_broker(&b.dns_names()),
+            None => policy,
+        }
+    }
 }
 
 /// Programs the firewall, or fails closed. `None` when the firewall is off.
@@ -65,8 +77,8 @@ pub fn setup(
         return Ok(None);
     }
     let started = Instant::now();
-    let entries = entries(settings)?;
-    let names = names(&entries);
+    let (entries, route) = entries(settings, broker)?;
+    let names = names(&entries, route.as_ref());
     let filter = settings.dns.value == DnsMode::Filter;
     // In filter mode the sets are filled by the DNS filter: an allowlisted name's addresses
     // enter them before its answer reaches the command. Resolving at start would only
@@ -88,11 +100,12 @@ pub fn setup(
     };
     let resolved_in = started.elapsed();
     let (resolved, failed) = split_answers(&answers);
-    if settings.strict.value && !failed.is_empty() {
+    let listed = allowlisted(&failed, &entries);
+    if settings.strict.value && !listed.is_empty() {
         return Err(Error::Strict(format!(
             "strict mode ({}): cannot resolve {}; the command was not started",
             settings.strict.source,
-            failed
+            listed
                 .iter()
                 .map(|(n, why)| format!("{n} ({why})"))
                 .collect::<Vec<_>>()
@@ -107,9 +120,29 @@ pub fn setup(
         log::warn!("{threads} threads remain after name resolution; PID 1 should have one");
     }
 
-    let plan = plan_for(settings, &entries, &resolved, broker);
+    let plan = plan_for(settings, &entries, &resolved, route);
     for w in &plan.warnings {
         log::warn!("{w}");
+    }
+    if let Some(b) = &plan.broker {
+        let mut said = format!(
+            "credential broker: its uid reaches {} by name",
+            b.names.join(" ")
+        );
+        if !b.exclusive.is_empty() {
+            said += &format!(
+                ", {} (its upstream) no one else does",
+                b.exclusive.join(" ")
+            );
+        }
+        if !b.left.is_empty() {
+            said += &format!(
+                "; {} left the command's allowlist (the broker holds the login; allow one \
+                 explicitly to keep it)",
+                b.left.join(" ")
+            );
+        }
+        log::info!("{said}");
     }
     let marker = marker(&plan);
     let kernel_started = Instant::now();
@@ -240,7 +273,7 @@ pub fn diagnose(
     if let Err(e) = netlink::probe() {
         findings.push(diagnosis(&e, &[]));
     }
-    let entries = match entries(settings) {
+    let (entries, route) = match entries(settings, broker) {
         Ok(e) => e,
         Err(e) => {
             findings.push(Finding {
@@ -254,17 +287,17 @@ pub fn diagnose(
             };
         }
     };
-    let answers = resolve::resolve_all(&names(&entries));
+    let answers = resolve::resolve_all(&names(&entries, route.as_ref()));
     let (resolved, failed) = split_answers(&answers);
     if settings.strict.value {
-        for (name, why) in &failed {
+        for (name, why) in allowlisted(&failed, &entries) {
             findings.push(Finding {
                 what: format!("strict mode: {name} cannot be resolved ({why})"),
                 fix: Fix::Unresolvable(name.clone()),
             });
         }
     }
-    let plan = plan_for(settings, &entries, &resolved, broker);
+    let plan = plan_for(settings, &entries, &resolved, route);
     Diagnosis::On {
         findings,
         names: answers,
@@ -278,7 +311,7 @@ fn plan_for(
     settings: &Settings,
     entries: &[Entry],
     resolved: &BTreeMap<String, Vec<std::net::IpAddr>>,
-    broker: Option<&plan::BrokerRoute>,
+    broker: Option<plan::BrokerRoute>,
 ) -> plan::Plan {
     let plan = plan::build_mode(
         entries,
@@ -288,13 +321,30 @@ fn plan_for(
         settings.dns.value == DnsMode::Filter,
     );
     match broker {
-        Some(route) => plan.with_broker(route.clone()),
+        Some(route) => plan.with_broker(route, resolved),
         None => plan,
     }
 }
 
-/// The effective allowlist: every selected preset, then the allow entries.
-fn entries(settings: &Settings) -> Result<Vec<Entry>> {
+/// The effective allowlist: every selected preset, then the allow entries; with the
+/// broker, less what its route takes from the sandboxed user (the route then says what).
+fn entries(
+    settings: &Settings,
+    broker: Option<&plan::BrokerRoute>,
+) -> Result<(Vec<Entry>, Option<plan::BrokerRoute>)> {
+    let from_presets = preset_entries(settings)?;
+    let explicit: Vec<Entry> = settings.allow.iter().map(|s| s.value.clone()).collect();
+    Ok(match broker {
+        Some(route) => {
+            let mut route = route.clone();
+            let entries = route.agent_entries(&from_presets, &explicit);
+            (entries, Some(route))
+        }
+        None => ([from_presets, explicit].concat(), None),
+    })
+}
+
+fn preset_entries(settings: &Settings) -> Result<Vec<Entry>> {
     let mut out = vec![];
     for name in &settings.presets.value {
         let p = presets::lookup(name)
@@ -306,21 +356,30 @@ fn entries(settings: &Settings) -> Result<Vec<Entry>> {
             );
         }
     }
-    out.extend(settings.allow.iter().map(|s| s.value.clone()));
     Ok(out)
 }
 
-fn names(entries: &[Entry]) -> Vec<String> {
+/// Every name to resolve: the allowlist's and the broker's own.
+fn names(entries: &[Entry], broker: Option<&plan::BrokerRoute>) -> Vec<String> {
     let mut names: Vec<String> = entries
         .iter()
         .filter_map(|e| match &e.target {
             Target::Host(h) | Target::Wildcard(h) => Some(h.clone()),
             Target::Net(_) => None,
         })
+        .chain(broker.into_iter().flat_map(|b| b.names.iter().cloned()))
         .collect();
     names.sort();
     names.dedup();
     names
+}
+
+/// The failed names an allowlist entry asked for: strict mode is about those (a name only
+/// the broker uses, its token endpoint's host for one, is needed by it alone, and not in
+/// every session; it is warned about like any name that does not resolve).
+fn allowlisted<'a>(failed: &'a [(String, String)], entries: &[Entry]) -> Vec<&'a (String, String)> {
+    let listed = names(entries, None);
+    failed.iter().filter(|(n, _)| listed.contains(n)).collect()
 }
 
 type Split = (BTreeMap<String, Vec<IpAddr>>, Vec<(String, String)>);
@@ -542,13 +601,30 @@ mod tests {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        assert_eq!(names(&e), ["a.test", "b.test"]);
+        assert_eq!(names(&e, None), ["a.test", "b.test"]);
+    }
+
+    #[test]
+    fn strict_mode_is_about_the_allowlists_names_not_the_brokers() {
+        let e: Vec<Entry> = ["a.test", "*.w.test"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let failed: Vec<(String, String)> = ["a.test", "w.test", "platform.claude.com"]
+            .iter()
+            .map(|n| (n.to_string(), "refused".to_string()))
+            .collect();
+        let listed: Vec<&str> = allowlisted(&failed, &e)
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(listed, ["a.test", "w.test"]);
     }
 
     #[test]
     fn presets_then_allow_entries() {
         let s = Settings::default();
-        let e = entries(&s).unwrap();
+        let (e, _) = entries(&s, None).unwrap();
         assert!(e
             .iter()
             .any(|e| e.target == Target::Host("api.anthropic.com".into())));

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 pub use crate::policy::ruleset::TABLE;
 use crate::policy::ruleset::{
-    set_name, DNS_LISTEN_V4, DNS_LISTEN_V6, DNS_PORT, DNS_REDIRECT_CHAIN as DNS_REDIRECT,
-    INPUT_CHAIN as INPUT, NFLOG_GROUP, NFLOG_PREFIX, OUTPUT_CHAIN as OUTPUT, ROOT_DNS_MARK,
-    SET_TIMEOUT,
+    broker_set_name, set_name, DNS_LISTEN_V4, DNS_LISTEN_V6, DNS_PORT,
+    DNS_REDIRECT_CHAIN as DNS_REDIRECT, INPUT_CHAIN as INPUT, NFLOG_GROUP, NFLOG_PREFIX,
+    OUTPUT_CHAIN as OUTPUT, ROOT_DNS_MARK, SET_TIMEOUT,
 };
 /// Before Docker's nat output chain (-100, the 127.0.0.11 rule): the first chain that
 /// translates a connection wins, so the child's queries to 127.0.0.11 come to us too.
@@ -210,6 +210,7 @@ pub fn build(plan: &Plan, marker: &str, log_blocked: bool) -> BResult<Built> {
                 ),
             );
         }
+        broker_names(&mut w, &table, &out, plan, b)?;
         for net in &b.nets {
             // dnet cannot fail here: the same network passed it just above.
             reject_pair(
@@ -290,6 +291,7 @@ fn group(
             port,
             &label,
             g.v4.len(),
+            None,
         )?;
     }
     if !g.v6.is_empty() {
@@ -306,6 +308,7 @@ fn group(
             port,
             &label,
             g.v6.len(),
+            None,
         )?;
     }
     for net in &g.nets {
@@ -339,6 +342,7 @@ fn add_set_and_rule(
     port: Option<Port>,
     label: &str,
     n: usize,
+    only_uid: Option<u32>,
 ) -> BResult<()> {
     w.sets.push((set_name.to_string(), n));
     // The builder leaves the family unset; the id lets the rule find a set of this batch.
@@ -359,6 +363,10 @@ fn add_set_and_rule(
     if let Some(p) = port {
         dport(&mut r, p.proto, p.number);
     }
+    if let Some(uid) = only_uid {
+        r.add_expr(Meta::new(MetaType::SkUid));
+        r.add_expr(Cmp::new(CmpOp::Eq, uid.to_ne_bytes()));
+    }
     accept(&mut r);
     rule(
         w,
@@ -366,6 +374,62 @@ fn add_set_and_rule(
         false,
         format!("output: accept {label} to @{set_name}"),
     );
+    Ok(())
+}
+
+/// The sets of the broker's names' addresses and their accept rules for its uid alone:
+/// static ones with what its names resolved to at start (resolver mode), or dynamic ones
+/// the DNS filter fills (filter mode; created even when empty, as the filter adds to them).
+fn broker_names(
+    w: &mut Writer,
+    table: &Table,
+    out: &Chain,
+    plan: &Plan,
+    b: &crate::policy::ruleset::BrokerRoute,
+) -> BResult<()> {
+    let kind = if plan.filter {
+        SetKind::Dynamic
+    } else {
+        SetKind::Static
+    };
+    let label = format!("the credential broker (uid {})", b.uid);
+    let wanted = |n: usize| plan.filter || n > 0;
+    if wanted(b.addrs.v4.len()) {
+        let name = broker_set_name(plan.filter, false);
+        let mut sb = SetBuilder::<Ipv4Addr>::new(&name, table).map_err(berr)?;
+        b.addrs.v4.iter().for_each(|a| sb.add(a));
+        let n = b.addrs.v4.len();
+        add_set_and_rule(
+            w,
+            out,
+            sb.finish(),
+            kind,
+            &name,
+            false,
+            None,
+            &label,
+            n,
+            Some(b.uid),
+        )?;
+    }
+    if wanted(b.addrs.v6.len()) {
+        let name = broker_set_name(plan.filter, true);
+        let mut sb = SetBuilder::<Ipv6Addr>::new(&name, table).map_err(berr)?;
+        b.addrs.v6.iter().for_each(|a| sb.add(a));
+        let n = b.addrs.v6.len();
+        add_set_and_rule(
+            w,
+            out,
+            sb.finish(),
+            kind,
+            &name,
+            true,
+            None,
+            &label,
+            n,
+            Some(b.uid),
+        )?;
+    }
     Ok(())
 }
 
@@ -474,6 +538,7 @@ fn dynamic_group(
         port,
         &label,
         g.v4.len(),
+        None,
     )?;
     let name = set_name(port, true);
     let mut b = SetBuilder::<Ipv6Addr>::new(&name, table).map_err(berr)?;
@@ -488,6 +553,7 @@ fn dynamic_group(
         port,
         &label,
         g.v6.len(),
+        None,
     )
 }
 
@@ -1137,6 +1203,69 @@ mod tests {
         );
         assert!(b.what.iter().any(|w| w == "1 elements of set tcp443_v4"));
         assert!(!b.bytes.is_empty());
+    }
+
+    #[test]
+    fn the_brokers_name_sets_are_its_uids_alone_next_to_its_networks() {
+        let host = HostNet {
+            resolvers: vec!["10.77.0.53".parse().unwrap()],
+            ext_servers: None,
+            gateways: vec![],
+        };
+        // A uid whose bytes nothing else in the batch holds.
+        const UID: u32 = 0x5eed_b10c;
+        let route = plan::BrokerRoute::new(
+            UID,
+            &["anthropic".to_string()],
+            Some("https://gw.test"),
+            None,
+        );
+        let answers: BTreeMap<String, Vec<IpAddr>> =
+            [("gw.test".to_string(), vec!["10.77.0.20".parse().unwrap()])].into();
+        let rules = |b: &Built| -> Vec<String> {
+            b.what
+                .iter()
+                .filter(|w| w.starts_with("rule"))
+                .cloned()
+                .collect()
+        };
+        // Control: without the broker no such set.
+        let bare = build(&plan::build(&[], &answers, &host, false), "t", true).unwrap();
+        assert!(bare.expect.sets.iter().all(|(n, _)| !n.contains("broker")));
+
+        // Resolver mode: a static set with what the names resolved to (none for an empty
+        // family).
+        let p = plan::build(&[], &answers, &host, false).with_broker(route.clone(), &answers);
+        let b = build(&p, "t", true).unwrap();
+        assert_eq!(b.expect.sets, vec![("broker_v4".to_string(), 1)]);
+        let r = rules(&b);
+        let pos = |r: &[String], needle: &str| {
+            r.iter()
+                .position(|w| w.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in {r:?}"))
+        };
+        let broker = format!("accept the credential broker (uid {UID}) to");
+        let set_rule = pos(&r, &format!("{broker} @broker_v4"));
+        assert!(pos(&r, &format!("{broker} 160.79.104.0/23")) < set_rule);
+        assert!(set_rule < pos(&r, "every other user to 160.79.104.0/23"));
+
+        // Filter mode: both dynamic sets, empty, with the timeout of every dynamic set.
+        let p = plan::build_mode(&[], &BTreeMap::new(), &host, false, true)
+            .with_broker(route, &BTreeMap::new());
+        let b = build(&p, "t", true).unwrap();
+        for name in ["dyn_broker_v4", "dyn_broker_v6"] {
+            assert!(
+                b.expect.sets.contains(&(name.to_string(), 0)),
+                "{:?}",
+                b.expect.sets
+            );
+        }
+        let r = rules(&b);
+        assert!(pos(&r, "to @dyn_broker_v6") < pos(&r, "every other user to"));
+        // The uid match is in the rule: its uid's bytes follow the skuid load.
+        let uid = UID.to_ne_bytes();
+        assert!(b.bytes.windows(4).any(|w| w == uid));
+        assert!(!bare.bytes.windows(4).any(|w| w == uid));
     }
 
     #[test]
