@@ -587,3 +587,122 @@ fn a_flood_of_denied_names_is_bounded_in_the_audit_log_and_one_line_on_stderr() 
         assert!(!l.contains("000000"), "{l}");
     }
 }
+
+/// The kernel's TCP reset counters of the reject rules, summed, and the blocked TCP
+/// attempts PID 1 reported (its recent destinations' counts; 0 while PID 1 has written no
+/// status yet), as `check` in the running sandbox shows them.
+fn resets_and_reported(root: &Rootfs, net: &Net) -> (u64, u64) {
+    let check = root.run_in(
+        &["check", "--dns", "resolver", "--allow", "allowed.test"],
+        &[NO_PRESETS],
+        Some(&net.box_ns),
+    );
+    let out = &check.stdout;
+    let counters = out
+        .lines()
+        .find(|l| l.contains("kernel reject counters: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let resets: u64 = counters
+        .split("tcp reset ")
+        .skip(1)
+        .map(|r| r.split(' ').next().and_then(|p| p.parse::<u64>().ok()))
+        .map(|p| p.unwrap_or_else(|| panic!("{counters}")))
+        .sum();
+    assert!(
+        out.contains("reported by PID 1: ") || out.contains("no report from PID 1"),
+        "{out}"
+    );
+    // "    TIME xN blocked tcp ADDR:PORT; ..."
+    let reported = out
+        .lines()
+        .filter_map(|l| l.trim().split_once(" x")?.1.split_once(" blocked tcp "))
+        .map(|(n, _)| n.parse::<u64>().unwrap_or_else(|_| panic!("{out}")))
+        .sum();
+    (resets, reported)
+}
+
+/// A connection the firewall rejects while PID 1 is still starting (in Docker a `docker
+/// exec` can run at any moment after the container starts) is reported like every later
+/// one: the reject rules go live only once PID 1 listens to their NFLOG group, so the
+/// kernel never counts a reject whose copy nobody receives. The attack: a process in the
+/// box connects in a loop from before PID 1 starts until its first connection is refused,
+/// then does nothing more. The control: it connected before the firewall came up (so it
+/// raced the start), and the kernel counted its rejected attempt. Repeated: each round is
+/// a new start. (With the group bound after the rules, every round lost the first reject,
+/// on an idle machine too.)
+#[test]
+fn a_connection_blocked_while_pid1_starts_is_reported() {
+    const ROUNDS: usize = 5;
+    let mut lost = vec![];
+    for round in 0..ROUNDS {
+        let net = Net::new();
+        let root = rootfs();
+        let target: std::net::SocketAddr = format!("{OTHER4}:80").parse().unwrap();
+        let ns = net.box_ns.clone();
+        let racer = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let mut connected = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                match std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+                    Ok(_) => connected += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return (connected, true);
+                    }
+                    Err(_) => {}
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (connected, false)
+        });
+        // Let the racer connect before the firewall exists.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut cmd = root.command(
+            &[
+                "--dns",
+                "resolver",
+                "--allow",
+                "allowed.test",
+                "--",
+                PROBE_IN_ROOT,
+                "sleep",
+                "30",
+            ],
+            &[NO_PRESETS],
+            Some(&net.box_ns),
+        );
+        let run = Running::start(&mut cmd);
+        let (connected, refused) = racer.join().unwrap();
+        assert!(refused, "control: the firewall never refused the racer");
+        assert!(
+            connected > 0,
+            "control: the racer started after the firewall (it must race the start)"
+        );
+        // PID 1 rewrites its status file at most once a second: wait for it to catch up
+        // (bounded), then compare what the kernel counted with what PID 1 reported.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (resets, reported) = loop {
+            let (resets, reported) = resets_and_reported(&root, &net);
+            if (resets > 0 && reported == resets) || Instant::now() > deadline {
+                break (resets, reported);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(resets >= 1, "control: the kernel counted no reject");
+        eprintln!(
+            "round {round}: {connected} connects before the firewall, {resets} resets counted, \
+             {reported} reported"
+        );
+        if reported != resets {
+            lost.push((round, resets, reported));
+        }
+        run.signal(libc::SIGTERM);
+        // The probe's sleep ends by the signal: only the exit itself matters here.
+        let _ = run.wait(Duration::from_secs(10));
+    }
+    assert!(
+        lost.is_empty(),
+        "rejects the kernel counted but PID 1 never reported (round, counted, reported): \
+         {lost:?}"
+    );
+}

@@ -191,10 +191,13 @@ fn run() -> Result<i32> {
             let mut credentials = broker::plan(&cx)?;
             let planned = credentials.broker.take();
             let route = planned.as_ref().map(|p| broker::route(&cx, p));
+            // Before the reject rules exist: every packet they reject finds its reader (a
+            // `docker exec` can run while PID 1 still starts).
+            let nflog = report::listen(cx.settings.firewall.value);
             // PID 1 holds what the firewall was built from, and the socket that committed its
             // table, until it returns its exit code.
             let applied = build_sandbox(&cx, credentials, route.as_ref())?;
-            start_and_supervise(&cx, applied.as_ref(), planned)
+            start_and_supervise(&cx, applied.as_ref(), planned, nflog)
         }
     }
 }
@@ -314,6 +317,7 @@ fn dns_filter_on(cx: &Context) -> bool {
 fn duties(
     cx: &Context,
     applied: Option<&firewall::Applied>,
+    nflog: report::Listening,
 ) -> Result<Vec<Box<dyn supervise::Duty>>> {
     let reporter = report::Reporter::shared();
     // Names resolved at start (resolver or strict mode) name the addresses in reports from
@@ -333,8 +337,9 @@ fn duties(
         user_uids: [cx.identity.uid, cx.identity.image_uid],
         user_groups: &cx.identity.groups,
         blocked_gateways: applied.map(|a| a.plan.blocked_gateways.as_slice()),
+        nflog,
     };
-    let mut duties: Vec<Box<dyn supervise::Duty>> = vec![report::start(&reporter, &setup)?];
+    let mut duties: Vec<Box<dyn supervise::Duty>> = vec![report::start(&reporter, setup)?];
     let mut policy = None;
     if let Some(a) = applied.filter(|_| dns_filter_on(cx)) {
         let filter = crate::runtime::dns::filter(
@@ -401,12 +406,13 @@ fn start_and_supervise(
     cx: &Context,
     applied: Option<&firewall::Applied>,
     broker: Option<broker::Planned>,
+    nflog: report::Listening,
 ) -> Result<i32> {
     let started = std::time::Instant::now();
     // Before the command and before PID 1 drops its privileges: the broker's uid change
     // needs them.
     let broker = broker.map(|b| broker::start(cx, b)).transpose()?;
-    let duties = duties(cx, applied)?;
+    let duties = duties(cx, applied, nflog)?;
     log::debug!(
         "reports and DNS filter ready in {:.1} ms",
         started.elapsed().as_secs_f64() * 1000.0

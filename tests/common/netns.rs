@@ -659,7 +659,7 @@ fn relay_tcp(mut c: TcpStream, log: &std::sync::Mutex<Vec<String>>) {
 }
 
 /// Moves the calling thread into a named network namespace.
-fn enter_netns(name: &str) {
+pub fn enter_netns(name: &str) {
     let f = fs::File::open(format!("/run/netns/{name}")).unwrap();
     // SAFETY: setns on this thread only, with a valid namespace fd.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };

@@ -746,16 +746,37 @@ pub struct Setup<'a> {
     pub user_groups: &'a [u32],
     /// The gateways the firewall blocks; `None` when the firewall is off.
     pub blocked_gateways: Option<&'a [IpAddr]>,
+    /// The NFLOG group, bound by [`listen`] before the firewall.
+    pub nflog: Listening,
+}
+
+/// The socket bound to the reject rules' NFLOG group, or why there is none.
+pub type Listening = Result<crate::sys::netlink::Socket, String>;
+
+/// Binds the NFLOG group of the reject rules. Call it before the firewall: the kernel
+/// discards the copy of a packet rejected while no socket is bound to the group, so a
+/// connection blocked between the rules going live and a later bind (a `docker exec`
+/// while PID 1 still starts) would be counted and never reported. Needs CAP_NET_ADMIN.
+/// `firewall`: whether there will be reject rules at all.
+pub fn listen(firewall: bool) -> Listening {
+    if !firewall {
+        return Err("the firewall is off".into());
+    }
+    nflog::bind(nflog::GROUP).inspect_err(|e| {
+        log::warn!(
+            "blocked destinations will not be reported (the firewall still blocks them): {e}"
+        );
+    })
 }
 
 /// Sets up reporting before the command starts (PID 1 is still root with its
-/// capabilities): the audit log is opened, the blocked gateways noted, the NFLOG group
-/// bound. Returns the duty that reads blocked packets. Only a bad audit log path is an
+/// capabilities): the audit log is opened, the blocked gateways noted. Returns the duty
+/// that reads blocked packets from the NFLOG group bound before. Only a bad audit log path is an
 /// error (the user asked for a log and would not get one); without NFLOG the firewall
 /// still blocks and a warning says the reports are missing.
 pub fn start(
     reporter: &SharedReporter,
-    setup: &Setup<'_>,
+    setup: Setup<'_>,
 ) -> audit::Result<Box<dyn crate::runtime::supervise::Duty>> {
     if let Some(path) = setup.audit_log {
         let log = audit::AuditLog::open(path)?;
@@ -774,10 +795,7 @@ pub fn start(
     if let Some(gateways) = setup.blocked_gateways {
         reporter.borrow_mut().set_gateways(gateways);
     }
-    Ok(Box::new(reader::Reader::new(
-        reporter.clone(),
-        setup.blocked_gateways.is_some(),
-    )))
+    Ok(Box::new(reader::Reader::new(reporter.clone(), setup.nflog)))
 }
 
 /// Prints a report line on PID 1's stderr, unless the log level hides warnings (`-qq`).

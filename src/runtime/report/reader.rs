@@ -32,23 +32,13 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Binds the NFLOG group (needs CAP_NET_ADMIN: call before the command starts and the
-    /// capabilities go). Never fails: without the socket the firewall still blocks, only
-    /// the reports are missing, and a warning says so.
-    pub fn new(reporter: SharedReporter, listen: bool) -> Reader {
-        let (sock, error) = if listen {
-            match nflog::bind(nflog::GROUP) {
-                Ok(s) => (Some(s), None),
-                Err(e) => {
-                    log::warn!(
-                        "blocked destinations will not be reported (the firewall still blocks \
-                         them): {e}"
-                    );
-                    (None, Some(e))
-                }
-            }
-        } else {
-            (None, Some("the firewall is off".into()))
+    /// The reader of `nflog`, the group [`super::listen`] bound before the reject rules
+    /// went live (or why it is not bound). Never fails: without the socket the firewall
+    /// still blocks, only the reports are missing, and a warning said so.
+    pub fn new(reporter: SharedReporter, nflog: super::Listening) -> Reader {
+        let (sock, error) = match nflog {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
         };
         let status_dir = match status::open_dir() {
             Ok(d) => Some(d),
