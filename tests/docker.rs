@@ -3776,20 +3776,16 @@ fn case_live_allow_and_exec(clean: &Cleanup) {
         "to allow it now: docker exec {} sandbox-init allow {BLOCKED_IP}:80",
         hostname.trim()
     );
+    // The one blocked attempt above must be reported, even when it came while PID 1 was
+    // still starting (PID 1 listens before its reject rules go live).
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut attempts = 1;
     while !text(&docker(&["logs", &id]).stderr).contains(&want) {
         assert!(
             Instant::now() < deadline,
-            "no live advice after {attempts} blocked attempts: {}",
+            "no live advice for the blocked attempt: {}",
             text(&docker(&["logs", &id]).stderr)
         );
-        std::thread::sleep(Duration::from_millis(500));
-        // A first report was seen lost (the kernel counted the reject, PID 1 read no NFLOG
-        // copy of it) in full-suite runs only; each new attempt is a new blocked packet,
-        // so the line must still come, from one of them.
-        assert_eq!(as_user(&connect).trim(), "BLOCKED", "still blocked");
-        attempts += 1;
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     // The user can neither use the socket nor rebuild the sandbox.
