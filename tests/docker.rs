@@ -1246,18 +1246,30 @@ fn run_search(
 
 /// The search's result for the run whose prompt held `marker`.
 fn search_result(marker: &str) -> (std::collections::BTreeMap<String, String>, String) {
-    let reqs = mock_requests();
-    let out = reqs
+    tool_output(marker, "toolu_broker_search_01", "SEARCH")
+}
+
+/// What the agent's tool call `tool_use_id` printed in the session of `marker`, as the
+/// mock received it in the tool_result, checked to run from `{WORD}-START` to `{WORD}-END`;
+/// with its `KEY VALUE` lines.
+fn tool_output(
+    marker: &str,
+    tool_use_id: &str,
+    word: &str,
+) -> (std::collections::BTreeMap<String, String>, String) {
+    let out = mock_requests()
         .iter()
         .filter(|q| q["messages"].to_string().contains(marker))
         .flat_map(|q| q["messages"].as_array().cloned().unwrap_or_default())
         .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
-        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == "toolu_broker_search_01")
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == tool_use_id)
         .map(|b| b["content"].to_string())
-        .unwrap_or_else(|| panic!("the mock never received the search's tool_result for {marker}"));
+        .unwrap_or_else(|| {
+            panic!("the mock never received the tool_result of {tool_use_id} for {marker}")
+        });
     assert!(
-        out.contains("SEARCH-START") && out.contains("SEARCH-END"),
-        "the search did not run to its end: {out}"
+        out.contains(&format!("{word}-START")) && out.contains(&format!("{word}-END")),
+        "{tool_use_id} did not run to its end: {out}"
     );
     (search_lines(&out), out)
 }
@@ -1555,19 +1567,7 @@ fn holds_read_result(q: &Value) -> bool {
 
 /// The agent's read of the broker's token directory in the session of `marker`.
 fn refresh_read(marker: &str) -> (std::collections::BTreeMap<String, String>, String) {
-    let out = mock_requests()
-        .iter()
-        .filter(|q| q["messages"].to_string().contains(marker))
-        .flat_map(|q| q["messages"].as_array().cloned().unwrap_or_default())
-        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
-        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == "toolu_refresh_read_01")
-        .map(|b| b["content"].to_string())
-        .unwrap_or_else(|| panic!("the mock never received the read's tool_result for {marker}"));
-    assert!(
-        out.contains("READ-START") && out.contains("READ-END"),
-        "the read did not run to its end: {out}"
-    );
-    (search_lines(&out), out)
+    tool_output(marker, "toolu_refresh_read_01", "READ")
 }
 
 /// The agent, in the session of `marker`, could not list or read the broker's directory
