@@ -126,13 +126,13 @@ pub fn setup(
     }
     if let Some(b) = &plan.broker {
         let mut said = format!(
-            "credential broker: its uid reaches {} by name",
-            b.names.join(" ")
+            "credential broker: its uid may reach {} (by name, in sets of its own)",
+            b.names.join(", ")
         );
         if !b.exclusive.is_empty() {
             said += &format!(
-                ", {} (its upstream) no one else does",
-                b.exclusive.join(" ")
+                "; {} (its upstream) stays its own even where an allowlist entry names it",
+                b.exclusive.join(", ")
             );
         }
         if !b.left.is_empty() {
