@@ -765,6 +765,61 @@ fn upstream_name_is_the_brokers(dns: &str) {
     assert_eq!(seen["x-api-key"], real);
 }
 
+/// The attack: the agent reaches a login host of the `anthropic` preset (with a session of
+/// its own, data goes out there). While the broker runs, the preset's login hosts leave
+/// the child's allowlist; an explicit entry keeps one. Control: without the broker the
+/// preset opens it.
+#[test]
+fn the_presets_login_hosts_leave_the_childs_allowlist_while_the_broker_runs() {
+    let f = fixture("login-hosts");
+    let login = Mock::start_in(Some(&f.net.world_ns), OTHER4, &[], &[]);
+    let api = Mock::start_in(Some(&f.net.world_ns), ALLOWED4, &[], &[]);
+    let port = login.port.to_string();
+    let upstream = format!("http://{ALLOWED4}:{}", api.port);
+    let real = real_secret("api03");
+    let resolver = format!("{DNS1}:53");
+    let reach = |broker: &str, extra: &[&str]| -> Value {
+        let mut argv: Vec<&str> = extra.to_vec();
+        argv.extend([
+            "--",
+            PROBE_IN_ROOT,
+            "dns",
+            "--resolve-connect",
+            &resolver,
+            "claude.ai",
+            &port,
+        ]);
+        let env = [
+            ("SANDBOX_PRESETS", "anthropic"),
+            ("ANTHROPIC_BASE_URL", upstream.as_str()),
+            ("ANTHROPIC_API_KEY", real.as_str()),
+            ("SANDBOX_BROKER", broker),
+        ];
+        let run = run_bounded(
+            &mut f.root.command(&argv, &env, Some(&f.net.box_ns)),
+            Duration::from_secs(60),
+        );
+        run.assert_code(0);
+        assert_eq!(
+            run.stderr.contains("credential broker: pid"),
+            broker == "1",
+            "{}",
+            run.stderr
+        );
+        steps(&run.stdout)[0].clone()
+    };
+    let connected = |step: &Value| step["connect"]["result"] == "connected";
+    let control = reach("0", &[]);
+    assert!(
+        connected(&control),
+        "control: the preset opens it: {control}"
+    );
+    let attack = reach("1", &[]);
+    assert!(!connected(&attack), "the child reached claude.ai: {attack}");
+    let kept = reach("1", &["--allow", "claude.ai"]);
+    assert!(connected(&kept), "an explicit entry keeps it: {kept}");
+}
+
 /// The same attack through a live change: root's `sandbox-init allow` of the upstream's
 /// name (what an agent might talk a user into) does not open it to the child while the
 /// broker runs. Control: without the broker the same live allow opens it.

@@ -205,6 +205,8 @@ impl Net {
                 &format!("--address=/other.test/{OTHER4}"),
                 &format!("--address=/other.test/{OTHER6}"),
                 &format!("--address=/gateway.test/{GATEWAY4}"),
+                // a login host of the `anthropic` preset, served by the other test host
+                &format!("--address=/claude.ai/{OTHER4}"),
                 // an empty address: NXDOMAIN for the name and everything under it
                 "--address=/gone.test/",
             ],
