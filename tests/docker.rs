@@ -1607,6 +1607,7 @@ fn assert_saved_pair(vol: &str, broker: u32) {
     let mount = format!("{vol}:/home/claude");
     let dir = "/home/claude/.sandbox-init-broker";
     let file = format!("{dir}/oauth.json");
+    // One command as root in a throwaway container of the image with the volume mounted.
     let as_root = |entrypoint: &str, args: &[&str]| {
         let mut a = vec![
             "run",
@@ -1620,9 +1621,18 @@ fn assert_saved_pair(vol: &str, broker: u32) {
             CLAUDE_IMG,
         ];
         a.extend_from_slice(args);
-        docker_ok(&a)
+        docker(&a)
     };
-    let modes = as_root("stat", &["-c", "%u %a %h %F", dir, &file]);
+    let as_root_ok = |entrypoint: &str, args: &[&str]| {
+        let out = as_root(entrypoint, args);
+        assert!(
+            out.status.success(),
+            "{entrypoint} {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let modes = as_root_ok("stat", &["-c", "%u %a %h %F", dir, &file]);
     assert_eq!(
         modes.lines().collect::<Vec<_>>(),
         [
@@ -1631,26 +1641,13 @@ fn assert_saved_pair(vol: &str, broker: u32) {
         ],
         "the token directory and file on the home volume"
     );
-    let saved: Value = serde_json::from_str(&as_root("cat", &[&file]))
+    let saved: Value = serde_json::from_str(&as_root_ok("cat", &[&file]))
         .unwrap_or_else(|e| panic!("the saved token file is not JSON: {e}"));
     assert_eq!(saved["access"], REFRESHED_ACCESS, "{saved}");
     assert_eq!(saved["refresh"], REFRESHED_REFRESH, "{saved}");
     // Neither secret of the input login is on the volume: the CLI had placeholders.
     for secret in [REFRESH_CASE_ACCESS, REFRESH_CASE_REFRESH] {
-        let found = docker(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "-v",
-            &mount,
-            "--entrypoint",
-            "grep",
-            CLAUDE_IMG,
-            "-rlF",
-            secret,
-            "/home/claude",
-        ]);
+        let found = as_root("grep", &["-rlF", secret, "/home/claude"]);
         assert_eq!(
             found.status.code(),
             Some(1),

@@ -300,16 +300,7 @@ fn a_flood_is_bounded_signals_stay_prompt_and_check_shows_it() {
         out.contains("blocked so far (this running sandbox):"),
         "{out}"
     );
-    let counters = out
-        .lines()
-        .find(|l| l.contains("kernel reject counters: tcp reset "))
-        .unwrap_or_else(|| panic!("{out}"));
-    let tcp: u64 = counters
-        .split("tcp reset ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{counters}"));
+    let (counters, tcp) = kernel_tcp_resets(out);
     assert!(tcp >= N as u64, "{counters}");
     assert!(!counters.contains("do not log"), "{counters}");
     // every blocked attempt reached PID 1 (its status file is at most a second old)
@@ -598,16 +589,7 @@ fn resets_and_reported(root: &Rootfs, net: &Net) -> (u64, u64) {
         Some(&net.box_ns),
     );
     let out = &check.stdout;
-    let counters = out
-        .lines()
-        .find(|l| l.contains("kernel reject counters: "))
-        .unwrap_or_else(|| panic!("{out}"));
-    let resets: u64 = counters
-        .split("tcp reset ")
-        .skip(1)
-        .map(|r| r.split(' ').next().and_then(|p| p.parse::<u64>().ok()))
-        .map(|p| p.unwrap_or_else(|| panic!("{counters}")))
-        .sum();
+    let (_, resets) = kernel_tcp_resets(out);
     assert!(
         out.contains("reported by PID 1: ") || out.contains("no report from PID 1"),
         "{out}"
@@ -705,4 +687,20 @@ fn a_connection_blocked_while_pid1_starts_is_reported() {
         "rejects the kernel counted but PID 1 never reported (round, counted, reported): \
          {lost:?}"
     );
+}
+
+/// `check`'s line of kernel reject counters, and the packets its TCP-reset rules counted
+/// ("tcp reset N packets", summed over every such rule).
+fn kernel_tcp_resets(check_out: &str) -> (&str, u64) {
+    let line = check_out
+        .lines()
+        .find(|l| l.contains("kernel reject counters: "))
+        .unwrap_or_else(|| panic!("no counters in: {check_out}"));
+    let resets = line
+        .split("tcp reset ")
+        .skip(1)
+        .map(|r| r.split(' ').next().and_then(|p| p.parse::<u64>().ok()))
+        .map(|p| p.unwrap_or_else(|| panic!("{line}")))
+        .sum();
+    (line, resets)
 }

@@ -6,7 +6,6 @@
 
 use super::context::Context;
 use super::exit::{Error, Result};
-use crate::policy::config::Source;
 use crate::policy::ruleset::BrokerRoute;
 use crate::runtime::broker::account::{self, Account};
 use crate::runtime::broker::launch::{self, Launch, Running};
@@ -58,7 +57,7 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
     }
     // On by default, the broker steps aside where it cannot run; asked for, it is
     // required, and a start it cannot serve fails (exit 70).
-    let asked = !matches!(cx.settings.broker.source, Source::Default);
+    let asked = cx.settings.broker.is_chosen();
     let off = |plan: doc::Plan| {
         Ok(Credentials {
             plan,
@@ -84,7 +83,8 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         );
         return off(plan);
     }
-    let given_plan = plan.clone();
+    // Kept only where the broker may still step aside and the real values be written.
+    let given_plan = (!asked).then(|| plan.clone());
     let broken = |e: String| Error::Broker(format!("{e}; to run without it: {OFF_HOW}"));
     let oauth = match &plan.credentials {
         Some((blob, from)) if *from == doc::KEYCHAIN => {
@@ -130,14 +130,14 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         .is_some_and(|o| o.real.refresh.is_some());
     spec.log = cx.settings.log.value.clone();
     let account = choose_account(cx);
-    if !asked {
+    if let Some(given) = given_plan {
         if let Some(why) = cannot_run(&spec, account.as_ref().err()) {
             log::warn!(
                 "credential broker (on by default) not started: {why}. The real credential \
                  goes into ~/.claude, where the agent can read it; to require the broker \
                  instead (the start then fails here): --broker or SANDBOX_BROKER=1"
             );
-            return off(given_plan);
+            return off(given);
         }
     }
     let account = account.map_err(broken)?;
@@ -274,7 +274,7 @@ pub fn check_status(cx: &Context) -> (Vec<String>, Option<(String, String)>) {
     let Some(why) = cannot_run(&spec, choose_account(cx).err().as_ref()) else {
         return (lines, None);
     };
-    if matches!(source, Source::Default) {
+    if !cx.settings.broker.is_chosen() {
         lines.push(format!(
             "  would step aside at start: {why}; the real credential would go into ~/.claude"
         ));

@@ -112,7 +112,7 @@ fn run() -> Result<i32> {
         // The broker is a process PID 1 keeps for the session; a one-shot `apply` leaves
         // no one to hold the secret. Asked for, that is an error; on by default, `apply`
         // writes the real credentials as without it.
-        if !matches!(settings.broker.source, config::Source::Default) {
+        if settings.broker.is_chosen() {
             return Err(Error::Refused(format!(
                 "apply: the credential broker ({}) needs sandbox-init to stay PID 1 and hold \
                  the real credential for the session; a one-shot apply leaves no one to. Use \
@@ -128,7 +128,7 @@ fn run() -> Result<i32> {
     }
     if matches!(mode, Some(ModeKind::Apply)) && settings.dns.value == config::DnsMode::Filter {
         // The DNS filter is PID 1 answering queries; a one-shot `apply` leaves no one to.
-        let level = if matches!(settings.dns.source, config::Source::Default) {
+        let level = if !settings.dns.is_chosen() {
             log::Level::Info
         } else {
             log::Level::Warn

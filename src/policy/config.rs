@@ -82,6 +82,11 @@ impl<T> Sourced<T> {
     fn set(&mut self, value: T, source: Source) {
         *self = Sourced { value, source };
     }
+    /// Whether a file, the environment or a flag chose this value (not the default).
+    /// A default may give way where it cannot be had; a choice is held to.
+    pub fn is_chosen(&self) -> bool {
+        !matches!(self.source, Source::Default)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
