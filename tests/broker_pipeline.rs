@@ -916,3 +916,177 @@ fn strict_mode_does_not_fail_a_start_on_a_name_only_the_broker_asks_for() {
         run.stderr
     );
 }
+
+#[test]
+fn a_login_made_with_login_goes_to_the_broker_stays_for_the_next_start_and_comes_back_without_it() {
+    use std::os::unix::fs::{chown, MetadataExt};
+    let f = fixture("handover");
+    let access = real_secret("oat01");
+    let refresh = real_secret("ort01");
+    let needles = [access.as_str(), refresh.as_str()];
+    // What `/login` leaves on the volume: the CLI's own file, the user's, mode 0600.
+    let config = f.root.join("home/claude/.claude");
+    fs::create_dir_all(&config).unwrap();
+    chown(&config, Some(1000), Some(1000)).unwrap();
+    let file = config.join(".credentials.json");
+    let mut login: Value = serde_json::from_str(&keychain(&access, &refresh)).unwrap();
+    // What the CLI saved there for an MCP server: the user's, kept through every start.
+    login["mcpOAuth"] = json!({"server|1": {"accessToken": "MCP-KEPT"}});
+    fs::write(&file, login.to_string()).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    chown(&file, Some(1000), Some(1000)).unwrap();
+
+    // Control: without the broker, the agent reads the login where the CLI left it.
+    let found = search(&f, "--no-broker", &[], &needles);
+    for n in needles {
+        assert!(
+            found["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["needle"] == n),
+            "the control search missed the login: {found}"
+        );
+    }
+
+    // With the broker, no credential given: the start hands the login to the broker, and
+    // nothing the agent can read holds it any more.
+    let clean = search(&f, "--broker", &[], &needles);
+    assert_eq!(clean["hits"], json!([]), "{clean}");
+    let on_volume = f.home_file(".claude/.credentials.json");
+    assert!(doc_is_placeholder(&on_volume), "{on_volume}");
+    assert!(on_volume.contains("MCP-KEPT"), "{on_volume}");
+    // Kept in the broker's directory: its uid's alone (neither root's nor the user's).
+    let kept = f.root.join("home/claude/.sandbox-init-broker/oauth.json");
+    let meta = fs::symlink_metadata(&kept).expect("the login is kept for the broker");
+    assert!(meta.is_file() && meta.mode() & 0o077 == 0, "{meta:?}");
+    assert!(
+        meta.uid() != 0 && meta.uid() != 1000,
+        "owner {}",
+        meta.uid()
+    );
+    assert!(fs::read_to_string(&kept).unwrap().contains(&refresh));
+
+    // The next start (the broker on by default) uses the login it kept: the mock sees the
+    // real token behind this start's placeholder.
+    let go = "/tmp/requests-done";
+    let mut cmd = f.command(
+        &["--allow", ALLOWED4],
+        &[],
+        &["dns", "--connect", "127.0.0.1:9", "--wait-file", go],
+    );
+    let run = Running::start(&mut cmd);
+    let _ = run.line(LIVENESS);
+    let log = run.stderr_until(LIVENESS, |l| l.contains("credential broker: pid"));
+    assert!(
+        log.contains("holds the login it kept at an earlier start"),
+        "{log}"
+    );
+    let creds: Value = serde_json::from_str(&f.home_file(".claude/.credentials.json")).unwrap();
+    let ph = creds["claudeAiOauth"]["accessToken"].as_str().unwrap();
+    assert!(ph.contains("placeholder"), "{creds}");
+    let (status, body) = f.post(
+        &broker_addr(&log),
+        ("authorization", &format!("Bearer {ph}")),
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen = f
+        .mock
+        .wait_for("the request", |v| v["path"] == "/v1/messages");
+    assert_eq!(seen["authorization"], format!("Bearer {access}"));
+    fs::write(f.root.join(go), "").unwrap();
+    let (code, _) = run.wait(LIVENESS);
+    assert_eq!(code, Some(0));
+
+    // Without the broker, the login it kept goes back where Claude Code reads it.
+    let off = run_bounded(
+        &mut f.command(&["--no-broker"], &[], &["report"]),
+        Duration::from_secs(60),
+    );
+    off.assert_code(0);
+    let back: Value = serde_json::from_str(&f.home_file(".claude/.credentials.json")).unwrap();
+    assert_eq!(back["claudeAiOauth"]["accessToken"], access.as_str());
+    assert_eq!(back["claudeAiOauth"]["refreshToken"], refresh.as_str());
+    assert_eq!(back["claudeAiOauth"]["subscriptionType"], "max");
+    assert_eq!(back["mcpOAuth"]["server|1"]["accessToken"], "MCP-KEPT");
+    assert!(
+        off.stderr
+            .contains("replaced the credential broker's placeholder"),
+        "{}",
+        off.stderr
+    );
+}
+
+/// `~/.claude/.credentials.json` as `/login` leaves it, the user's own, mode 0600.
+fn leave_login(f: &Fixture, document: &str) {
+    use std::os::unix::fs::chown;
+    let config = f.root.join("home/claude/.claude");
+    fs::create_dir_all(&config).unwrap();
+    chown(&config, Some(1000), Some(1000)).unwrap();
+    let file = config.join(".credentials.json");
+    fs::write(&file, document).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    chown(&file, Some(1000), Some(1000)).unwrap();
+}
+
+#[test]
+fn a_login_left_by_login_stays_untouched_where_the_broker_cannot_take_it() {
+    let f = fixture("kept-login");
+    let login = keychain(&real_secret("oat01"), &real_secret("ort01"));
+    leave_login(&f, &login);
+    let store = f.root.join("home/claude/.sandbox-init-broker");
+    let no_ca = ("SSL_CERT_FILE", "/etc/ssl/missing.pem");
+    // On by default, the broker steps aside (no CA bundle): the login stays as it was.
+    let r = run_bounded(
+        &mut f.command(&[], &[no_ca], &["report"]),
+        Duration::from_secs(60),
+    );
+    r.assert_code(0);
+    assert!(r.stderr.contains("not started"), "{}", r.stderr);
+    assert_eq!(f.home_file(".claude/.credentials.json"), login);
+    assert!(
+        !store.exists(),
+        "nothing kept for a broker that did not run"
+    );
+    // Asked for, the start fails (70) and still changes nothing.
+    let r = run_bounded(
+        &mut f.command(&["--broker"], &[no_ca], &["report"]),
+        Duration::from_secs(60),
+    );
+    r.assert_code(70);
+    assert!(
+        r.stderr.contains("credential broker cannot start") && r.stderr.contains("SSL_CERT_FILE"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.home_file(".claude/.credentials.json"), login);
+    assert!(!store.exists());
+
+    // A placeholder with no login kept for it, and no broker: the user hears what to do.
+    let ph = json!({"claudeAiOauth": {
+        "accessToken": "sk-ant-oat01-sandbox-init-placeholder-00", "refreshToken": null,
+        "scopes": ["user:inference"]}})
+    .to_string();
+    leave_login(&f, &ph);
+    let r = run_bounded(
+        &mut f.command(&["--no-broker"], &[], &["report"]),
+        Duration::from_secs(60),
+    );
+    r.assert_code(0);
+    assert!(
+        r.stderr
+            .contains("holds a placeholder of the credential broker")
+            && r.stderr.contains("/login"),
+        "{}",
+        r.stderr
+    );
+}
+
+fn doc_is_placeholder(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|d| {
+        d["claudeAiOauth"]["accessToken"]
+            .as_str()
+            .is_some_and(|t| t.contains("sandbox-init-placeholder"))
+            && d["claudeAiOauth"]["refreshToken"].is_null()
+    })
+}

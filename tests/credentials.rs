@@ -162,7 +162,7 @@ fn by_default_the_broker_holds_the_token_and_the_home_gets_a_placeholder() {
     r.assert_code(0);
     assert!(!r.stderr.contains("broker"), "{}", r.stderr);
     let r = quiet.run(&[&["-v"][..], &args].concat(), &[]);
-    assert!(r.stderr.contains("nothing for it to hold"), "{}", r.stderr);
+    assert!(r.stderr.contains("nothing to hold"), "{}", r.stderr);
 
     // Turned off at the next start, the placeholder (worthless) is replaced without
     // --force-credentials; a real login is kept (existing_credentials_are_kept_unless_forced).

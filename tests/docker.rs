@@ -522,6 +522,21 @@ fn run_in_net(opts: &[&str], image_and_cmd: &[&str], env: &[(&str, &str)]) -> Ra
     run_bounded(cmd, Duration::from_secs(120))
 }
 
+/// `claude -p PROMPT --dangerously-skip-permissions` in the Claude image, on the test network.
+fn claude_p_in_net(opts: &[&str], prompt: &str, env: &[(&str, &str)]) -> Ran {
+    run_in_net(
+        opts,
+        &[
+            CLAUDE_IMG,
+            "claude",
+            "-p",
+            prompt,
+            "--dangerously-skip-permissions",
+        ],
+        env,
+    )
+}
+
 fn run_bounded(mut cmd: Command, limit: Duration) -> Ran {
     let start = Instant::now();
     let mut child = cmd
@@ -1274,6 +1289,29 @@ fn tool_output(
     (search_lines(&out), out)
 }
 
+/// Asserts that the mock never saw a placeholder and that the agent's search in the session
+/// of `marker` found the real secret nowhere; returns the search's lines and output.
+fn nothing_found(marker: &str) -> (std::collections::BTreeMap<String, String>, String) {
+    for seen in mock_requests() {
+        assert!(
+            !seen.to_string().contains("sandbox-init-placeholder"),
+            "the mock saw a placeholder: {seen}"
+        );
+    }
+    let (lines, out) = search_result(marker);
+    eprintln!("docker tier: {marker}: the agent's search: {lines:?}");
+    for key in [
+        "ENV-HITS",
+        "PROC-HITS",
+        "HOME-HITS",
+        "TMP-RUN-HITS",
+        "FS-HITS",
+    ] {
+        assert_eq!(count(&lines, key, &out), 0, "{marker}: {key}: {out}");
+    }
+    (lines, out)
+}
+
 fn count(lines: &std::collections::BTreeMap<String, String>, key: &str, out: &str) -> u64 {
     lines
         .get(key)
@@ -1288,6 +1326,18 @@ fn count(lines: &std::collections::BTreeMap<String, String>, key: &str, out: &st
 /// secret the mock saw, finds nothing and can neither signal the broker nor open its
 /// environ or memory. Control: the same search without the broker finds the secret. The
 /// home volume holds only the placeholder afterwards.
+/// The mock over TLS: the `-v` mount of the test CA at CA_IN_SANDBOX, and its URL.
+fn tls_upstream() -> (String, String) {
+    let ca = TLS_DIR
+        .get()
+        .expect("the fixtures made the test CA")
+        .join("ca.pem");
+    (
+        format!("{}:{CA_IN_SANDBOX}:ro", ca.display()),
+        format!("https://{MOCK_IP}:8443"),
+    )
+}
+
 fn case_claude_through_the_broker(clean: &Cleanup) {
     let blob = serde_json::json!({
         "claudeAiOauth": {
@@ -1300,12 +1350,7 @@ fn case_claude_through_the_broker(clean: &Cleanup) {
         "mcpOAuth": {}
     })
     .to_string();
-    let ca = TLS_DIR
-        .get()
-        .expect("the fixtures made the test CA")
-        .join("ca.pem");
-    let ca_mount = format!("{}:{CA_IN_SANDBOX}:ro", ca.display());
-    let upstream = format!("https://{MOCK_IP}:8443");
+    let (ca_mount, upstream) = tls_upstream();
 
     // Control: without the broker the search finds the real token in ~/.claude.
     let marker = "CASE-BROKER-CONTROL";
@@ -1393,23 +1438,7 @@ fn case_claude_through_the_broker(clean: &Cleanup) {
         for q in &runs {
             assert_eq!(q[*header].as_str(), Some(want.as_str()), "{case}: {q}");
         }
-        for seen in mock_requests() {
-            assert!(
-                !seen.to_string().contains("sandbox-init-placeholder"),
-                "the mock saw a placeholder: {seen}"
-            );
-        }
-        let (lines, out) = search_result(&marker);
-        eprintln!("docker tier: {case}: the agent's search: {lines:?}");
-        for key in [
-            "ENV-HITS",
-            "PROC-HITS",
-            "HOME-HITS",
-            "TMP-RUN-HITS",
-            "FS-HITS",
-        ] {
-            assert_eq!(count(&lines, key, &out), 0, "{case}: {key}: {out}");
-        }
+        let (lines, out) = nothing_found(&marker);
         assert!(
             count(&lines, "FS-FILES", &out) > 1000,
             "{case}: the search saw little: {out}"
@@ -1489,6 +1518,134 @@ fn case_claude_through_the_broker(clean: &Cleanup) {
     );
     let req = request_with("CASE-BROKER-BY-NAME");
     assert_eq!(req["x-api-key"], API_KEY, "{req}");
+}
+
+/// The login the handover case leaves on the volume, as `/login` would (invented).
+const HANDOVER_ACCESS: &str = "sk-ant-oat01-INVENTED-handover-access-91d3";
+const HANDOVER_REFRESH: &str = "sk-ant-ort01-INVENTED-handover-refresh-4a07";
+
+/// A login made with `/login` lives in the home volume, where the agent reads it. The next
+/// start (the broker on by default, no credential given) hands it to the broker: the real
+/// CLI works through the broker, the mock sees the real token, the agent's search finds
+/// nothing, and the volume holds it only in the broker's own directory. A further start
+/// uses the login the broker kept.
+fn case_claude_login_handed_to_the_broker(clean: &Cleanup) {
+    let (ca_mount, upstream) = tls_upstream();
+    let case = "broker-handover";
+    let vol = format!("sandbox-init-test-home-{case}");
+    let mut opts = claude_opts(clean, case);
+    opts.extend(["-v".to_string(), ca_mount]);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let login = serde_json::json!({
+        "claudeAiOauth": {
+            "accessToken": HANDOVER_ACCESS,
+            "refreshToken": HANDOVER_REFRESH,
+            "expiresAt": 4_102_444_800_000u64,
+            "scopes": ["user:inference"],
+            "subscriptionType": "max"
+        }
+    })
+    .to_string();
+    // As the CLI leaves it: the user's own file, mode 0600, in the user's ~/.claude.
+    let seed = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", "-v"])
+        .arg(format!("{vol}:/home/claude"))
+        .args(["-e", "LOGIN", "--entrypoint", "sh", CLAUDE_IMG, "-c"])
+        .arg(
+            "set -e; mkdir -p /home/claude/.claude; umask 077; \
+             printf %s \"$LOGIN\" > /home/claude/.claude/.credentials.json; \
+             chown -R claude:claude /home/claude/.claude",
+        )
+        .env("LOGIN", &login)
+        .output()
+        .unwrap();
+    assert!(seed.status.success(), "{}", text(&seed.stderr));
+    // `claude -p` asking for the agent's search, on the case's volume.
+    let start = |marker: &str, env: &[(&str, &str)]| {
+        let prompt = format!("please RUN-SEARCH for {marker}");
+        let r = claude_p_in_net(&opts, &prompt, env);
+        r.assert_code(0);
+        assert!(r.stdout.contains("MOCK-TOOL-DONE"), "{marker}: {r}");
+        r
+    };
+    // The files of the home volume that hold `needle`, as root sees them.
+    let holding = |needle: &str| {
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &format!("{vol}:/home/claude"),
+            "--entrypoint",
+            "sh",
+            CLAUDE_IMG,
+            "-c",
+            &format!("grep -rlF -- '{needle}' /home/claude | xargs -r stat -c '%n %u %a'"),
+        ]);
+        text(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+
+    // Control: without the broker the CLI uses the login on the volume, and the agent's
+    // search finds it in ~/.claude. (Over TLS the control needs the broker: the CLI
+    // trusts no test CA, so it goes to the plain mock.)
+    let marker = "CASE-HANDOVER-CONTROL";
+    start(marker, &claude_env(&[("SANDBOX_BROKER", "0")]));
+    assert_eq!(
+        request_with(marker)["authorization"],
+        format!("Bearer {HANDOVER_ACCESS}"),
+        "the control did not use the login on the volume"
+    );
+    let (lines, out) = search_result(marker);
+    assert!(
+        count(&lines, "HOME-HITS", &out) >= 1,
+        "the control search missed the login in ~/.claude: {out}"
+    );
+
+    // With the broker on by default: the start takes the login from ~/.claude.
+    for (marker, said) in [
+        (
+            "CASE-HANDOVER-FIRST",
+            "replaced the login (now the credential broker's)",
+        ),
+        (
+            "CASE-HANDOVER-NEXT",
+            "holds the login it kept at an earlier start",
+        ),
+    ] {
+        let r = start(
+            marker,
+            &claude_env(&[
+                ("ANTHROPIC_BASE_URL", &upstream),
+                ("SSL_CERT_FILE", CA_IN_SANDBOX),
+                ("SANDBOX_ALLOW", ""),
+            ]),
+        );
+        assert!(r.stderr.contains("credential broker: pid"), "{r}");
+        assert!(r.stderr.contains(said), "{marker}: {r}");
+        let broker = broker_uid(&r);
+        let runs: Vec<Value> = mock_requests()
+            .into_iter()
+            .filter(|q| q["messages"].to_string().contains(marker))
+            .collect();
+        assert!(runs.len() >= 2, "{marker}: the turn and the tool_result");
+        for q in &runs {
+            assert_eq!(
+                q["authorization"],
+                format!("Bearer {HANDOVER_ACCESS}"),
+                "{marker}: {q}"
+            );
+        }
+        nothing_found(marker);
+        // On the volume only in the broker's directory, its uid's alone.
+        let want = format!("/home/claude/.sandbox-init-broker/oauth.json {broker} 600");
+        for secret in [HANDOVER_REFRESH, HANDOVER_ACCESS] {
+            assert_eq!(holding(secret), std::slice::from_ref(&want), "{marker}");
+        }
+    }
 }
 
 /// The refresh case's keychain login (invented; the mock's token endpoint takes only this
@@ -1668,12 +1825,7 @@ fn assert_saved_pair(vol: &str, broker: u32) {
 /// Control: without the broker the agent reads the refresh token in its own ~/.claude.
 fn case_claude_broker_refreshes_mid_session(clean: &Cleanup) {
     use sandbox_init::runtime::broker::oauth::MARGIN_MS;
-    let ca = TLS_DIR
-        .get()
-        .expect("the fixtures made the test CA")
-        .join("ca.pem");
-    let ca_mount = format!("{}:{CA_IN_SANDBOX}:ro", ca.display());
-    let upstream = format!("https://{MOCK_IP}:8443");
+    let (ca_mount, upstream) = tls_upstream();
     let blob = |expires_at_ms: u64| {
         serde_json::json!({
             "claudeAiOauth": {
@@ -1727,17 +1879,7 @@ fn case_claude_broker_refreshes_mid_session(clean: &Cleanup) {
     ]);
     let start = |marker: &str| {
         let prompt = format!("please RUN-AFTER-REFRESH for {marker}");
-        let r = run_in_net(
-            &opts,
-            &[
-                CLAUDE_IMG,
-                "claude",
-                "-p",
-                &prompt,
-                "--dangerously-skip-permissions",
-            ],
-            &env,
-        );
+        let r = claude_p_in_net(&opts, &prompt, &env);
         r.assert_code(0);
         assert!(
             r.stdout.contains("MOCK-TOOL-DONE"),
@@ -3004,6 +3146,10 @@ fn docker_end_to_end() {
         (
             "claude: through the credential broker over TLS, every input, tool and search",
             Box::new(|| case_claude_through_the_broker(&clean)),
+        ),
+        (
+            "claude: a login made with /login goes to the broker at the next start, and stays",
+            Box::new(|| case_claude_login_handed_to_the_broker(&clean)),
         ),
         (
             "claude: the broker refreshes a keychain login mid-session, the next start uses it",

@@ -9,9 +9,9 @@ use super::exit::{Error, Result};
 use crate::policy::ruleset::BrokerRoute;
 use crate::runtime::broker::account::{self, Account};
 use crate::runtime::broker::launch::{self, Launch, Running};
-use crate::runtime::broker::wire::{ApiKeyBinding, OAuthBinding, Spec};
+use crate::runtime::broker::wire::{ApiKeyBinding, OAuth, OAuthBinding, Spec};
 use crate::runtime::broker::{placeholder, secret::Secret, store, upstream};
-use crate::stages::credentials::{self, doc};
+use crate::stages::credentials::{self, doc, Replace};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,12 +32,11 @@ pub struct Planned {
     spec: Spec,
 }
 
-/// What the credentials stage writes, and the broker to start when it is on and has
-/// something to hold. `fresh`: the stage replaces what the volume holds (placeholders are
-/// new at every start).
+/// What the credentials stage writes, what that replaces on the volume, and the broker to
+/// start when it is on and has something to hold.
 pub struct Credentials {
     pub plan: doc::Plan,
-    pub fresh: bool,
+    pub replace: Replace,
     pub broker: Option<Planned>,
 }
 
@@ -45,28 +44,117 @@ fn given<'a>(cx: &'a Context, name: &str) -> Option<&'a str> {
     cx.env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
-/// Reads the credential inputs; with the broker on, swaps each for its placeholder.
+/// What the volume's `.credentials.json` holds, looked at when no credential is given.
+enum Kept {
+    Nothing,
+    /// A placeholder of an earlier broker session: the broker's directory may hold the
+    /// login it stands for.
+    Placeholder,
+    /// A real login with a refresh token: made with `/login`, or kept from a start
+    /// without the broker. The agent can read it.
+    Login(serde_json::Value),
+}
+
+fn read_kept(cx: &Context) -> Kept {
+    match credentials::read_kept(&cx.settings, &cx.identity, &cx.env) {
+        Ok(Some(bytes)) if doc::holds_placeholder(&bytes) => Kept::Placeholder,
+        Ok(Some(bytes)) if doc::holds_refreshable_login(&bytes) => {
+            serde_json::from_slice(&bytes).map_or(Kept::Nothing, Kept::Login)
+        }
+        Ok(_) => Kept::Nothing,
+        // The credentials stage reads the same file again, and says what is wrong there.
+        Err(e) => {
+            log::debug!("credential broker: the login kept in ~/.claude not read: {e}");
+            Kept::Nothing
+        }
+    }
+}
+
+/// The login the broker kept in its directory at an earlier start (root reads it).
+fn saved_login(cx: &Context, account: Account) -> Option<store::Saved> {
+    match store::load_as_root(&cx.identity.home, account) {
+        Ok(saved) => saved,
+        Err(e) => {
+            log::warn!("credential broker: {e}");
+            None
+        }
+    }
+}
+
+/// A login for the broker when none is given: the one kept on the volume (handed over:
+/// `true`), else the one the broker kept itself, which the volume's placeholder stands for.
+fn held_login(cx: &Context, kept: &Kept, account: Option<Account>) -> Option<(OAuth, bool)> {
+    match kept {
+        Kept::Login(v) => match placeholder::oauth_from_keychain(v) {
+            Ok(real) => Some((real, true)),
+            Err(why) => {
+                log::warn!(
+                    "credential broker: the login kept in ~/.claude is not handed to it \
+                     ({why}); it stays there, where the agent can read it"
+                );
+                None
+            }
+        },
+        Kept::Placeholder => account
+            .and_then(|a| saved_login(cx, a))
+            .map(|s| (s.login(), false)),
+        Kept::Nothing => None,
+    }
+}
+
+/// Without the broker. A placeholder left on the volume by a broker session is worthless
+/// now: the login the broker kept for it goes back in its place, or the user hears why
+/// Claude Code will say it is not logged in.
+fn without_broker(cx: &Context, mut plan: doc::Plan, kept: &Kept) -> Result<Credentials> {
+    if plan.is_empty() && matches!(kept, Kept::Placeholder) {
+        match choose_account(cx).ok().and_then(|a| saved_login(cx, a)) {
+            Some(saved) => {
+                plan.credentials = Some((
+                    placeholder::login_document(&saved.login()),
+                    "the login the credential broker kept (no broker runs at this start)",
+                ));
+            }
+            None => log::warn!(
+                "~/.claude/.credentials.json holds a placeholder of the credential broker, \
+                 which does not run at this start and kept no login for it: Claude Code will \
+                 say it is not logged in. Log in with /login, or give a credential ({}, {}, \
+                 {})",
+                doc::OAUTH_TOKEN,
+                doc::KEYCHAIN,
+                doc::API_KEY
+            ),
+        }
+    }
+    Ok(Credentials {
+        plan,
+        replace: Replace::Nothing,
+        broker: None,
+    })
+}
+
+/// Reads the credential inputs; with the broker on, swaps each for its placeholder. With
+/// none given, the broker takes a login kept on the volume (made with `/login`) or the one
+/// it kept itself at an earlier start.
 pub fn plan(cx: &Context) -> Result<Credentials> {
     let mut plan = doc::plan(&cx.env).map_err(credentials::Error::Input)?;
+    let kept = if plan.is_empty() {
+        read_kept(cx)
+    } else {
+        Kept::Nothing
+    };
     if !cx.settings.broker.value {
-        return Ok(Credentials {
-            plan,
-            fresh: false,
-            broker: None,
-        });
+        return without_broker(cx, plan, &kept);
     }
     // On by default, the broker steps aside where it cannot run; asked for, it is
     // required, and a start it cannot serve fails (exit 70).
     let asked = cx.settings.broker.is_chosen();
-    let off = |plan: doc::Plan| {
-        Ok(Credentials {
-            plan,
-            fresh: false,
-            broker: None,
-        })
+    let account = choose_account(cx);
+    let held = if plan.is_empty() {
+        held_login(cx, &kept, account.as_ref().ok().copied())
+    } else {
+        None
     };
-    if plan.is_empty() {
-        // Nothing to hold. A login made with /login lives in ~/.claude as usual.
+    if plan.is_empty() && held.is_none() {
         let level = if asked {
             log::Level::Warn
         } else {
@@ -74,32 +162,43 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         };
         log::log!(
             level,
-            "credential broker on ({}), but no credential given ({}, {}, {}): nothing for it \
-             to hold, not started; a login made with /login is kept in ~/.claude as usual",
+            "credential broker on ({}), but no credential given ({}, {}, {}) and no login \
+             kept for it: nothing to hold, not started; a login made with /login is handed \
+             to it at the next start",
             cx.settings.broker.source,
             doc::OAUTH_TOKEN,
             doc::KEYCHAIN,
             doc::API_KEY
         );
-        return off(plan);
+        return without_broker(cx, plan, &kept);
     }
     // Kept only where the broker may still step aside and the real values be written.
     let given_plan = (!asked).then(|| plan.clone());
     let broken = |e: String| Error::Broker(format!("{e}; to run without it: {OFF_HOW}"));
-    let oauth = match &plan.credentials {
-        Some((blob, from)) if *from == doc::KEYCHAIN => {
-            Some(placeholder::oauth_from_keychain(blob).map_err(credentials::Error::Input)?)
-        }
-        Some(_) => given(cx, doc::OAUTH_TOKEN).map(placeholder::oauth_from_token),
-        None => None,
+    let handed_over = matches!(held, Some((_, true)));
+    let (oauth, oauth_from) = match (held, &plan.credentials) {
+        (Some((real, true)), _) => (
+            Some(real),
+            "a placeholder (the credential broker holds the login that was kept there)",
+        ),
+        (Some((real, false)), _) => (
+            Some(real),
+            "a placeholder (the credential broker holds the login it kept at an earlier start)",
+        ),
+        (None, Some((blob, from))) if *from == doc::KEYCHAIN => (
+            Some(placeholder::oauth_from_keychain(blob).map_err(credentials::Error::Input)?),
+            HOLDS_LOGIN,
+        ),
+        (None, Some(_)) => (
+            given(cx, doc::OAUTH_TOKEN).map(placeholder::oauth_from_token),
+            HOLDS_LOGIN,
+        ),
+        (None, None) => (None, HOLDS_LOGIN),
     };
     let oauth = match oauth {
         Some(real) => {
             let ph = placeholder::oauth_token().map_err(broken)?;
-            plan.credentials = Some((
-                placeholder::credentials_document(&real, &ph),
-                "a placeholder (the credential broker holds the real login)",
-            ));
+            plan.credentials = Some((placeholder::credentials_document(&real, &ph), oauth_from));
             Some(OAuthBinding {
                 real,
                 placeholder: ph,
@@ -129,24 +228,51 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         .as_ref()
         .is_some_and(|o| o.real.refresh.is_some());
     spec.log = cx.settings.log.value.clone();
-    let account = choose_account(cx);
-    if let Some(given) = given_plan {
-        if let Some(why) = cannot_run(&spec, account.as_ref().err()) {
-            log::warn!(
-                "credential broker (on by default) not started: {why}. The real credential \
-                 goes into ~/.claude, where the agent can read it; to require the broker \
-                 instead (the start then fails here): --broker or SANDBOX_BROKER=1"
-            );
-            return off(given);
-        }
+    let step_aside = |given: doc::Plan, why: &str| {
+        log::warn!(
+            "credential broker (on by default) not started: {why}. The real credential \
+             goes into ~/.claude (or stays there), where the agent can read it; to require \
+             the broker instead (the start then fails here): --broker or SANDBOX_BROKER=1"
+        );
+        without_broker(cx, given, &kept)
+    };
+    // Before anything is written or moved: a start the broker cannot serve leaves the
+    // volume as it found it.
+    if let Some(why) = cannot_run(&spec, account.as_ref().err()) {
+        return match given_plan {
+            Some(given) => step_aside(given, &why),
+            None => Err(broken(format!("the credential broker cannot start: {why}"))),
+        };
     }
     let account = account.map_err(broken)?;
+    if handed_over {
+        // Kept for the broker before the volume's copy is replaced: a start that ends
+        // early must not lose the login.
+        let saved = spec.oauth.as_ref().and_then(|o| store::Saved::of(&o.real));
+        let kept_for_broker = match saved {
+            Some(saved) => store::hand_over(&cx.identity.home, account, &saved),
+            None => Err("internal: the login has no refresh token".into()),
+        };
+        if let Err(e) = kept_for_broker {
+            let why = format!("the login kept in ~/.claude cannot be kept for it: {e}");
+            return match given_plan {
+                Some(given) => step_aside(given, &why),
+                None => Err(broken(why)),
+            };
+        }
+    }
     Ok(Credentials {
         plan,
-        fresh: true,
+        replace: if handed_over {
+            Replace::HandedOver
+        } else {
+            Replace::All
+        },
         broker: Some(Planned { account, spec }),
     })
 }
+
+const HOLDS_LOGIN: &str = "a placeholder (the credential broker holds the real login)";
 
 /// Why the broker could not run on this machine, found before anything is written: a CPU
 /// its TLS library does not support, no CA bundle while it must speak TLS, no free uid.
@@ -259,7 +385,8 @@ pub fn check_status(cx: &Context) -> (Vec<String>, Option<(String, String)>) {
         );
     }
     let mut lines = vec![format!(
-        "credential broker: on ({source}): started when a credential is given at start"
+        "credential broker: on ({source}): started when a credential is given at start, or \
+         for a login made with /login (taken from ~/.claude at the next start)"
     )];
     if let Some(url) = published() {
         lines.push(format!(

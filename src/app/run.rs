@@ -280,7 +280,7 @@ fn build_sandbox(
         &cx.env,
         &cx.workdir,
         credentials.plan,
-        credentials.fresh,
+        credentials.replace,
     )?;
     let credentials_done = started.elapsed();
     lockdown::apply(&cx.settings, &cx.identity)?;

@@ -189,13 +189,14 @@ pub struct Options {
 
     /// Require the credential broker (on by default): the CLI gets a placeholder and talks
     /// to the API through a broker process of its own uid, which alone holds the real
-    /// credential. On by default it steps aside where it cannot run (warning); required, such
-    /// a start fails (exit 70) [env: SANDBOX_BROKER=1]
+    /// credential (given at start, or a login made with /login, taken from ~/.claude at the
+    /// next start). On by default it steps aside where it cannot run (warning); required,
+    /// such a start fails (exit 70) [env: SANDBOX_BROKER=1]
     #[arg(long, conflicts_with = "no_broker")]
     pub broker: bool,
 
-    /// No credential broker: the real credential goes into ~/.claude, readable by the agent.
-    /// Needed by Claude Code features that bypass ANTHROPIC_BASE_URL (claude.ai MCP
+    /// No credential broker: the real credential goes into ~/.claude, readable by the agent
+    /// (a login the broker kept goes back there). Needed by Claude Code features that bypass ANTHROPIC_BASE_URL (claude.ai MCP
     /// connectors, Remote Control) [env: SANDBOX_BROKER=0]
     #[arg(long)]
     pub no_broker: bool,

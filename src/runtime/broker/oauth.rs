@@ -166,6 +166,10 @@ pub struct Refresher {
     clock: Arc<dyn Clock>,
     endpoint: Uri,
     client_id: String,
+    /// What is kept beside a refreshed pair so that a start with only the saved file can
+    /// use it: the login's client as given and its plan fields (no secrets).
+    given_client_id: Option<String>,
+    plan: (serde_json::Value, serde_json::Value),
     client: HttpClient,
     store: Option<Store>,
     report: Reporter,
@@ -201,6 +205,8 @@ impl Refresher {
                 .client_id
                 .clone()
                 .unwrap_or_else(|| DEFAULT_CLIENT_ID.into()),
+            given_client_id: real.client_id.clone(),
+            plan: (real.subscription_type.clone(), real.rate_limit_tier.clone()),
             client,
             store,
             report,
@@ -326,6 +332,9 @@ impl Refresher {
             refresh: refresh.clone(),
             expires_at_ms: st.expires_at_ms,
             scopes: st.scopes.clone(),
+            client_id: self.given_client_id.clone(),
+            subscription_type: self.plan.0.clone(),
+            rate_limit_tier: self.plan.1.clone(),
         };
         if let Err(e) = store.save(&saved) {
             log::warn!("{e}; the next start will refresh again");
@@ -478,6 +487,9 @@ mod tests {
             refresh: Secret::new("R1"),
             expires_at_ms: Some(99),
             scopes: vec![],
+            client_id: None,
+            subscription_type: serde_json::Value::Null,
+            rate_limit_tier: serde_json::Value::Null,
         };
         assert!(!st.adopt(saved("another login")));
         assert_eq!(st.access.expose(), "A0");

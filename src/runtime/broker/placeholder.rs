@@ -113,6 +113,21 @@ pub fn credentials_document(real: &OAuth, placeholder: &str) -> Value {
     })
 }
 
+/// `.credentials.json` holding the real login, as Claude Code writes one after `/login`:
+/// what goes back on the volume when the broker that held it no longer runs.
+pub fn login_document(real: &OAuth) -> Value {
+    json!({
+        "claudeAiOauth": {
+            "accessToken": real.access.expose(),
+            "refreshToken": real.refresh.as_ref().map(Secret::expose),
+            "expiresAt": real.expires_at_ms,
+            "scopes": real.scopes,
+            "subscriptionType": real.subscription_type,
+            "rateLimitTier": real.rate_limit_tier,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +185,26 @@ mod tests {
         assert_eq!(o["expiresAt"], FAR_EXPIRY_MS);
         assert_eq!(o["scopes"], json!(["user:inference"]));
         assert_eq!(o["subscriptionType"], "max");
+    }
+
+    #[test]
+    fn a_login_given_back_reads_as_the_login_it_was() {
+        let real = oauth_from_keychain(&blob()).unwrap();
+        let back = oauth_from_keychain(&login_document(&real)).unwrap();
+        assert_eq!(back.access.expose(), real.access.expose());
+        assert_eq!(
+            back.refresh.as_ref().map(Secret::expose),
+            real.refresh.as_ref().map(Secret::expose)
+        );
+        assert_eq!(back.expires_at_ms, real.expires_at_ms);
+        assert_eq!(back.scopes, real.scopes);
+        assert_eq!(back.subscription_type, "max");
+        assert_eq!(back.rate_limit_tier, "default_claude_max_20x");
+        let doc = login_document(&real).to_string();
+        assert!(!doc.contains("MCP-SECRET"), "{doc}");
+        assert!(crate::stages::credentials::doc::holds_refreshable_login(
+            doc.as_bytes()
+        ));
     }
 
     #[test]

@@ -38,6 +38,45 @@ pub struct Saved {
     pub refresh: Secret,
     pub expires_at_ms: Option<u64>,
     pub scopes: Vec<String>,
+    /// The login's plan fields and OAuth client (no secrets): what a start that has only
+    /// this file needs to write the CLI's placeholder and to refresh. Absent in files of
+    /// earlier versions.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub subscription_type: serde_json::Value,
+    #[serde(default)]
+    pub rate_limit_tier: serde_json::Value,
+}
+
+impl Saved {
+    /// A login as it is given, to be kept as it is (it descends from itself).
+    pub fn of(real: &super::wire::OAuth) -> Option<Saved> {
+        let refresh = real.refresh.clone()?;
+        Some(Saved {
+            source: fingerprint(&refresh),
+            access: real.access.clone(),
+            refresh,
+            expires_at_ms: real.expires_at_ms,
+            scopes: real.scopes.clone(),
+            client_id: real.client_id.clone(),
+            subscription_type: real.subscription_type.clone(),
+            rate_limit_tier: real.rate_limit_tier.clone(),
+        })
+    }
+
+    /// The login this file holds, as the broker takes one.
+    pub fn login(&self) -> super::wire::OAuth {
+        super::wire::OAuth {
+            access: self.access.clone(),
+            refresh: Some(self.refresh.clone()),
+            expires_at_ms: self.expires_at_ms,
+            scopes: self.scopes.clone(),
+            client_id: self.client_id.clone(),
+            subscription_type: self.subscription_type.clone(),
+            rate_limit_tier: self.rate_limit_tier.clone(),
+        }
+    }
 }
 
 /// Hex SHA-256 of a refresh token, naming the login it belongs to.
@@ -55,18 +94,37 @@ fn is_dir(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-/// The broker's side: an open directory it owns.
+/// An open directory of the broker's uid: the broker's own, or root's on its behalf.
 pub struct Store {
     dir: OwnedFd,
+    /// The broker's uid, which owns the directory and every file in it.
     uid: u32,
+    /// Set when root writes here: the group a new file is handed to along with `uid`.
+    chown_gid: Option<u32>,
 }
 
 impl Store {
-    /// Takes the directory descriptor, refusing one that is not a private directory of
-    /// this process's uid.
+    /// The broker's side: takes the directory descriptor, refusing one that is not a
+    /// private directory of this process's uid.
     pub fn open(dir: OwnedFd) -> Result<Store, String> {
         let uid = nix::unistd::geteuid().as_raw();
-        let store = Store { dir, uid };
+        let store = Store {
+            dir,
+            uid,
+            chown_gid: None,
+        };
+        store.check_dir()?;
+        Ok(store)
+    }
+
+    /// PID 1's side (root): the broker's directory, whose files root reads and writes as
+    /// the broker's, handing each new one to the broker's account.
+    fn for_account(dir: OwnedFd, account: Account) -> Result<Store, String> {
+        let store = Store {
+            dir,
+            uid: account.uid,
+            chown_gid: Some(account.gid),
+        };
         store.check_dir()?;
         Ok(store)
     }
@@ -148,6 +206,14 @@ impl Store {
             other => other,
         }
         .map_err(|e| format!("cannot create the token file: {e}"))?;
+        if let Some(gid) = self.chown_gid {
+            fchown(
+                fd.as_fd(),
+                Some(Uid::from_raw(self.uid)),
+                Some(Gid::from_raw(gid)),
+            )
+            .map_err(|e| format!("cannot hand the token file to the broker: {e}"))?;
+        }
         let mut file = std::fs::File::from(fd);
         file.write_all(&text)
             .and_then(|_| file.sync_all())
@@ -214,6 +280,35 @@ pub fn prepare(home: &Path, account: Account) -> Result<OwnedFd, String> {
     ))
 }
 
+/// PID 1 (root), before the broker starts: the login saved in `home/DIR_NAME`, if the
+/// directory is the broker's own and holds a valid one. Nothing is created or moved.
+pub fn load_as_root(home: &Path, account: Account) -> Result<Option<Saved>, String> {
+    let home_fd = nix::fcntl::open(
+        home,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the home {}: {e}", home.display()))?;
+    let dir = match openat(
+        &home_fd,
+        DIR_NAME,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(format!("cannot open {}/{DIR_NAME}: {e}", home.display())),
+    };
+    Store::for_account(dir, account)?.load()
+}
+
+/// PID 1 (root), before the broker starts: keeps `saved` in the broker's directory
+/// (prepared as for the broker), so that the next start finds it even if this one ends
+/// before the broker ever refreshes it.
+pub fn hand_over(home: &Path, account: Account, saved: &Saved) -> Result<(), String> {
+    Store::for_account(prepare(home, account)?, account)?.save(saved)
+}
+
 fn move_aside(home_fd: &OwnedFd, home: &Path) -> Result<(), String> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -259,6 +354,9 @@ mod tests {
             refresh: Secret::new(format!("R-{tag}")),
             expires_at_ms: Some(42),
             scopes: vec!["user:inference".into()],
+            client_id: None,
+            subscription_type: serde_json::Value::Null,
+            rate_limit_tier: serde_json::Value::Null,
         }
     }
 

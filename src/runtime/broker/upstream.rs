@@ -85,7 +85,11 @@ pub const SYSTEM_BUNDLES: &[&str] = &[
 /// bundle that exists.
 pub fn bundle_path(ca_file: Option<&Path>) -> Result<PathBuf, String> {
     match ca_file {
-        Some(p) => Ok(p.to_path_buf()),
+        Some(p) if p.is_file() => Ok(p.to_path_buf()),
+        Some(p) => Err(format!(
+            "SSL_CERT_FILE={} is not a readable file: point it at a CA bundle, or unset it",
+            p.display()
+        )),
         None => SYSTEM_BUNDLES
             .iter()
             .map(PathBuf::from)

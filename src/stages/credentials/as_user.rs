@@ -62,16 +62,46 @@ fn become_user(k: &impl Kernel, id: &Identity) -> std::io::Result<()> {
 
 /// Runs `work` in a child process that runs as `id` (uid, gid, groups; no capabilities).
 pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
+    run_reading(id, || work().map(|()| Vec::new())).map(drop)
+}
+
+/// The most a reading child may hand back (its files are parsed under a smaller limit).
+const OUTPUT_LIMIT: u64 = fs::PARSE_LIMIT + 1;
+
+/// Runs `work` as `id` like `run`, and returns the bytes it produced: what the user can
+/// read, read as the user, handed to root through a pipe (never argv, environment or a
+/// file). The buffer is wiped when dropped: it may hold a secret.
+pub fn run_reading<F: FnOnce() -> Result<Vec<u8>>>(
+    id: &Identity,
+    work: F,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     wait_single_threaded()?;
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::os("cannot create a pipe".into(), e))?;
-    // PID 1 is single-threaded (checked above), so the child may allocate. `wr` moves into
-    // the child's closure: the parent's copy closes when fork_child drops it unrun.
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::os("cannot create a pipe".into(), e))
+    };
+    let (rd, wr) = pipe()?;
+    let (out_rd, out_wr) = pipe()?;
+    // PID 1 is single-threaded (checked above), so the child may allocate. The write ends
+    // move into the child's closure: the parent's copies close when fork_child drops it
+    // unrun.
     let forked = process::fork_child(|child| {
         child.close(rd.as_fd());
-        in_child(id, wr, work)
+        child.close(out_rd.as_fd());
+        in_child(id, wr, || {
+            let bytes = zeroize::Zeroizing::new(work()?);
+            std::fs::File::from(out_wr)
+                .write_all(&bytes)
+                .map_err(|e| Error::os("cannot hand the bytes read to PID 1".into(), e))
+        })
     });
     let child = forked.map_err(|e| Error::os("cannot fork the credential writer".into(), e))?;
+    // The output first: the child writes it whole before it exits, and only then (on an
+    // error) its short message, which the pipe holds without blocking.
+    let mut output = zeroize::Zeroizing::new(Vec::new());
+    let _ = std::fs::File::from(out_rd)
+        .take(OUTPUT_LIMIT)
+        .read_to_end(&mut output);
     let mut msg = String::new();
     let _ = std::fs::File::from(rd)
         .take(64 * 1024)
@@ -83,7 +113,7 @@ pub fn run<F: FnOnce() -> Result<()>>(id: &Identity, work: F) -> Result<()> {
         }
     };
     match status {
-        Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+        Ok(WaitStatus::Exited(_, 0)) => Ok(output),
         Ok(WaitStatus::Exited(_, INPUT)) => Err(Error::Input(msg)),
         Ok(WaitStatus::Exited(_, REFUSED)) => Err(fs::Error::Refused(msg).into()),
         Ok(WaitStatus::Exited(_, _)) if !msg.is_empty() => Err(Error::Failed(msg)),

@@ -38,6 +38,24 @@ pub fn holds_refreshable_login(bytes: &[u8]) -> bool {
         })
 }
 
+/// `login` (a document whose `claudeAiOauth` is a login or the broker's placeholder) in
+/// place of the login in the `.credentials.json` the volume holds, keeping the file's other
+/// keys: the `mcpOAuth` tokens Claude Code saved there for MCP servers are the user's,
+/// written in this container, and no start may lose them. Anything but a JSON object on
+/// the volume is replaced whole.
+pub fn with_login(existing: &[u8], login: &Value) -> Value {
+    match serde_json::from_slice::<Value>(existing) {
+        Ok(Value::Object(mut kept)) => {
+            kept.insert(
+                "claudeAiOauth".into(),
+                login.get("claudeAiOauth").cloned().unwrap_or(Value::Null),
+            );
+            Value::Object(kept)
+        }
+        _ => login.clone(),
+    }
+}
+
 /// What the environment asks us to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -426,6 +444,23 @@ mod tests {
         ));
         // The prefix must lead: a real token that merely mentions it is kept.
         assert!(!holds_placeholder(login(&format!("x{ph}")).as_bytes()));
+    }
+
+    #[test]
+    fn a_new_login_keeps_the_other_tokens_of_the_file_it_replaces() {
+        let on_volume = json!({
+            "claudeAiOauth": {"accessToken": "sk-ant-oat01-old", "refreshToken": "r"},
+            "mcpOAuth": {"server|1": {"accessToken": "MCP"}}
+        })
+        .to_string();
+        let login = json!({"claudeAiOauth": {"accessToken": "PH", "refreshToken": null}});
+        let merged = with_login(on_volume.as_bytes(), &login);
+        assert_eq!(merged["claudeAiOauth"], login["claudeAiOauth"]);
+        assert_eq!(merged["mcpOAuth"]["server|1"]["accessToken"], "MCP");
+        assert!(!merged.to_string().contains("sk-ant-oat01-old"));
+        // Control: nothing to keep in a file that is no object.
+        assert_eq!(with_login(b"[1]", &login), login);
+        assert_eq!(with_login(b"not json", &login), login);
     }
 
     #[test]

@@ -115,14 +115,27 @@ struct HostGit {
     text: String,
 }
 
+/// What the credentials written replace of what the volume holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Real credentials: a login kept there stays, unless `--force-credentials` (Claude
+    /// Code may have refreshed it since).
+    Nothing,
+    /// The credential broker's placeholders, new at every start: they replace whatever is
+    /// there, and a real login kept there must not stay in the user's reach beside them.
+    All,
+    /// The login kept there, which the credential broker now holds: its placeholder takes
+    /// its place.
+    HandedOver,
+}
+
 /// Everything the as-user writer needs, prepared by root beforehand.
 struct Job {
     plan: Plan,
     layout: Layout,
     uid: u32,
     force: bool,
-    /// The plan holds the credential broker's placeholders.
-    fresh: bool,
+    replace: Replace,
     workdir: String,
     gitconfig: Option<HostGit>,
 }
@@ -135,20 +148,48 @@ pub fn install(
     workdir: &Path,
 ) -> Result<()> {
     let plan = doc::plan(env).map_err(Error::Input)?;
-    install_plan(settings, identity, env, workdir, plan, false)
+    install_plan(settings, identity, env, workdir, plan, Replace::Nothing)
+}
+
+/// The `.credentials.json` Claude Code keeps on the volume (a login made with `/login`, or
+/// a placeholder of an earlier broker session), read as the user and link-proof; `None`
+/// when there is no home, no such regular file, or it is too big to be one.
+pub fn read_kept(
+    settings: &Settings,
+    identity: &Identity,
+    env: &HashMap<String, String>,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    let layout = Layout::new(&identity.home, env, &settings.child_env.value)?;
+    match std::fs::symlink_metadata(&identity.home) {
+        Ok(m) if m.is_dir() => {}
+        _ => return Ok(None),
+    }
+    let uid = identity.uid;
+    let bytes = as_user::run_reading(identity, || {
+        let home = files::open_owned_dir(&layout.home, uid)?;
+        let config = open_config_dir(&home, &layout, uid)?;
+        let shown = layout.config_dir.join(CREDENTIALS_FILE);
+        match files::read_existing(config.as_fd(), OsStr::new(CREDENTIALS_FILE), &shown)? {
+            Found::File(bytes, _) if bytes.len() as u64 <= files::PARSE_LIMIT => Ok(bytes),
+            Found::File(mut bytes, _) => {
+                zeroize::Zeroize::zeroize(&mut bytes);
+                Ok(Vec::new())
+            }
+            Found::Absent | Found::Symlink => Ok(Vec::new()),
+        }
+    })?;
+    Ok((!bytes.is_empty()).then_some(bytes))
 }
 
 /// Writes what `plan` holds (the real credentials from `doc::plan`, or placeholders in
-/// their place) and the first-run state. `fresh` replaces what the volume holds even
-/// without `--force-credentials`: a placeholder is new at every start, and a real login
-/// kept on the volume must not stay in the user's reach beside it.
+/// their place) and the first-run state; `replace` says what they replace on the volume.
 pub fn install_plan(
     settings: &Settings,
     identity: &Identity,
     env: &HashMap<String, String>,
     workdir: &Path,
     plan: Plan,
-    fresh: bool,
+    replace: Replace,
 ) -> Result<()> {
     if let Some(ignored) = plan.ignored {
         log::warn!(
@@ -197,8 +238,8 @@ pub fn install_plan(
         plan,
         layout,
         uid: identity.uid,
-        force: settings.force_credentials.value || fresh,
-        fresh,
+        force: settings.force_credentials.value || replace != Replace::Nothing,
+        replace,
         workdir: workdir.to_string_lossy().into_owned(),
         gitconfig,
     };
@@ -208,7 +249,7 @@ pub fn install_plan(
 /// Runs in the child, as the user.
 fn write_as_user(job: &Job) -> Result<()> {
     let home = files::open_owned_dir(&job.layout.home, job.uid)?;
-    let config = open_config_dir(&home, job)?;
+    let config = open_config_dir(&home, &job.layout, job.uid)?;
     let cfg_path = &job.layout.config_dir;
 
     if let Some((document, from)) = &job.plan.credentials {
@@ -218,7 +259,7 @@ fn write_as_user(job: &Job) -> Result<()> {
             document,
             from,
             job.force,
-            job.fresh,
+            job.replace,
         )?;
     }
 
@@ -250,13 +291,12 @@ fn write_as_user(job: &Job) -> Result<()> {
     Ok(())
 }
 
-fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
-    let l = &job.layout;
+fn open_config_dir(home: &OwnedFd, l: &Layout, uid: u32) -> Result<OwnedFd> {
     if !l.state_in_config_dir {
         return Ok(files::ensure_dir(
             home.as_fd(),
             OsStr::new(".claude"),
-            job.uid,
+            uid,
             &l.config_dir,
         )?);
     }
@@ -268,7 +308,7 @@ fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
         let mut shown = l.home.clone();
         for c in rel.components() {
             shown.push(c);
-            dir = files::ensure_dir(dir.as_fd(), c.as_os_str(), job.uid, &shown)?;
+            dir = files::ensure_dir(dir.as_fd(), c.as_os_str(), uid, &shown)?;
         }
         return Ok(dir);
     }
@@ -293,7 +333,7 @@ fn open_config_dir(home: &OwnedFd, job: &Job) -> Result<OwnedFd> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| Error::Input(format!("cannot open {}: {e}", parent.display())))?;
-    Ok(files::ensure_dir(p.as_fd(), name, job.uid, &l.config_dir)?)
+    Ok(files::ensure_dir(p.as_fd(), name, uid, &l.config_dir)?)
 }
 
 fn tighten(fd: &OwnedFd, shown: &Path) {
@@ -314,12 +354,20 @@ fn write_credentials(
     document: &Value,
     from: &str,
     force: bool,
-    fresh: bool,
+    replace: Replace,
 ) -> Result<()> {
     let name = OsStr::new(CREDENTIALS_FILE);
-    // Read only to tell a broker session's placeholder (worthless, always replaced) from a
-    // login worth keeping.
-    let verb = match files::read_or_set_aside(dir, name, shown, Some(files::PARSE_LIMIT))? {
+    // Read to tell a broker session's placeholder (worthless, always replaced) from a
+    // login worth keeping, and to keep the file's other tokens when only its login changes.
+    let found = files::read_or_set_aside(dir, name, shown, Some(files::PARSE_LIMIT))?;
+    let merged = match &found {
+        Found::File(bytes, _) if replace != Replace::Nothing || doc::holds_placeholder(bytes) => {
+            Some(doc::with_login(bytes, document))
+        }
+        _ => None,
+    };
+    let document = merged.as_ref().unwrap_or(document);
+    let verb = match found {
         Found::File(bytes, _) if !force && doc::holds_placeholder(&bytes) => {
             "replaced the credential broker's placeholder in"
         }
@@ -332,7 +380,14 @@ fn write_credentials(
             );
             return Ok(());
         }
-        Found::File(bytes, _) if fresh && doc::holds_refreshable_login(&bytes) => {
+        Found::File(bytes, _)
+            if replace == Replace::HandedOver && doc::holds_refreshable_login(&bytes) =>
+        {
+            "replaced the login (now the credential broker's) in"
+        }
+        Found::File(bytes, _)
+            if replace == Replace::All && doc::holds_refreshable_login(&bytes) =>
+        {
             // Claude Code may have refreshed it since (rotating the refresh token of the
             // login given now): say so, since a placeholder now stands in its place.
             log::warn!(
