@@ -998,6 +998,43 @@ fn a_login_made_with_login_goes_to_the_broker_stays_for_the_next_start_and_comes
     let (code, _) = run.wait(LIVENESS);
     assert_eq!(code, Some(0));
 
+    // The agent writes back the copy of the login it read before the handover: the
+    // broker keeps its own (the same lineage), nothing is set aside, the copy is replaced.
+    let stored_before = fs::read_to_string(&kept).unwrap();
+    fs::write(&file, login.to_string()).unwrap();
+    let r = run_bounded(
+        &mut f.command(&["--allow", ALLOWED4], &[], &["report"]),
+        Duration::from_secs(60),
+    );
+    r.assert_code(0);
+    assert!(r.stderr.contains("an older copy"), "{}", r.stderr);
+    assert_eq!(fs::read_to_string(&kept).unwrap(), stored_before);
+    assert!(!kept.with_file_name("oauth.previous.json").exists());
+    assert!(doc_is_placeholder(
+        &f.home_file(".claude/.credentials.json")
+    ));
+
+    // The broker steps aside at a start (no CA bundle): the login stays the broker's, and
+    // the user hears how to get it back.
+    let r = run_bounded(
+        &mut f.command(
+            &[],
+            &[("SSL_CERT_FILE", "/etc/ssl/missing.pem")],
+            &["report"],
+        ),
+        Duration::from_secs(60),
+    );
+    r.assert_code(0);
+    assert!(
+        r.stderr
+            .contains("--no-broker (SANDBOX_BROKER=0) puts it back"),
+        "{}",
+        r.stderr
+    );
+    assert!(doc_is_placeholder(
+        &f.home_file(".claude/.credentials.json")
+    ));
+
     // Without the broker, the login it kept goes back where Claude Code reads it.
     let off = run_bounded(
         &mut f.command(&["--no-broker"], &[], &["report"]),

@@ -11,7 +11,7 @@ use crate::runtime::broker::account::{self, Account};
 use crate::runtime::broker::launch::{self, Launch, Running};
 use crate::runtime::broker::wire::{ApiKeyBinding, OAuth, OAuthBinding, Spec};
 use crate::runtime::broker::{placeholder, secret::Secret, store, upstream};
-use crate::stages::credentials::{self, doc, Replace};
+use crate::stages::credentials::{self, doc, RefreshToken, Replace};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ fn given<'a>(cx: &'a Context, name: &str) -> Option<&'a str> {
     cx.env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
-/// What the volume's `.credentials.json` holds, looked at when no credential is given.
+/// What the volume's `.credentials.json` holds, looked at when no OAuth login is given.
 enum Kept {
     Nothing,
     /// A placeholder of an earlier broker session: the broker's directory may hold the
@@ -62,138 +62,209 @@ fn read_kept(cx: &Context) -> Kept {
             serde_json::from_slice(&bytes).map_or(Kept::Nothing, Kept::Login)
         }
         Ok(_) => Kept::Nothing,
-        // The credentials stage reads the same file again, and says what is wrong there.
+        // The file is there (root saw it) but the user could not read it: a home still
+        // owned by the image's uid before its re-own, say. The credentials stage reads it
+        // again and says what is wrong.
         Err(e) => {
-            log::debug!("credential broker: the login kept in ~/.claude not read: {e}");
+            log::warn!(
+                "credential broker: ~/.claude/.credentials.json not read as {} ({e}): a login \
+                 there is not handed to the broker at this start",
+                cx.identity.name
+            );
             Kept::Nothing
         }
     }
 }
 
-/// The login the broker kept in its directory at an earlier start (root reads it).
-fn saved_login(cx: &Context, account: Account) -> Option<store::Saved> {
-    match store::load_as_root(&cx.identity.home, account) {
-        Ok(saved) => saved,
-        Err(e) => {
-            log::warn!("credential broker: {e}");
-            None
-        }
+/// The login the broker kept at an earlier start: read by root, once per start, and only
+/// where the volume holds something it could matter for.
+type Stored = std::result::Result<Option<store::Saved>, String>;
+
+fn read_stored(
+    cx: &Context,
+    kept: &Kept,
+    account: &std::result::Result<Account, String>,
+) -> Stored {
+    if matches!(kept, Kept::Nothing) {
+        return Ok(None);
     }
+    let account = account.as_ref().map_err(Clone::clone)?;
+    store::load_as_root(&cx.identity.home, *account)
 }
 
-/// A login for the broker when none is given: the one kept on the volume (handed over:
-/// `true`), else the one the broker kept itself, which the volume's placeholder stands for.
-fn held_login(cx: &Context, kept: &Kept, account: Option<Account>) -> Option<(OAuth, bool)> {
+/// A login for the broker when no OAuth login is given.
+enum Held {
+    /// The volume's login, new to the broker: kept for it before anything else is written.
+    HandOver(OAuth, RefreshToken),
+    /// The volume holds a copy of a login the broker keeps (an older one of the same
+    /// lineage, written back): the broker's own is used, the copy replaced.
+    Copy(OAuth, RefreshToken),
+    /// The login the broker kept, which the volume's placeholder stands for.
+    Stored(OAuth),
+}
+
+fn held_login(kept: &Kept, stored: &Stored) -> Option<Held> {
     match kept {
-        Kept::Login(v) => match placeholder::oauth_from_keychain(v) {
-            Ok(real) => Some((real, true)),
-            Err(why) => {
-                log::warn!(
-                    "credential broker: the login kept in ~/.claude is not handed to it \
-                     ({why}); it stays there, where the agent can read it"
-                );
-                None
+        Kept::Login(v) => {
+            let real = match placeholder::oauth_from_keychain(v) {
+                Ok(real) => real,
+                Err(why) => {
+                    log::warn!(
+                        "credential broker: the login kept in ~/.claude is not handed to it \
+                         ({why}); it stays there, where the agent can read it"
+                    );
+                    return None;
+                }
+            };
+            let refresh = real.refresh.as_ref()?;
+            let on_volume = RefreshToken(zeroize::Zeroizing::new(refresh.expose().to_string()));
+            match stored {
+                Ok(Some(saved)) if saved.source == store::fingerprint(refresh) => {
+                    Some(Held::Copy(saved.login(), on_volume))
+                }
+                _ => Some(Held::HandOver(real, on_volume)),
             }
+        }
+        Kept::Placeholder => match stored {
+            Ok(Some(saved)) => Some(Held::Stored(saved.login())),
+            _ => None,
         },
-        Kept::Placeholder => account
-            .and_then(|a| saved_login(cx, a))
-            .map(|s| (s.login(), false)),
         Kept::Nothing => None,
     }
 }
 
-/// Without the broker. A placeholder left on the volume by a broker session is worthless
-/// now: the login the broker kept for it goes back in its place, or the user hears why
-/// Claude Code will say it is not logged in.
-fn without_broker(cx: &Context, mut plan: doc::Plan, kept: &Kept) -> Result<Credentials> {
-    if plan.is_empty() && matches!(kept, Kept::Placeholder) {
-        match choose_account(cx).ok().and_then(|a| saved_login(cx, a)) {
-            Some(saved) => {
+/// A placeholder on the volume with no login behind it: Claude Code will say it is not
+/// logged in, so the user hears why and what to do.
+fn warn_placeholder_alone(stored: &Stored, why_no_broker: &str) {
+    let behind = match stored {
+        Ok(Some(_)) => "the login the broker kept for it stays in ~/.sandbox-init-broker; \
+                        --no-broker (SANDBOX_BROKER=0) puts it back into ~/.claude"
+            .to_string(),
+        Ok(None) => "the broker kept no login for it".to_string(),
+        Err(e) => format!("the login the broker kept for it cannot be read: {e}"),
+    };
+    log::warn!(
+        "~/.claude/.credentials.json holds a placeholder of the credential broker, which \
+         does not run ({why_no_broker}); {behind}. Until then Claude Code says it is not \
+         logged in: log in with /login, or give a credential ({}, {}, {})",
+        doc::OAUTH_TOKEN,
+        doc::KEYCHAIN,
+        doc::API_KEY
+    );
+}
+
+/// With the broker off (`--no-broker`, or `apply`): a placeholder on the volume is
+/// worthless now, and the login the broker kept for it goes back in its place.
+fn without_broker(mut plan: doc::Plan, kept: &Kept, stored: &Stored) -> Credentials {
+    if matches!(kept, Kept::Placeholder) {
+        match stored {
+            Ok(Some(saved)) => {
                 plan.credentials = Some((
                     placeholder::login_document(&saved.login()),
-                    "the login the credential broker kept (no broker runs at this start)",
+                    "the login the credential broker kept (the broker is off)",
                 ));
             }
-            None => log::warn!(
-                "~/.claude/.credentials.json holds a placeholder of the credential broker, \
-                 which does not run at this start and kept no login for it: Claude Code will \
-                 say it is not logged in. Log in with /login, or give a credential ({}, {}, \
-                 {})",
-                doc::OAUTH_TOKEN,
-                doc::KEYCHAIN,
-                doc::API_KEY
-            ),
+            _ => warn_placeholder_alone(stored, "it is off"),
         }
     }
-    Ok(Credentials {
+    Credentials {
         plan,
         replace: Replace::Nothing,
         broker: None,
-    })
+    }
+}
+
+/// The broker does not run at this start although it is on: what was given or kept is
+/// written as it would be without it, but a login the broker keeps stays the broker's
+/// (only an explicit `--no-broker` gives it back).
+fn not_started(plan: doc::Plan, kept: &Kept, stored: &Stored, why: &str) -> Credentials {
+    if matches!(kept, Kept::Placeholder) {
+        warn_placeholder_alone(stored, why);
+    }
+    Credentials {
+        plan,
+        replace: Replace::Nothing,
+        broker: None,
+    }
 }
 
 /// Reads the credential inputs; with the broker on, swaps each for its placeholder. With
-/// none given, the broker takes a login kept on the volume (made with `/login`) or the one
-/// it kept itself at an earlier start.
+/// no OAuth login given, the broker takes a login kept on the volume (made with `/login`)
+/// or the one it kept itself at an earlier start.
 pub fn plan(cx: &Context) -> Result<Credentials> {
     let mut plan = doc::plan(&cx.env).map_err(credentials::Error::Input)?;
-    let kept = if plan.is_empty() {
+    // An OAuth login given at start wins over one kept on the volume.
+    let kept = if plan.credentials.is_none() {
         read_kept(cx)
     } else {
         Kept::Nothing
     };
+    let account = choose_account(cx);
+    let stored = read_stored(cx, &kept, &account);
     if !cx.settings.broker.value {
-        return without_broker(cx, plan, &kept);
+        return Ok(without_broker(plan, &kept, &stored));
     }
     // On by default, the broker steps aside where it cannot run; asked for, it is
     // required, and a start it cannot serve fails (exit 70).
     let asked = cx.settings.broker.is_chosen();
-    let account = choose_account(cx);
-    let held = if plan.is_empty() {
-        held_login(cx, &kept, account.as_ref().ok().copied())
-    } else {
-        None
-    };
+    let held = held_login(&kept, &stored);
     if plan.is_empty() && held.is_none() {
         let level = if asked {
             log::Level::Warn
         } else {
             log::Level::Debug
         };
+        let next = if matches!(kept, Kept::Nothing) {
+            "; a login made with /login is handed to it at the next start"
+        } else {
+            ""
+        };
         log::log!(
             level,
             "credential broker on ({}), but no credential given ({}, {}, {}) and no login \
-             kept for it: nothing to hold, not started; a login made with /login is handed \
-             to it at the next start",
+             kept for it: nothing to hold, not started{next}",
             cx.settings.broker.source,
             doc::OAUTH_TOKEN,
             doc::KEYCHAIN,
             doc::API_KEY
         );
-        return without_broker(cx, plan, &kept);
+        return Ok(not_started(plan, &kept, &stored, "nothing for it to hold"));
     }
     // Kept only where the broker may still step aside and the real values be written.
     let given_plan = (!asked).then(|| plan.clone());
     let broken = |e: String| Error::Broker(format!("{e}; to run without it: {OFF_HOW}"));
-    let handed_over = matches!(held, Some((_, true)));
-    let (oauth, oauth_from) = match (held, &plan.credentials) {
-        (Some((real, true)), _) => (
+    // `hand_over`: the login is new to the broker's directory and goes there first.
+    let hand_over = matches!(held, Some(Held::HandOver(..)));
+    let (oauth, oauth_from, replace) = match held {
+        Some(Held::HandOver(real, on_volume)) => (
             Some(real),
             "a placeholder (the credential broker holds the login that was kept there)",
+            Replace::HandedOver(on_volume),
         ),
-        (Some((real, false)), _) => (
+        Some(Held::Copy(real, on_volume)) => (
+            Some(real),
+            "a placeholder (the credential broker holds the login it kept, of which this was \
+             an older copy)",
+            Replace::HandedOver(on_volume),
+        ),
+        Some(Held::Stored(real)) => (
             Some(real),
             "a placeholder (the credential broker holds the login it kept at an earlier start)",
+            Replace::All,
         ),
-        (None, Some((blob, from))) if *from == doc::KEYCHAIN => (
-            Some(placeholder::oauth_from_keychain(blob).map_err(credentials::Error::Input)?),
-            HOLDS_LOGIN,
-        ),
-        (None, Some(_)) => (
-            given(cx, doc::OAUTH_TOKEN).map(placeholder::oauth_from_token),
-            HOLDS_LOGIN,
-        ),
-        (None, None) => (None, HOLDS_LOGIN),
+        None => match &plan.credentials {
+            Some((blob, from)) if *from == doc::KEYCHAIN => (
+                Some(placeholder::oauth_from_keychain(blob).map_err(credentials::Error::Input)?),
+                HOLDS_LOGIN,
+                Replace::All,
+            ),
+            Some(_) => (
+                given(cx, doc::OAUTH_TOKEN).map(placeholder::oauth_from_token),
+                HOLDS_LOGIN,
+                Replace::All,
+            ),
+            None => (None, HOLDS_LOGIN, Replace::All),
+        },
     };
     let oauth = match oauth {
         Some(real) => {
@@ -234,18 +305,18 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
              goes into ~/.claude (or stays there), where the agent can read it; to require \
              the broker instead (the start then fails here): --broker or SANDBOX_BROKER=1"
         );
-        without_broker(cx, given, &kept)
+        not_started(given, &kept, &stored, "it stepped aside")
     };
     // Before anything is written or moved: a start the broker cannot serve leaves the
     // volume as it found it.
     if let Some(why) = cannot_run(&spec, account.as_ref().err()) {
         return match given_plan {
-            Some(given) => step_aside(given, &why),
+            Some(given) => Ok(step_aside(given, &why)),
             None => Err(broken(format!("the credential broker cannot start: {why}"))),
         };
     }
     let account = account.map_err(broken)?;
-    if handed_over {
+    if hand_over {
         // Kept for the broker before the volume's copy is replaced: a start that ends
         // early must not lose the login.
         let saved = spec.oauth.as_ref().and_then(|o| store::Saved::of(&o.real));
@@ -256,18 +327,14 @@ pub fn plan(cx: &Context) -> Result<Credentials> {
         if let Err(e) = kept_for_broker {
             let why = format!("the login kept in ~/.claude cannot be kept for it: {e}");
             return match given_plan {
-                Some(given) => step_aside(given, &why),
+                Some(given) => Ok(step_aside(given, &why)),
                 None => Err(broken(why)),
             };
         }
     }
     Ok(Credentials {
         plan,
-        replace: if handed_over {
-            Replace::HandedOver
-        } else {
-            Replace::All
-        },
+        replace,
         broker: Some(Planned { account, spec }),
     })
 }
@@ -499,4 +566,63 @@ pub fn published() -> Option<String> {
     url.strip_prefix("http://127.0.0.1:")
         .filter(|port| port.parse::<u16>().is_ok())
         .map(|_| url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn login(refresh: &str, scopes: &[&str]) -> Kept {
+        Kept::Login(json!({"claudeAiOauth": {
+            "accessToken": "sk-ant-oat01-A", "refreshToken": refresh, "scopes": scopes}}))
+    }
+
+    fn saved(first_refresh: &str, refresh_now: &str) -> store::Saved {
+        store::Saved {
+            source: store::fingerprint(&Secret::new(first_refresh)),
+            access: Secret::new("sk-ant-oat01-NOW"),
+            refresh: Secret::new(refresh_now),
+            expires_at_ms: None,
+            scopes: vec!["user:inference".into()],
+            client_id: None,
+            subscription_type: serde_json::Value::Null,
+            rate_limit_tier: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_volumes_login_is_handed_over_unless_it_is_an_old_copy_of_the_brokers() {
+        let inference = ["user:inference"];
+        // New to the broker (nothing kept, or a login of another lineage): handed over.
+        for stored in [Ok(None), Ok(Some(saved("R-other", "R-other2")))] {
+            let held = held_login(&login("R1", &inference), &stored);
+            assert!(
+                matches!(held, Some(Held::HandOver(ref o, _)) if o.access.expose() == "sk-ant-oat01-A")
+            );
+        }
+        // An old copy (R1) of the login the broker has since refreshed (to R2): the
+        // broker's own pair is used, and keeps naming its first login.
+        let held = held_login(&login("R1", &inference), &Ok(Some(saved("R1", "R2"))));
+        let Some(Held::Copy(o, RefreshToken(on_volume))) = held else {
+            panic!("not taken as a copy");
+        };
+        assert_eq!(o.refresh.as_ref().map(Secret::expose), Some("R2"));
+        assert_eq!(on_volume.as_str(), "R1");
+        assert_eq!(
+            o.lineage,
+            Some(store::fingerprint(&Secret::new("R1"))),
+            "the chain would drift"
+        );
+        // A placeholder stands for the kept login; with none kept, nothing to hold.
+        let stored = Ok(Some(saved("R1", "R2")));
+        assert!(matches!(
+            held_login(&Kept::Placeholder, &stored),
+            Some(Held::Stored(_))
+        ));
+        assert!(held_login(&Kept::Placeholder, &Ok(None)).is_none());
+        assert!(held_login(&Kept::Placeholder, &Err("unreadable".into())).is_none());
+        // A login the CLI could not use anyway is left alone.
+        assert!(held_login(&login("R1", &["user:profile"]), &Ok(None)).is_none());
+    }
 }

@@ -82,7 +82,10 @@ impl State {
             refresh: real.refresh.clone(),
             expires_at_ms: real.expires_at_ms,
             scopes: real.scopes.clone(),
-            source: real.refresh.as_ref().map(fingerprint),
+            source: real
+                .lineage
+                .clone()
+                .or_else(|| real.refresh.as_ref().map(fingerprint)),
             failures: 0,
             retry_at_ms: None,
             dead: false,
@@ -461,6 +464,7 @@ mod tests {
             client_id: None,
             subscription_type: Value::Null,
             rate_limit_tier: Value::Null,
+            lineage: None,
         }
     }
 

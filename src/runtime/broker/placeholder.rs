@@ -53,6 +53,7 @@ pub fn oauth_from_token(token: &str) -> OAuth {
         client_id: None,
         subscription_type: Value::Null,
         rate_limit_tier: Value::Null,
+        lineage: None,
     }
 }
 
@@ -93,6 +94,7 @@ pub fn oauth_from_keychain(blob: &Value) -> Result<OAuth, String> {
         client_id: text("clientId").map(String::from),
         subscription_type: o.get("subscriptionType").cloned().unwrap_or(Value::Null),
         rate_limit_tier: o.get("rateLimitTier").cloned().unwrap_or(Value::Null),
+        lineage: None,
     })
 }
 

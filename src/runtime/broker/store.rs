@@ -27,6 +27,8 @@ use std::path::Path;
 /// The directory's name in the home.
 pub const DIR_NAME: &str = ".sandbox-init-broker";
 const FILE: &str = "oauth.json";
+/// The login kept before the current one, when a login of another lineage replaced it.
+const PREVIOUS: &str = "oauth.previous.json";
 const MAX_FILE: u64 = 64 * 1024;
 
 /// What is kept of a refreshed login.
@@ -54,7 +56,10 @@ impl Saved {
     pub fn of(real: &super::wire::OAuth) -> Option<Saved> {
         let refresh = real.refresh.clone()?;
         Some(Saved {
-            source: fingerprint(&refresh),
+            source: real
+                .lineage
+                .clone()
+                .unwrap_or_else(|| fingerprint(&refresh)),
             access: real.access.clone(),
             refresh,
             expires_at_ms: real.expires_at_ms,
@@ -75,6 +80,7 @@ impl Saved {
             client_id: self.client_id.clone(),
             subscription_type: self.subscription_type.clone(),
             rate_limit_tier: self.rate_limit_tier.clone(),
+            lineage: Some(self.source.clone()),
         }
     }
 }
@@ -305,8 +311,22 @@ pub fn load_as_root(home: &Path, account: Account) -> Result<Option<Saved>, Stri
 /// PID 1 (root), before the broker starts: keeps `saved` in the broker's directory
 /// (prepared as for the broker), so that the next start finds it even if this one ends
 /// before the broker ever refreshes it.
+/// A saved login of another lineage is not destroyed: it stays beside the new one as
+/// `PREVIOUS` (one generation; root can put it back).
 pub fn hand_over(home: &Path, account: Account, saved: &Saved) -> Result<(), String> {
-    Store::for_account(prepare(home, account)?, account)?.save(saved)
+    let store = Store::for_account(prepare(home, account)?, account)?;
+    if let Ok(Some(old)) = store.load() {
+        if old.source != saved.source {
+            renameat(&store.dir, FILE, &store.dir, PREVIOUS)
+                .map_err(|e| format!("cannot keep the login saved before: {e}"))?;
+            log::info!(
+                "credential broker: the login it kept before is now {}/{DIR_NAME}/{PREVIOUS} \
+                 (root can put it back)",
+                home.display()
+            );
+        }
+    }
+    store.save(saved)
 }
 
 fn move_aside(home_fd: &OwnedFd, home: &Path) -> Result<(), String> {
@@ -452,6 +472,59 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         symlink("/etc/hostname", &file).unwrap();
         assert!(store.load().is_err());
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
+    fn a_login_handed_over_keeps_its_lineage_and_sets_another_aside() {
+        let home = tmp("handover");
+        let first = saved("1");
+        hand_over(&home, me(), &first).unwrap();
+        // A refreshed pair of the same lineage replaces it in place.
+        let mut refreshed = saved("2");
+        refreshed.source = first.source.clone();
+        hand_over(&home, me(), &refreshed).unwrap();
+        let dir = home.join(DIR_NAME);
+        assert!(!dir.join(PREVIOUS).exists());
+        let back = load_as_root(&home, me()).unwrap().unwrap();
+        assert_eq!(back.access.expose(), "A-2");
+        // Taken again as the broker takes it, the pair still names its first login.
+        let login = back.login();
+        assert_eq!(login.lineage.as_deref(), Some(first.source.as_str()));
+        assert_eq!(Saved::of(&login).unwrap().source, first.source);
+        // Another login: the one kept before is set aside, not destroyed.
+        let other = Saved {
+            source: fingerprint(&Secret::new("R-other")),
+            ..saved("3")
+        };
+        hand_over(&home, me(), &other).unwrap();
+        assert_eq!(
+            load_as_root(&home, me()).unwrap().unwrap().access.expose(),
+            "A-3"
+        );
+        let previous = std::fs::read_to_string(dir.join(PREVIOUS)).unwrap();
+        assert!(previous.contains("A-2"), "{previous}");
+        // Nothing at the name: nothing to load, and nothing created by looking.
+        let empty = tmp("handover-empty");
+        assert!(load_as_root(&empty, me()).unwrap().is_none());
+        assert!(!empty.join(DIR_NAME).exists());
+        for h in [home, empty] {
+            std::fs::remove_dir_all(h).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_file_of_an_earlier_version_still_loads() {
+        let home = tmp("compat");
+        let store = Store::open(prepare(&home, me()).unwrap()).unwrap();
+        let old = serde_json::json!({"source": "ab", "access": "A", "refresh": "R",
+            "expires_at_ms": 5, "scopes": ["user:inference"]});
+        let file = home.join(DIR_NAME).join(FILE);
+        std::fs::write(&file, old.to_string()).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.refresh.expose(), "R");
+        assert_eq!(back.subscription_type, serde_json::Value::Null);
         std::fs::remove_dir_all(&home).unwrap();
     }
 

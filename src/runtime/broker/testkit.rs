@@ -72,6 +72,7 @@ pub fn oauth_login(expires_at_ms: Option<u64>, refresh: Option<&str>) -> OAuth {
         client_id: None,
         subscription_type: serde_json::Value::Null,
         rate_limit_tier: serde_json::Value::Null,
+        lineage: None,
     }
 }
 

@@ -71,6 +71,11 @@ pub struct OAuth {
     /// Plan fields copied into the placeholder document (no secret).
     pub subscription_type: Value,
     pub rate_limit_tier: Value,
+    /// For a login the broker kept at an earlier start: the fingerprint of the login it
+    /// was refreshed from, so a refreshed pair keeps naming its first login (a copy of that
+    /// one, written back to the volume, is then known as old).
+    #[serde(default)]
+    pub lineage: Option<String>,
 }
 
 impl Spec {

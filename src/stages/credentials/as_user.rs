@@ -97,15 +97,25 @@ pub fn run_reading<F: FnOnce() -> Result<Vec<u8>>>(
     });
     let child = forked.map_err(|e| Error::os("cannot fork the credential writer".into(), e))?;
     // The output first: the child writes it whole before it exits, and only then (on an
-    // error) its short message, which the pipe holds without blocking.
-    let mut output = zeroize::Zeroizing::new(Vec::new());
-    let _ = std::fs::File::from(out_rd)
-        .take(OUTPUT_LIMIT)
-        .read_to_end(&mut output);
-    let mut msg = String::new();
-    let _ = std::fs::File::from(rd)
-        .take(64 * 1024)
-        .read_to_string(&mut msg);
+    // error) its short message, which the pipe holds without blocking. The child runs as
+    // the user, so a `docker exec` session of the user could stop it: past the deadline it
+    // is killed and the start fails, rather than PID 1 waiting for ever.
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    let read = read_to_end_by(out_rd, OUTPUT_LIMIT, deadline)
+        .and_then(|output| read_to_end_by(rd, 64 * 1024, deadline).map(|msg| (output, msg)));
+    let (output, msg) = match read {
+        Ok(both) => both,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(Error::Failed(format!(
+                "the credential writer (pid {child}, running as {}) did not finish: {e}; \
+                 was it stopped by a signal from a session of that user?",
+                id.name
+            )));
+        }
+    };
+    let msg = String::from_utf8_lossy(&msg).into_owned();
     let status = loop {
         match waitpid(child, None) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -122,6 +132,48 @@ pub fn run_reading<F: FnOnce() -> Result<Vec<u8>>>(
         ))),
         Err(e) => Err(Error::os("cannot wait for the credential writer".into(), e)),
     }
+}
+
+/// How long the child may take: it reads and writes a few small files.
+const CHILD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Reads a pipe to its end, keeping at most `limit` bytes (the rest is not read: the
+/// writer then gets EPIPE), or fails at `deadline`. The buffer is wiped when dropped.
+fn read_to_end_by(
+    fd: OwnedFd,
+    limit: u64,
+    deadline: Instant,
+) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut file = std::fs::File::from(fd);
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(64 * 1024));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
+    while (out.len() as u64) < limit {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no end after {} s", CHILD_DEADLINE.as_secs()),
+            ));
+        }
+        let wait = PollTimeout::try_from(left.as_millis().saturating_add(1).min(60_000) as i32)
+            .unwrap_or(PollTimeout::NONE);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, wait) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Readable or hung up: this read does not block.
+        let room = (limit - out.len() as u64).min(chunk.len() as u64) as usize;
+        match file.read(&mut chunk[..room]) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// The child: becomes the user, does the work, and returns its exit status (fork_child
@@ -202,6 +254,25 @@ mod tests {
                 Some(true)
             );
         }
+    }
+
+    #[test]
+    fn a_child_that_never_finishes_is_given_up_at_the_deadline() {
+        let soon = || Instant::now() + Duration::from_millis(50);
+        // A writer that keeps its end open and writes nothing (stopped): given up.
+        let (rd, _wr) = nix::unistd::pipe().unwrap();
+        let e = read_to_end_by(rd, 100, soon()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        // Control: one that writes and exits is read to its end, within the limit.
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        std::fs::File::from(wr).write_all(b"0123456789").unwrap();
+        assert_eq!(
+            read_to_end_by(rd, 100, soon()).unwrap().as_slice(),
+            b"0123456789"
+        );
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        std::fs::File::from(wr).write_all(b"0123456789").unwrap();
+        assert_eq!(read_to_end_by(rd, 4, soon()).unwrap().as_slice(), b"0123");
     }
 
     #[test]

@@ -56,6 +56,15 @@ pub fn with_login(existing: &[u8], login: &Value) -> Value {
     }
 }
 
+/// The refresh token of the login in a `.credentials.json`, if it has one.
+pub fn refresh_token(bytes: &[u8]) -> Option<zeroize::Zeroizing<String>> {
+    let d = serde_json::from_slice::<Value>(bytes).ok()?;
+    d["claudeAiOauth"]["refreshToken"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(|t| zeroize::Zeroizing::new(t.to_string()))
+}
+
 /// What the environment asks us to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {

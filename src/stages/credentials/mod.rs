@@ -115,8 +115,18 @@ struct HostGit {
     text: String,
 }
 
+/// A login's refresh token, held only to be compared (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshToken(..)")
+    }
+}
+
 /// What the credentials written replace of what the volume holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replace {
     /// Real credentials: a login kept there stays, unless `--force-credentials` (Claude
     /// Code may have refreshed it since).
@@ -124,9 +134,10 @@ pub enum Replace {
     /// The credential broker's placeholders, new at every start: they replace whatever is
     /// there, and a real login kept there must not stay in the user's reach beside them.
     All,
-    /// The login kept there, which the credential broker now holds: its placeholder takes
-    /// its place.
-    HandedOver,
+    /// The login kept there (with this refresh token when PID 1 read it), which the
+    /// credential broker now holds: its placeholder takes its place. A login that changed
+    /// since (Claude Code refreshed it in a `docker exec` session) is kept.
+    HandedOver(RefreshToken),
 }
 
 /// Everything the as-user writer needs, prepared by root beforehand.
@@ -160,15 +171,21 @@ pub fn read_kept(
     env: &HashMap<String, String>,
 ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
     let layout = Layout::new(&identity.home, env, &settings.child_env.value)?;
-    match std::fs::symlink_metadata(&identity.home) {
-        Ok(m) if m.is_dir() => {}
-        _ => return Ok(None),
+    // Most starts have no such file: a look by root (it reads nothing, and a link on the
+    // way only makes the reader below run) spares them the fork.
+    let shown = layout.config_dir.join(CREDENTIALS_FILE);
+    if std::fs::symlink_metadata(&shown).is_err() {
+        return Ok(None);
     }
-    let uid = identity.uid;
     let bytes = as_user::run_reading(identity, || {
-        let home = files::open_owned_dir(&layout.home, uid)?;
-        let config = open_config_dir(&home, &layout, uid)?;
-        let shown = layout.config_dir.join(CREDENTIALS_FILE);
+        // Read-only: nothing is created, moved or re-moded here (a start may still be
+        // refused after this). The user reads what the user can read; a link on the way
+        // leads nowhere else.
+        let flags = nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_CLOEXEC;
+        let config = nix::fcntl::open(&layout.config_dir, flags, nix::sys::stat::Mode::empty())
+            .map_err(|e| Error::os(format!("cannot open {}", layout.config_dir.display()), e))?;
         match files::read_existing(config.as_fd(), OsStr::new(CREDENTIALS_FILE), &shown)? {
             Found::File(bytes, _) if bytes.len() as u64 <= files::PARSE_LIMIT => Ok(bytes),
             Found::File(mut bytes, _) => {
@@ -259,7 +276,7 @@ fn write_as_user(job: &Job) -> Result<()> {
             document,
             from,
             job.force,
-            job.replace,
+            &job.replace,
         )?;
     }
 
@@ -354,14 +371,14 @@ fn write_credentials(
     document: &Value,
     from: &str,
     force: bool,
-    replace: Replace,
+    replace: &Replace,
 ) -> Result<()> {
     let name = OsStr::new(CREDENTIALS_FILE);
     // Read to tell a broker session's placeholder (worthless, always replaced) from a
     // login worth keeping, and to keep the file's other tokens when only its login changes.
     let found = files::read_or_set_aside(dir, name, shown, Some(files::PARSE_LIMIT))?;
     let merged = match &found {
-        Found::File(bytes, _) if replace != Replace::Nothing || doc::holds_placeholder(bytes) => {
+        Found::File(bytes, _) if *replace != Replace::Nothing || doc::holds_placeholder(bytes) => {
             Some(doc::with_login(bytes, document))
         }
         _ => None,
@@ -380,13 +397,26 @@ fn write_credentials(
             );
             return Ok(());
         }
-        Found::File(bytes, _)
-            if replace == Replace::HandedOver && doc::holds_refreshable_login(&bytes) =>
-        {
-            "replaced the login (now the credential broker's) in"
+        Found::File(bytes, fd) if matches!(replace, Replace::HandedOver(_)) => {
+            let read = doc::refresh_token(&bytes);
+            match replace {
+                Replace::HandedOver(RefreshToken(t))
+                    if read.as_ref().map(|r| r.as_str()) != Some(t.as_str()) =>
+                {
+                    tighten(&fd, shown);
+                    log::warn!(
+                        "credentials: {} changed while this start handed its login to the \
+                         credential broker (Claude Code refreshed it, or a new /login): kept \
+                         as it is; the next start hands the new one over",
+                        shown.display()
+                    );
+                    return Ok(());
+                }
+                _ => "replaced the login (now the credential broker's) in",
+            }
         }
         Found::File(bytes, _)
-            if replace == Replace::All && doc::holds_refreshable_login(&bytes) =>
+            if *replace == Replace::All && doc::holds_refreshable_login(&bytes) =>
         {
             // Claude Code may have refreshed it since (rotating the refresh token of the
             // login given now): say so, since a placeholder now stands in its place.
@@ -689,6 +719,39 @@ mod tests {
     use super::*;
 
     use crate::policy::test_util::env;
+
+    #[test]
+    fn a_handed_over_login_that_changed_since_it_was_read_is_kept() {
+        let d = std::env::temp_dir().join(format!("sbx-handover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let dir = nix::fcntl::open(
+            &d,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let file = d.join(CREDENTIALS_FILE);
+        let login = |refresh: &str| {
+            serde_json::json!({"claudeAiOauth": {"accessToken": "sk-ant-oat01-real",
+                "refreshToken": refresh}, "mcpOAuth": {"s": "MCP"}})
+            .to_string()
+        };
+        let ph = serde_json::json!({"claudeAiOauth": {
+            "accessToken": format!("{}00", doc::OAUTH_PLACEHOLDER_PREFIX), "refreshToken": null}});
+        let handed = |t: &str| Replace::HandedOver(RefreshToken(zeroize::Zeroizing::new(t.into())));
+        // Claude Code rotated the refresh token after PID 1 read the file: kept.
+        std::fs::write(&file, login("R-new")).unwrap();
+        write_credentials(dir.as_fd(), &file, &ph, "ph", true, &handed("R-old")).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), login("R-new"));
+        // Control: the login read is still there, and the placeholder takes its place
+        // (the file's other tokens kept).
+        write_credentials(dir.as_fd(), &file, &ph, "ph", true, &handed("R-new")).unwrap();
+        let now: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(now["claudeAiOauth"], ph["claudeAiOauth"]);
+        assert_eq!(now["mcpOAuth"]["s"], "MCP");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn layout_defaults_to_the_home() {
