@@ -118,10 +118,14 @@ fn held_login(kept: &Kept, stored: &Stored) -> Option<Held> {
             };
             let refresh = real.refresh.as_ref()?;
             let on_volume = RefreshToken(zeroize::Zeroizing::new(refresh.expose().to_string()));
+            // Of the broker's lineage: the first login it was given, or the pair it holds
+            // now (given back by an earlier `--no-broker` and not refreshed since).
+            let ours = |saved: &store::Saved| {
+                saved.source == store::fingerprint(refresh)
+                    || saved.refresh.expose() == refresh.expose()
+            };
             match stored {
-                Ok(Some(saved)) if saved.source == store::fingerprint(refresh) => {
-                    Some(Held::Copy(saved.login(), on_volume))
-                }
+                Ok(Some(saved)) if ours(saved) => Some(Held::Copy(saved.login(), on_volume)),
                 _ => Some(Held::HandOver(real, on_volume)),
             }
         }
@@ -609,6 +613,9 @@ mod tests {
         };
         assert_eq!(o.refresh.as_ref().map(Secret::expose), Some("R2"));
         assert_eq!(on_volume.as_str(), "R1");
+        // The pair it holds now, given back and not refreshed since: the same login.
+        let held = held_login(&login("R2", &inference), &Ok(Some(saved("R1", "R2"))));
+        assert!(matches!(held, Some(Held::Copy(..))));
         assert_eq!(
             o.lineage,
             Some(store::fingerprint(&Secret::new("R1"))),
