@@ -360,9 +360,10 @@ fn malformed_packets_and_a_burst_of_10000_queries_leave_it_serving() {
     let sent = r[2]["sent"].as_u64().unwrap();
     let answers = r[2]["answers"].as_u64().unwrap();
     assert_eq!(sent, 10000, "{}", r[2]);
-    // The probe reads only after sending all 10,000: its own receive buffer overflows, so
-    // not every answer can arrive; many must (the forwarder answered during the burst).
-    assert!(answers >= 1000, "{}", r[2]);
+    // Under load not every query need be answered (the kernel drops what overflows the
+    // forwarder's receive queue), but what it holds is answered while the probe counts on
+    // another thread: at least a queue's worth, a few hundred datagrams (here: ~all 10,000).
+    assert!(answers >= 200 && answers <= sent, "{}", r[2]);
     // 1000 allowed names of every type right after: forwarded and answered, none lost
     // (the fixture answers A/AAAA and refuses the other types it has no data for)
     let rc = r[3]["rcodes"].as_object().unwrap();

@@ -875,14 +875,41 @@ fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
            "ms": start.elapsed().as_millis() as u64})
 }
 
-/// Fire-and-forget: `n` queries as fast as the socket takes them, then the answers.
+/// Fire-and-forget: `n` queries as fast as the socket takes them, while a second thread
+/// counts the answers as they arrive (so the probe's own receive buffer, a few hundred
+/// datagrams, never caps the count), until 500 ms pass with none after the last send.
 fn blast(server: &str, n: usize) -> Value {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let start = Instant::now();
     let Ok(sa) = server.parse::<SocketAddr>() else {
         return json!({"step": "blast", "result": "bad-address"});
     };
     let Ok(s) = udp_socket(&sa) else {
         return json!({"step": "blast", "result": "error"});
+    };
+    let Ok(reader) = s.try_clone() else {
+        return json!({"step": "blast", "result": "error"});
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let counting = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let _ = reader.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buf = vec![0; 65536];
+            // quiet since the later of the last answer and the end of sending
+            let (mut answers, mut last, mut ended) = (0u64, Instant::now(), false);
+            loop {
+                if reader.recv(&mut buf).is_ok() {
+                    answers += 1;
+                    last = Instant::now();
+                } else if !ended && done.load(Ordering::Acquire) {
+                    (ended, last) = (true, Instant::now());
+                } else if ended && last.elapsed() >= Duration::from_millis(500) {
+                    return answers;
+                }
+            }
+        })
     };
     let mut rng = Rng::new();
     let mut sent = 0;
@@ -893,12 +920,8 @@ fn blast(server: &str, n: usize) -> Value {
             sent += 1;
         }
     }
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = vec![0; 65536];
-    let mut answers = 0;
-    while s.recv(&mut buf).is_ok() {
-        answers += 1;
-    }
+    done.store(true, Ordering::Release);
+    let answers = counting.join().unwrap_or(0);
     json!({"step": "blast", "sent": sent, "answers": answers,
            "ms": start.elapsed().as_millis() as u64})
 }
