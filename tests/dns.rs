@@ -360,9 +360,11 @@ fn malformed_packets_and_a_burst_of_10000_queries_leave_it_serving() {
     let sent = r[2]["sent"].as_u64().unwrap();
     let answers = r[2]["answers"].as_u64().unwrap();
     assert_eq!(sent, 10000, "{}", r[2]);
-    // Under load not every query need be answered (the kernel drops what overflows the
-    // forwarder's receive queue), but what it holds is answered while the probe counts on
-    // another thread: at least a queue's worth, a few hundred datagrams (here: ~all 10,000).
+    // The forwarder's 4 MiB receive queue holds thousands of these queries, and the probe
+    // counts on a second thread while it sends (here: ~all 10,000 answered, 9,988 under
+    // load). The floor holds even if that thread is starved for the whole burst: the
+    // probe's own receive buffer keeps what arrived meanwhile (the old probe, which read
+    // only after sending, counted 264 in CI).
     assert!(answers >= 200 && answers <= sent, "{}", r[2]);
     // 1000 allowed names of every type right after: forwarded and answered, none lost
     // (the fixture answers A/AAAA and refuses the other types it has no data for)

@@ -880,7 +880,6 @@ fn dns_flood(proto: &str, server: &str, suffix: &str, n: usize) -> Value {
 /// datagrams, never caps the count), until 500 ms pass with none after the last send.
 fn blast(server: &str, n: usize) -> Value {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let start = Instant::now();
     let Ok(sa) = server.parse::<SocketAddr>() else {
         return json!({"step": "blast", "result": "bad-address"});
@@ -888,40 +887,41 @@ fn blast(server: &str, n: usize) -> Value {
     let Ok(s) = udp_socket(&sa) else {
         return json!({"step": "blast", "result": "error"});
     };
-    let Ok(reader) = s.try_clone() else {
-        return json!({"step": "blast", "result": "error"});
-    };
-    let done = Arc::new(AtomicBool::new(false));
-    let counting = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let _ = reader.set_read_timeout(Some(Duration::from_millis(50)));
-            let mut buf = vec![0; 65536];
-            // quiet since the later of the last answer and the end of sending
-            let (mut answers, mut last, mut ended) = (0u64, Instant::now(), false);
-            loop {
-                if reader.recv(&mut buf).is_ok() {
-                    answers += 1;
-                    last = Instant::now();
-                } else if !ended && done.load(Ordering::Acquire) {
-                    (ended, last) = (true, Instant::now());
-                } else if ended && last.elapsed() >= Duration::from_millis(500) {
-                    return answers;
-                }
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let sending = AtomicBool::new(true);
+    let count_until_quiet = || {
+        let mut buf = vec![0; 65536];
+        let mut answers = 0u64;
+        // once sending has ended: since the last answer (or the end, if none came since)
+        let mut quiet_since = None;
+        loop {
+            let got = s.recv(&mut buf).is_ok();
+            answers += u64::from(got);
+            if sending.load(Ordering::Acquire) {
+                continue;
             }
-        })
-    };
-    let mut rng = Rng::new();
-    let mut sent = 0;
-    for i in 0..n {
-        let name = format!("{}.flood.evil.test", rng.label(16));
-        let q = dns_query(&name, i as u16, FLOOD_TYPES[i % FLOOD_TYPES.len()]);
-        if q.is_ok_and(|q| s.send(&q).is_ok()) {
-            sent += 1;
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if got {
+                quiet_since = Some(Instant::now());
+            } else if since.elapsed() >= Duration::from_millis(500) {
+                return answers;
+            }
         }
-    }
-    done.store(true, Ordering::Release);
-    let answers = counting.join().unwrap_or(0);
+    };
+    let (sent, answers) = std::thread::scope(|scope| {
+        let counting = scope.spawn(count_until_quiet);
+        let mut rng = Rng::new();
+        let mut sent = 0;
+        for i in 0..n {
+            let name = format!("{}.flood.evil.test", rng.label(16));
+            let q = dns_query(&name, i as u16, FLOOD_TYPES[i % FLOOD_TYPES.len()]);
+            if q.is_ok_and(|q| s.send(&q).is_ok()) {
+                sent += 1;
+            }
+        }
+        sending.store(false, Ordering::Release);
+        (sent, counting.join().unwrap_or(0))
+    });
     json!({"step": "blast", "sent": sent, "answers": answers,
            "ms": start.elapsed().as_millis() as u64})
 }
